@@ -1,0 +1,51 @@
+# The README's two commands: `make demo` and `make test`. Both create or reuse
+# .venv with the Python found on this machine, install the project with its
+# dev extras, check Java, then run.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3 || command -v python)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUTPUT ?= output/demo
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test install check-java lint dist clean
+
+demo: check-java $(STAMP)
+	$(BIN)/usersegments demo --config conf/local.yaml --output $(DEMO_OUTPUT) $(DEMO_ARGS)
+
+test: check-java $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+# Local installs pin the CPU build of torch (constraints/local.txt); the library
+# itself accepts a range so clusters can bring their CUDA build.
+$(STAMP): pyproject.toml constraints/local.txt
+	@test -n "$(PYTHON)" || { echo "No python3 found: install Python 3.10+ (e.g. apt-get install -y python3 python3-venv)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "usersegments needs Python 3.10+, found " + sys.version.split()[0] + " at " + sys.executable)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "Cannot create $(VENV): install the venv module (e.g. apt-get install -y python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/local.txt -e '.[dev]'
+	@touch $(STAMP)
+
+check-java:
+	@java_bin="$${JAVA_HOME:+$$JAVA_HOME/bin/}java"; \
+	if ! command -v "$$java_bin" >/dev/null 2>&1; then \
+	  echo "Java 17+ is required by Spark and was not found. Install it (Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless; macOS: brew install openjdk@17) and put it on PATH or set JAVA_HOME."; exit 1; \
+	fi; \
+	major=$$("$$java_bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\(\.\([0-9]*\)\)\{0,1\}.*/\1 \3/p' | head -1 | awk '{ print ($$1 == 1 ? $$2 : $$1) }'); \
+	if [ -z "$$major" ] || [ "$$major" -lt 17 ]; then \
+	  echo "Java 17+ is required by Spark; found '$$("$$java_bin" -version 2>&1 | head -1)'. Install openjdk-17 and put it first on PATH or set JAVA_HOME."; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests jobs benchmarks
+	$(BIN)/ruff format --check lib tests jobs benchmarks
+
+dist: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .
+
+clean:
+	rm -rf output dist build lib/*.egg-info .pytest_cache

@@ -1,0 +1,47 @@
+"""The few exception types usersegments raises on purpose.
+
+Every message names the thing that is wrong (a config key, a column, a table)
+and the fix, so the command line can print it as one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+
+class UserSegmentsError(Exception):
+    """Base of every error the product raises deliberately (never for bugs)."""
+
+    exit_code = 1
+
+
+class ConfigError(UserSegmentsError, ValueError):
+    """A config file, a ``--set`` override or a setting's value is invalid."""
+
+    exit_code = 2
+
+
+class InputError(UserSegmentsError, ValueError):
+    """Input files or columns cannot be used as given (before anything is written)."""
+
+    exit_code = 2
+
+
+class SchemaMismatchError(UserSegmentsError, ValueError):
+    """Rows written to an existing table do not have that table's schema."""
+
+
+class StoreError(UserSegmentsError):
+    """The table store cannot do what was asked (backend missing, table absent...)."""
+
+
+class StageNotAvailable(UserSegmentsError):
+    """A command whose stage this version of usersegments does not provide."""
+
+    exit_code = 2
+
+
+class InvariantViolation(UserSegmentsError):
+    """A reconciliation check failed: data would have been lost or duplicated."""
+
+
+class SetupError(UserSegmentsError):
+    """The machine lacks something the run needs (Java, a model, Delta jars)."""

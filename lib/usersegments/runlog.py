@@ -1,0 +1,135 @@
+"""Run bookkeeping: the run id, the recorded config, and the ``run_metrics`` table.
+
+Every command that writes tables is one run. Its config (as JSON) and status
+go to the ``runs`` table; each stage's counts and figures go to ``run_metrics``
+(one row per metric, value as double), so any claim about a run can be read
+back from its tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from pyspark.sql import SparkSession
+
+from usersegments.config import Config
+from usersegments.schema import RUN_METRICS, RUNS
+from usersegments.store import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261123T182000Z-1a2b3c4d``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def product_version() -> str:
+    """The installed usersegments version (``unknown`` when run from a bare source tree)."""
+    try:
+        return package_version("usersegments")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class StageResult:
+    """What one stage did: tables it wrote (name -> version), its metrics, its time."""
+
+    stage: str
+    tables: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class RunLog:
+    """One run: its id, its config, and the metrics its stages record."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        store: TableStore,
+        cfg: Config,
+        command: str,
+        run_id: str | None = None,
+    ) -> None:
+        self.spark = spark
+        self.store = store
+        self.cfg = cfg
+        self.command = command
+        self.run_id = run_id or new_run_id()
+        self.started_at = datetime.now(timezone.utc)
+        self.model_id: str | None = None
+        self._pending: list[tuple[str, str, float, datetime]] = []
+
+    def start(self) -> None:
+        """Record the run (status ``running``) with its config before any stage writes."""
+        self._write_run_row(status="running", finished_at=None)
+
+    def finish(self, status: str = "succeeded") -> None:
+        """Flush metrics and mark the run ``succeeded`` or ``failed``."""
+        self.flush()
+        self._write_run_row(status=status, finished_at=datetime.now(timezone.utc))
+
+    def record(self, stage: str, metric: str, value: float | int | bool) -> None:
+        """Queue one metric of ``stage``; written at the next ``flush``."""
+        self._pending.append((stage, metric, float(value), datetime.now(timezone.utc)))
+
+    def record_all(self, stage: str, metrics: Mapping[str, float | int | bool]) -> None:
+        """Queue several metrics of ``stage``."""
+        for metric, value in metrics.items():
+            self.record(stage, metric, value)
+
+    def flush(self) -> None:
+        """Append the queued metrics to ``run_metrics``."""
+        if not self._pending:
+            return
+        rows = [(self.run_id, s, m, v, t) for s, m, v, t in self._pending]
+        self.store.write(self.spark.createDataFrame(rows, RUN_METRICS), "run_metrics")
+        self._pending.clear()
+
+    def timed(self, stage: str) -> _StageTimer:
+        """Context manager that logs a stage's start and end and records its seconds."""
+        return _StageTimer(self, stage)
+
+    def _write_run_row(self, status: str, finished_at: datetime | None) -> None:
+        row = (
+            self.run_id,
+            self.command,
+            self.started_at,
+            finished_at,
+            status,
+            json.dumps(self.cfg.to_dict(), sort_keys=True),
+            self.cfg.fingerprint(),
+            self.model_id,
+            product_version(),
+        )
+        self.store.merge(self.spark.createDataFrame([row], RUNS), "runs", on=["run_id"])
+
+
+class _StageTimer:
+    def __init__(self, run: RunLog, stage: str) -> None:
+        self.run = run
+        self.stage = stage
+        self.seconds = 0.0
+
+    def __enter__(self) -> _StageTimer:
+        log.info("[%s] %s started", self.run.run_id, self.stage)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        if exc_type is None:
+            self.run.record(self.stage, "seconds", self.seconds)
+            self.run.flush()
+            log.info("[%s] %s done in %.1fs", self.run.run_id, self.stage, self.seconds)

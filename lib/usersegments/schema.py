@@ -1,0 +1,159 @@
+"""The schemas of every table usersegments writes, in one place.
+
+These are the output contracts of ARCHITECTURE.md. Stages build their frames
+and pass them through ``conform`` so a table's columns, order and types never
+drift between stages, backends or releases.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+VECTOR = ArrayType(FloatType(), containsNull=False)
+
+
+def _schema(*fields: tuple[str, object]) -> StructType:
+    return StructType([StructField(name, dtype, nullable=True) for name, dtype in fields])
+
+
+RUNS = _schema(
+    ("run_id", StringType()),
+    ("command", StringType()),
+    ("started_at", TimestampType()),
+    ("finished_at", TimestampType()),
+    ("status", StringType()),
+    ("config_json", StringType()),
+    ("config_fingerprint", StringType()),
+    ("model_id", StringType()),
+    ("usersegments_version", StringType()),
+)
+
+RUN_METRICS = _schema(
+    ("run_id", StringType()),
+    ("stage", StringType()),
+    ("metric", StringType()),
+    ("value", DoubleType()),
+    ("recorded_at", TimestampType()),
+)
+
+EVENTS = _schema(
+    ("event_id", StringType()),
+    ("user_id", StringType()),
+    ("event_time", TimestampType()),
+    ("event_type", StringType()),
+    ("item_id", StringType()),
+    ("text", StringType()),
+    ("text_hash", StringType()),
+    ("value", DoubleType()),
+    ("category", StringType()),
+    ("event_date", DateType()),
+    ("run_id", StringType()),
+)
+
+EVENTS_REJECTED = _schema(
+    ("user_id", StringType()),
+    ("event_time", StringType()),
+    ("event_type", StringType()),
+    ("item_id", StringType()),
+    ("text", StringType()),
+    ("value", StringType()),
+    ("raw_record", StringType()),
+    ("reject_reason", StringType()),
+    ("source", StringType()),
+    ("run_id", StringType()),
+    ("rejected_at", TimestampType()),
+)
+
+TEXT_EMBEDDINGS = _schema(
+    ("text_hash", StringType()),
+    ("model_id", StringType()),
+    ("embedding", VECTOR),
+    ("created_at", TimestampType()),
+)
+
+USER_PROFILES = _schema(
+    ("user_id", StringType()),
+    ("embedding", VECTOR),
+    ("weighted_sum", VECTOR),
+    ("weight_total", DoubleType()),
+    ("n_events", LongType()),
+    ("first_event_time", TimestampType()),
+    ("last_event_time", TimestampType()),
+    ("as_of", TimestampType()),
+    ("run_id", StringType()),
+)
+
+USER_SEGMENTS = _schema(
+    ("user_id", StringType()),
+    ("cluster_id", IntegerType()),
+    ("segment_id", StringType()),
+    ("distance", DoubleType()),
+    ("run_id", StringType()),
+    ("as_of", TimestampType()),
+)
+
+SEGMENTS = _schema(
+    ("segment_id", StringType()),
+    ("cluster_id", IntegerType()),
+    ("size", LongType()),
+    ("label", StringType()),
+    ("keywords", ArrayType(StringType(), containsNull=False)),
+    ("top_items", ArrayType(StringType(), containsNull=False)),
+    ("centroid", VECTOR),
+    ("cohesion", DoubleType()),
+    ("run_id", StringType()),
+)
+
+SEGMENT_HISTORY = _schema(
+    ("user_id", StringType()),
+    ("segment_id", StringType()),
+    ("valid_from", TimestampType()),
+    ("valid_to", TimestampType()),
+    ("run_id", StringType()),
+)
+
+SEGMENT_RECOMMENDATIONS = _schema(
+    ("segment_id", StringType()),
+    ("rank", IntegerType()),
+    ("item_id", StringType()),
+    ("text", StringType()),
+    ("score", DoubleType()),
+    ("run_id", StringType()),
+)
+
+TABLES: dict[str, StructType] = {
+    "runs": RUNS,
+    "run_metrics": RUN_METRICS,
+    "events": EVENTS,
+    "events_rejected": EVENTS_REJECTED,
+    "text_embeddings": TEXT_EMBEDDINGS,
+    "user_profiles": USER_PROFILES,
+    "user_segments": USER_SEGMENTS,
+    "segments": SEGMENTS,
+    "segment_history": SEGMENT_HISTORY,
+    "segment_recommendations": SEGMENT_RECOMMENDATIONS,
+}
+
+
+def conform(df: DataFrame, schema: StructType) -> DataFrame:
+    """Select ``schema``'s columns from ``df`` in its order, cast to its types.
+
+    Raises ``ValueError`` naming the missing columns; extra columns are dropped.
+    """
+    missing = [f.name for f in schema.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"frame lacks columns {missing} of the table contract; has {df.columns}")
+    return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in schema.fields])

@@ -1,0 +1,142 @@
+"""The one SparkSession factory: local, cluster (spark-submit) and Databricks.
+
+The mode comes from ``spark.mode`` in the config, never guessed from the
+environment. Delta Lake's session extension and catalog are wired only when
+the delta-spark backend is asked for (or its jars are configured), since
+naming the catalog without its jars breaks every catalog call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from pyspark.sql import SparkSession
+
+from usersegments.config import Config
+from usersegments.errors import ConfigError, SetupError
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+MIN_JAVA = 17
+
+JAVA_INSTALL_HINT = (
+    "install Java 17 or newer (Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless; "
+    "macOS: brew install openjdk@17) and put it on PATH or set JAVA_HOME"
+)
+
+
+def build_session(cfg: Config) -> SparkSession:
+    """Return the SparkSession for ``cfg.spark.mode``.
+
+    - local: starts Spark in this process with ``cfg.spark.master``; Python
+      workers use this interpreter; Arrow on; UI off under CI (``spark.ui=auto``).
+    - cluster: ``getOrCreate`` over what ``spark-submit`` configured; the master
+      and resources are never overridden.
+    - databricks: the notebook's or job's active session, unchanged.
+    """
+    mode = cfg.spark.mode
+    if mode == "databricks":
+        active = SparkSession.getActiveSession()
+        if active is None:
+            raise ConfigError(
+                "spark.mode is 'databricks' but there is no active SparkSession; run inside a "
+                "Databricks notebook or job, or set spark.mode to local or cluster"
+            )
+        return active
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    for key, value in session_conf(cfg).items():
+        builder = builder.config(key, value)
+    if mode == "local":
+        check_java()
+        # Workers are started from PYSPARK_PYTHON, not from spark.pyspark.python, in local
+        # mode: without this they run the system python and cannot import pandas.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        builder = builder.master(cfg.spark.master)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.spark.log_level)
+    return spark
+
+
+def session_conf(cfg: Config) -> dict[str, str]:
+    """The Spark settings ``build_session`` applies for ``cfg`` (local and cluster modes)."""
+    conf = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": cfg.spark.session_timezone,
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        # Parquet written for the delta-rs backend must carry microsecond timestamps.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    if cfg.spark.mode == "local":
+        ui_on = cfg.spark.ui == "on" or (cfg.spark.ui == "auto" and not os.environ.get("CI"))
+        conf.update(
+            {
+                "spark.pyspark.python": sys.executable,
+                "spark.pyspark.driver.python": sys.executable,
+                "spark.driver.memory": cfg.spark.driver_memory,
+                "spark.ui.enabled": "true" if ui_on else "false",
+                "spark.ui.showConsoleProgress": "true",
+            }
+        )
+    if wants_delta_spark(cfg):
+        conf["spark.sql.extensions"] = DELTA_EXTENSION
+        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    conf.update(cfg.spark.conf)
+    return conf
+
+
+def wants_delta_spark(cfg: Config) -> bool:
+    """Whether the session should be wired for delta-spark (asked for, or its jars configured)."""
+    if cfg.store.backend == "delta-spark":
+        return True
+    if cfg.store.backend == "delta-rs":
+        return False
+    jars = " ".join(cfg.spark.conf.get(key, "") for key in ("spark.jars", "spark.jars.packages"))
+    return "delta-spark" in jars or "io.delta" in jars
+
+
+def delta_spark_ready(spark: SparkSession) -> bool:
+    """True when the session can use delta-spark: Delta classes load and its extension is on."""
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if DELTA_EXTENSION not in extensions:
+        return False
+    return delta_classes_loaded(spark)
+
+
+def delta_classes_loaded(spark: SparkSession) -> bool:
+    """True when the JVM behind ``spark`` can load ``io.delta.tables.DeltaTable``."""
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:  # Spark Connect: no JVM handle; the server decides.
+        return True
+    from py4j.java_gateway import JavaClass
+
+    return isinstance(jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
+def check_java() -> None:
+    """Fail with the install line when Java is missing or older than 17."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise SetupError(f"Java was not found; Spark needs it: {JAVA_INSTALL_HINT}")
+    try:
+        out = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as exc:
+        raise SetupError(f"cannot run {java!r} ({exc}): {JAVA_INSTALL_HINT}") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if match:
+        major = int(match.group(1))
+        if major == 1 and match.group(2):  # "1.8.0" style
+            major = int(match.group(2))
+        if major < MIN_JAVA:
+            raise SetupError(
+                f"Java {major} found at {java!r}; Spark 4 needs {MIN_JAVA}+: {JAVA_INSTALL_HINT}"
+            )

@@ -1,0 +1,186 @@
+"""TableStore on real Delta tables: round trips, merge, time travel, schema checks."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import Row
+from pyspark.testing import assertDataFrameEqual
+
+from usersegments.errors import SchemaMismatchError, StoreError
+from usersegments.store import TableStore, resolve_backend
+
+SCHEMA = "id string, ts timestamp, day date, score double, vec array<float>, n int"
+
+
+def rows(spark, data):
+    return spark.createDataFrame(data, SCHEMA)
+
+
+def sample(spark):
+    return rows(
+        spark,
+        [
+            ("a", datetime(2024, 1, 1, 10, 0), date(2024, 1, 1), 1.5, [0.1, 0.2], 1),
+            ("b", datetime(2024, 1, 2, 11, 30), date(2024, 1, 2), None, [0.3, 0.4], 2),
+            ("c", datetime(2024, 1, 2, 12, 0), date(2024, 1, 2), 3.0, [], None),
+        ],
+    )
+
+
+def test_write_read_round_trip_exact(spark, store):
+    df = sample(spark)
+    store.write(df, "t", partition_by=["day"])
+    back = store.read("t")
+    assert back.columns == df.columns  # partition columns keep their place
+    assertDataFrameEqual(back, df)
+    assert store.version("t") == 0
+
+
+def test_append_then_overwrite(spark, store):
+    df = sample(spark)
+    store.write(df, "t")
+    store.write(df.filter("id = 'a'"), "t", mode="append")
+    assert store.read("t").count() == 4
+    store.write(df.filter("id = 'b'"), "t", mode="overwrite")
+    assertDataFrameEqual(store.read("t"), df.filter("id = 'b'"))
+    assert store.version("t") == 2
+
+
+def test_overwrite_may_change_the_schema(spark, store):
+    store.write(sample(spark), "t")
+    other = spark.createDataFrame([("x", 1)], "id string, other int")
+    store.write(other, "t", mode="overwrite")
+    assertDataFrameEqual(store.read("t"), other)
+
+
+def test_merge_upserts_exact_rows(spark, store):
+    store.write(sample(spark), "t")
+    change = rows(
+        spark,
+        [
+            ("b", datetime(2024, 1, 2, 11, 30), date(2024, 1, 2), 9.0, [0.3, 0.4], 2),
+            ("d", datetime(2024, 1, 3, 9, 0), date(2024, 1, 3), 4.0, [1.0], 4),
+        ],
+    )
+    result = store.merge(change, "t", on=["id"])
+    assert (result.inserted, result.updated) == (1, 1)
+    expected = sample(spark).filter("id != 'b'").unionByName(change)
+    assertDataFrameEqual(store.read("t"), expected)
+
+
+def test_merge_is_idempotent(spark, store):
+    store.write(sample(spark), "t")
+    change = rows(spark, [("z", datetime(2024, 2, 1), date(2024, 2, 1), 1.0, [0.5], 7)])
+    store.merge(change, "t", on=["id"])
+    once = store.read("t").collect()
+    second = store.merge(change, "t", on=["id"], when_matched="ignore")
+    assert second.inserted == 0
+    assertDataFrameEqual(store.read("t"), spark.createDataFrame(once, SCHEMA))
+    store.merge(change, "t", on=["id"])  # update-all with the same values changes nothing
+    assertDataFrameEqual(store.read("t"), spark.createDataFrame(once, SCHEMA))
+
+
+def test_merge_creates_missing_table(spark, store):
+    result = store.merge(sample(spark), "new_table", on=["id"], partition_by=["day"])
+    assert result.inserted == 3
+    assertDataFrameEqual(store.read("new_table"), sample(spark))
+
+
+def test_merge_rejects_duplicate_and_null_keys(spark, store):
+    store.write(sample(spark), "t")
+    dup = sample(spark).unionByName(sample(spark).filter("id = 'a'"))
+    with pytest.raises(ValueError, match=r"unique keys \['id'\]; \{'id': 'a'\} appears 2 times"):
+        store.merge(dup, "t", on=["id"])
+    null_key = rows(spark, [(None, None, None, None, None, None)])
+    with pytest.raises(ValueError, match="must not be null"):
+        store.merge(null_key, "t", on=["id"])
+
+
+def test_time_travel(spark, store):
+    df = sample(spark)
+    store.write(df.filter("id = 'a'"), "t")
+    store.write(df.filter("id = 'b'"), "t")
+    store.merge(df.filter("id = 'c'"), "t", on=["id"])
+    assert store.version("t") == 2
+    assertDataFrameEqual(store.read_version("t", 0), df.filter("id = 'a'"))
+    assertDataFrameEqual(store.read_version("t", 1), df.filter("id in ('a', 'b')"))
+    assertDataFrameEqual(store.read_version("t", 2), df)
+    history = store.history("t")
+    assert [h.version for h in history] == [2, 1, 0]
+    assert "MERGE" in history[0].operation.upper()
+    with pytest.raises(StoreError, match="versions 0..2; version 5 does not exist"):
+        store.read_version("t", 5)
+
+
+def test_append_with_other_schema_is_refused(spark, store):
+    store.write(sample(spark), "t")
+    wrong = spark.createDataFrame([("x", "not-a-number")], "id string, score string")
+    with pytest.raises(SchemaMismatchError) as err:
+        store.write(wrong, "t")
+    msg = str(err.value)
+    assert "table 't'" in msg
+    assert "missing columns ['ts', 'day', 'vec', 'n']" in msg
+    assert "score: table has double, rows have string" in msg
+    assert store.version("t") == 0  # nothing was written
+
+
+def test_missing_table_is_a_clear_error(store):
+    assert not store.exists("nothing")
+    with pytest.raises(StoreError, match="table 'nothing' does not exist"):
+        store.read("nothing")
+
+
+def test_empty_frames_round_trip(spark, store):
+    empty = sample(spark).limit(0)
+    store.write(empty, "t")
+    assert store.exists("t")
+    back = store.read("t")
+    assert back.count() == 0
+    assert back.columns == empty.columns
+
+
+def test_tables_are_real_delta_tables(spark, rs_store):
+    rs_store.write(sample(spark), "t", partition_by=["day"])
+    rs_store.merge(sample(spark), "t", on=["id"])
+    path = rs_store.path("t")
+    table = DeltaTable(path)
+    assert table.version() == 1
+    assert sorted(table.to_pandas()["id"]) == ["a", "b", "c"]
+    commits = sorted(p.name for p in (Path(path) / "_delta_log").glob("*.json"))
+    assert commits == ["00000000000000000000.json", "00000000000000000001.json"]
+
+
+def test_auto_backend_is_delta_rs_in_local_mode_without_jars(spark, cfg):
+    from usersegments.session import delta_spark_ready
+
+    if delta_spark_ready(spark):
+        pytest.skip("Delta jars are on the classpath: auto picks delta-spark")
+    assert resolve_backend(spark, cfg) == "delta-rs"
+    assert TableStore.from_config(spark, cfg).backend == "delta-rs"
+
+
+def test_explicit_delta_spark_without_jars_names_the_fix(spark, cfg):
+    from usersegments.config import load_config
+    from usersegments.session import delta_spark_ready
+
+    if delta_spark_ready(spark):
+        pytest.skip("Delta jars are on the classpath")
+    wanted = load_config(overrides=["store.backend=delta-spark"], output=cfg.store.root)
+    with pytest.raises(StoreError, match="--packages io.delta:delta-spark_2.13"):
+        resolve_backend(spark, wanted)
+
+
+def test_bad_table_names(store):
+    for name in ("", "a/b", "_staging", ".hidden"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            store.path(name)
+
+
+def test_row_objects_survive(spark, store):
+    df = spark.createDataFrame([Row(id="q", n=1)])
+    store.write(df, "r")
+    assert store.read("r").collect() == [Row(id="q", n=1)]
