@@ -31,7 +31,7 @@ RUN_ORDER = ("ingest", "embed", "profile", "cluster", "label", "recommend", "rep
 def stage_function(name: str) -> StageFn:
     """The ``run_<name>`` function of a stage, imported on first use."""
     registry: dict[str, tuple[str, str]] = {
-        # name: (module, function); filled in as stages land.
+        "ingest": ("ingest", "run_ingest"),
     }
     if name not in registry:
         raise StageNotAvailable(
@@ -94,8 +94,20 @@ def store_check(ctx: Context) -> StageResult:
 
 
 def cli_generate(cfg: Config, args: Any) -> int:
-    """``usersegments generate``."""
-    raise StageNotAvailable("'generate' is not available in this version of usersegments")
+    """``usersegments generate``: synthetic events, items and truth under the output root."""
+    from usersegments.console import say
+    from usersegments.synthetic import GeneratorSettings, generate, write
+
+    settings = GeneratorSettings(users=args.users, seed=args.seed, days=args.days)
+    data = generate(settings)
+    paths = write(data, cfg.store.root)
+    say(
+        f"generated {len(data.events)} events of {settings.users} users over {settings.days} "
+        f"days ({len(data.items)} items, {data.manifest['drifted_users']} drifted users)"
+    )
+    for name, path in paths.items():
+        say(f"  {name}: {path}")
+    return 0
 
 
 def cli_run(cfg: Config, args: Any) -> int:
@@ -116,18 +128,34 @@ def cli_evaluate(cfg: Config, args: Any) -> int:
 
 
 def cli_demo(cfg: Config, args: Any) -> int:
-    """``usersegments demo``: whatever stages exist, on a small generated dataset."""
-    from usersegments.console import print_tables, say
+    """``usersegments demo``: generate a small dataset, then run the available stages on it."""
+    from pathlib import Path
 
+    from usersegments.console import print_table, print_tables, say
+    from usersegments.synthetic import GeneratorSettings, generate, write
+
+    data = generate(GeneratorSettings(users=args.users, seed=args.seed))
+    input_dir = Path(cfg.store.root) / "input"
+    paths = write(data, input_dir)
+    say(f"generated {len(data.events)} events of {args.users} users into {input_dir}")
     ctx = open_context(cfg, "demo")
     try:
-        result = store_check(ctx)
-        ctx.run.record_all("store_check", result.metrics)
+        ingest = run_stage(ctx, "ingest", events=[paths["events_csv"]], items=paths["items"])
     except BaseException:
         ctx.run.finish("failed")
         raise
     ctx.run.finish()
-    say(f"demo run {ctx.run.run_id}: Spark {ctx.spark.version}, store backend {ctx.store.backend}")
+    m = ingest.metrics
+    print_table(
+        f"ingest ({ingest.seconds:.1f}s)",
+        ["rows read", "accepted", "rejected", "duplicates"],
+        [(int(m["rows_read"]), int(m["accepted"]), int(m["rejected"]), int(m["duplicates"]))],
+    )
+    print_table(
+        "rejected by reason",
+        ["reason", "rows"],
+        [(k.split(".", 1)[1], int(v)) for k, v in m.items() if k.startswith("rejected.") and v],
+    )
     print_tables(ctx.store)
-    say(f"tables written under {ctx.store.root}")
+    say(f"demo run {ctx.run.run_id}: tables under {ctx.store.root} (backend {ctx.store.backend})")
     return 0

@@ -64,6 +64,7 @@ EVENTS = _schema(
 )
 
 EVENTS_REJECTED = _schema(
+    ("reject_id", StringType()),
     ("user_id", StringType()),
     ("event_time", StringType()),
     ("event_type", StringType()),
@@ -73,6 +74,7 @@ EVENTS_REJECTED = _schema(
     ("raw_record", StringType()),
     ("reject_reason", StringType()),
     ("source", StringType()),
+    ("occurrences", LongType()),
     ("run_id", StringType()),
     ("rejected_at", TimestampType()),
 )

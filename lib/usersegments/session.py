@@ -72,6 +72,9 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         # Parquet written for the delta-rs backend must carry microsecond timestamps.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # pandas writes nanosecond timestamps, which Spark refuses as a type; read them
+        # as epoch nanoseconds instead (ingest tells the unit by magnitude).
+        "spark.sql.legacy.parquet.nanosAsLong": "true",
     }
     if cfg.spark.mode == "local":
         ui_on = cfg.spark.ui == "on" or (cfg.spark.ui == "auto" and not os.environ.get("CI"))

@@ -150,6 +150,12 @@ class TableStore:
             )
         return self._backend.read(self.path(name), version)
 
+    def read_path(self, path: str) -> DataFrame:
+        """Any Delta table by its path (an input, not one of this store's tables)."""
+        if not self._backend.exists(path):
+            raise StoreError(f"{path!r} is not a Delta table (no _delta_log with commits)")
+        return self._backend.read(path, None)
+
     def schema(self, name: str) -> StructType:
         """The Spark schema of table ``name``'s current version."""
         self._require(name)

@@ -1,0 +1,753 @@
+"""A generator of realistic behaviour logs with planted ground truth.
+
+Users are personas: a primary interest area and sub-style, often a secondary
+area, plus noise. Items have titles and descriptions composed from their
+area's vocabulary (no two areas share a distinctive word) and shared generic
+words. A configurable share of users switches primary interest at a known
+date (planted drift) and a configurable share of rows is bad in known ways
+(planted bad rows). Everything is a pure function of the seed.
+
+Files written under the output folder:
+
+- ``events.csv`` and ``events.parquet``: the events (times as strings in mixed
+  formats: ISO-8601 with and without zone, epoch seconds, epoch milliseconds);
+- ``items.parquet`` / ``items.csv``: the catalog (item_id, text, category);
+- ``truth.parquet`` / ``truth.csv``: per user area, sub_style, drift_date, new_area;
+- ``manifest.json``: counts of rows and of each kind of planted bad row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Distinctive vocabulary: area -> (area nouns, {sub_style: sub-style words}).
+# Sub-style words are what a reader uses to tell two styles apart.
+AREAS: dict[str, tuple[list[str], dict[str, list[str]]]] = {
+    "running": (
+        ["running shoes", "runner", "running socks", "running vest", "pace watch"],
+        {
+            "trail running": [
+                "trail",
+                "ultramarathon",
+                "lugged outsole",
+                "rock plate",
+                "mountain race",
+                "gaiters",
+                "technical singletrack",
+            ],
+            "road racing": [
+                "marathon",
+                "half marathon",
+                "carbon plate",
+                "tempo run",
+                "racing flats",
+                "negative splits",
+                "interval session",
+            ],
+        },
+    ),
+    "hiking": (
+        ["hiking", "hiker", "trekking", "backcountry", "trailhead"],
+        {
+            "backpacking": [
+                "ultralight tent",
+                "sleeping bag",
+                "backpacking stove",
+                "bear canister",
+                "thru-hike",
+                "water filter",
+                "frame pack",
+            ],
+            "day hiking": [
+                "daypack",
+                "trekking poles",
+                "waterproof boots",
+                "summit",
+                "national park circuit",
+                "water reservoir",
+                "scenic overlook",
+            ],
+        },
+    ),
+    "cooking": (
+        ["recipe", "cookbook", "skillet", "chef knife", "home cooking"],
+        {
+            "italian cooking": [
+                "pasta maker",
+                "risotto",
+                "parmigiano",
+                "pesto",
+                "gnocchi",
+                "marinara",
+                "lasagna",
+            ],
+            "asian cooking": [
+                "wok",
+                "ramen",
+                "dumplings",
+                "kimchi",
+                "soy glaze",
+                "stir fry",
+                "rice cooker",
+            ],
+            "barbecue": [
+                "smoker",
+                "brisket",
+                "spice rub",
+                "charcoal grill",
+                "pulled pork",
+                "meat thermometer",
+                "wood chips",
+            ],
+        },
+    ),
+    "baking": (
+        ["baking", "oven", "baker", "bakeware", "flour"],
+        {
+            "bread baking": [
+                "sourdough",
+                "starter culture",
+                "dutch oven loaf",
+                "proofing basket",
+                "baguette",
+                "rye",
+                "crumb",
+            ],
+            "pastry": [
+                "croissant",
+                "puff pastry",
+                "laminated dough",
+                "eclair",
+                "tart shell",
+                "choux",
+                "butter block",
+            ],
+            "cake decorating": [
+                "fondant",
+                "buttercream",
+                "piping bags",
+                "layer cake",
+                "sprinkles",
+                "cake turntable",
+                "frosting",
+            ],
+        },
+    ),
+    "jazz": (
+        ["jazz", "jazz album", "jazz quartet", "swing", "vinyl jazz"],
+        {
+            "bebop": [
+                "bebop",
+                "saxophone solo",
+                "charlie parker",
+                "improvisation",
+                "fast changes",
+                "hard bop",
+                "trumpet",
+            ],
+            "vocal jazz": [
+                "jazz singer",
+                "crooner",
+                "ballads",
+                "great american songbook",
+                "scat",
+                "torch song",
+                "swing orchestra vocals",
+            ],
+        },
+    ),
+    "metal": (
+        ["metal", "heavy metal", "metal band", "guitar riffs", "headbanging"],
+        {
+            "thrash metal": [
+                "thrash",
+                "speed picking",
+                "mosh pit",
+                "bay area thrash",
+                "palm muting",
+                "crossover",
+                "shredding",
+            ],
+            "doom metal": [
+                "doom",
+                "sludge",
+                "downtuned",
+                "funeral doom",
+                "stoner riffs",
+                "slow dirge",
+                "fuzz pedal",
+            ],
+            "black metal": [
+                "black metal",
+                "tremolo picking",
+                "blast beats",
+                "corpse paint",
+                "norwegian",
+                "atmospheric",
+                "lo-fi production",
+            ],
+        },
+    ),
+    "scifi books": (
+        ["science fiction", "sci-fi saga", "paperback", "trilogy", "author"],
+        {
+            "space opera": [
+                "starship",
+                "galactic empire",
+                "interstellar war",
+                "alien fleet",
+                "hyperspace",
+                "space marines",
+                "colony worlds",
+            ],
+            "cyberpunk": [
+                "cyberpunk",
+                "hacker",
+                "neon megacity",
+                "android",
+                "neural implant",
+                "megacorporation",
+                "virtual reality",
+            ],
+            "time travel": [
+                "time machine",
+                "paradox",
+                "alternate timeline",
+                "time loop",
+                "chrononaut",
+                "temporal",
+                "butterfly effect",
+            ],
+        },
+    ),
+    "romance books": (
+        ["romance novel", "love story", "romance", "heroine", "happily ever after"],
+        {
+            "regency romance": [
+                "duke",
+                "regency",
+                "ballroom",
+                "courtship",
+                "earl",
+                "london season",
+                "marriage of convenience",
+            ],
+            "contemporary romance": [
+                "small town romance",
+                "billionaire",
+                "second chance",
+                "enemies to lovers",
+                "office romance",
+                "fake dating",
+                "rom-com",
+            ],
+            "paranormal romance": [
+                "vampire",
+                "werewolf",
+                "shifter",
+                "fated mates",
+                "witch",
+                "immortal",
+                "moonlit",
+            ],
+        },
+    ),
+    "gaming": (
+        ["video game", "gamer", "console", "gaming headset", "controller"],
+        {
+            "strategy games": [
+                "grand strategy",
+                "4x",
+                "real-time strategy",
+                "turn-based",
+                "city builder",
+                "tech tree",
+                "kingdom management",
+            ],
+            "shooters": [
+                "first-person shooter",
+                "battle royale",
+                "headshot",
+                "loadout",
+                "esports",
+                "aim trainer",
+                "multiplayer maps",
+            ],
+            "role-playing games": [
+                "rpg",
+                "dungeon crawler",
+                "quest log",
+                "character build",
+                "open world",
+                "loot",
+                "jrpg",
+            ],
+        },
+    ),
+    "skincare": (
+        ["skincare", "serum", "cleanser", "moisturizer", "dermatologist"],
+        {
+            "anti-aging": [
+                "retinol",
+                "peptides",
+                "wrinkles",
+                "fine lines",
+                "collagen",
+                "firming cream",
+                "vitamin c",
+            ],
+            "acne treatment": [
+                "salicylic acid",
+                "blemish",
+                "breakouts",
+                "pores",
+                "benzoyl peroxide",
+                "spot treatment",
+                "oil control",
+            ],
+            "hydration": [
+                "hyaluronic acid",
+                "ceramides",
+                "barrier repair",
+                "dry skin",
+                "dewy",
+                "sheet mask",
+                "squalane",
+            ],
+        },
+    ),
+    "parenting": (
+        ["parenting", "parents", "kids", "family", "child development"],
+        {
+            "newborn care": [
+                "newborn",
+                "swaddle",
+                "diapers",
+                "crib",
+                "breastfeeding",
+                "sleep schedule",
+                "baby monitor",
+            ],
+            "toddlers": [
+                "toddler",
+                "potty training",
+                "tantrums",
+                "playdate",
+                "picky eater",
+                "preschool",
+                "sippy cup",
+            ],
+            "teenagers": [
+                "teenager",
+                "screen limits",
+                "curfew",
+                "college applications",
+                "allowance",
+                "driving lessons",
+                "peer pressure",
+            ],
+        },
+    ),
+    "personal finance": (
+        ["personal finance", "money", "savings", "financial planning", "wealth"],
+        {
+            "investing": [
+                "index funds",
+                "etf",
+                "dividends",
+                "stock market",
+                "portfolio",
+                "compound interest",
+                "asset allocation",
+            ],
+            "budgeting": [
+                "budget",
+                "envelope method",
+                "debt payoff",
+                "frugal living",
+                "expense tracker",
+                "emergency fund",
+                "coupons",
+            ],
+            "retirement": [
+                "401k",
+                "pension",
+                "annuity",
+                "early retirement",
+                "roth ira",
+                "social security",
+                "withdrawal rate",
+            ],
+        },
+    ),
+    "gardening": (
+        ["gardening", "garden", "gardener", "potting soil", "seeds"],
+        {
+            "vegetable gardening": [
+                "tomatoes",
+                "raised bed",
+                "compost",
+                "zucchini",
+                "seed starting",
+                "companion planting",
+                "harvest",
+            ],
+            "houseplants": [
+                "monstera",
+                "succulents",
+                "repotting",
+                "pothos",
+                "grow light",
+                "fiddle leaf fig",
+                "terrarium",
+            ],
+        },
+    ),
+    "photography": (
+        ["photography", "camera", "photographer", "lens", "photo editing"],
+        {
+            "landscape photography": [
+                "tripod",
+                "wide-angle",
+                "golden hour",
+                "neutral density",
+                "long exposure",
+                "alpine vista",
+                "milky way",
+            ],
+            "portrait photography": [
+                "portrait",
+                "bokeh",
+                "prime lens",
+                "studio lighting",
+                "softbox",
+                "headshots",
+                "retouching workflow",
+            ],
+        },
+    ),
+}
+
+GENERIC_WORDS = [
+    "new",
+    "best",
+    "set",
+    "pro",
+    "classic",
+    "deluxe",
+    "essential",
+    "premium",
+    "edition",
+    "bundle",
+    "guide",
+    "starter",
+    "complete",
+    "favorite",
+    "top rated",
+]
+PRODUCT_FORMS = ["kit", "collection", "handbook", "gear", "pack", "series", "box set", "bundle"]
+REVIEW_TEMPLATES = [
+    "great {w}, exactly what I wanted",
+    "the {w} was disappointing, returned it",
+    "love the {w}, would buy again",
+    "solid {w} for the price",
+    "my second {w}, still happy",
+    "not sure about the {w} yet",
+]
+QUERY_TEMPLATES = ["{w}", "best {w}", "{w} for beginners", "{w} {a}", "cheap {w}", "{w} tips"]
+
+# Event mix: views >> searches > clicks > purchases > reviews, ratings.
+EVENT_TYPES = ["view", "search", "click", "purchase", "review", "rate"]
+EVENT_TYPE_P = [0.58, 0.16, 0.12, 0.07, 0.04, 0.03]
+
+DEFAULT_END = datetime(2026, 9, 30, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Knobs of ``generate``; the defaults make about 20 events per user."""
+
+    users: int = 2000
+    seed: int = 7
+    days: int = 60
+    end: datetime = DEFAULT_END
+    items_per_style: int = 90
+    median_events: float = 15.0
+    secondary_share: float = 0.5
+    noise_share: float = 0.08
+    drift_share: float = 0.1
+    drift_at: float = 0.7
+    bad_row_share: float = 0.02
+    duplicate_share: float = 0.01
+    malformed_csv_lines: int = 3
+
+
+@dataclass
+class GeneratedData:
+    """What ``generate`` produced, in memory; ``write`` puts it on disk."""
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+    truth: pd.DataFrame
+    settings: GeneratorSettings
+    manifest: dict[str, object] = field(default_factory=dict)
+
+
+def area_names() -> list[str]:
+    """The planted interest areas, in a fixed order."""
+    return list(AREAS)
+
+
+def distinctive_words(area: str) -> set[str]:
+    """Single words that identify ``area``: its nouns' and sub-styles' words."""
+    nouns, styles = AREAS[area]
+    phrases = list(nouns) + [w for words in styles.values() for w in words] + list(styles)
+    generic = set(GENERIC_WORDS) | set(PRODUCT_FORMS)
+    return {w for p in phrases for w in p.split() if w not in generic and len(w) > 2}
+
+
+def make_items(rng: np.random.Generator, per_style: int) -> pd.DataFrame:
+    """The item catalog: titles and descriptions from each sub-style's vocabulary."""
+    rows = []
+    for area, (nouns, styles) in AREAS.items():
+        for style, words in styles.items():
+            seen: set[str] = set()
+            while len(seen) < per_style:
+                w1, w2 = rng.choice(words, size=2, replace=False)
+                title = " ".join(
+                    [
+                        str(rng.choice(GENERIC_WORDS)).title(),
+                        str(w1).title(),
+                        str(rng.choice(nouns)).title(),
+                        str(rng.choice(PRODUCT_FORMS)).title(),
+                    ]
+                )
+                if rng.random() < 0.5:
+                    title += f" {int(rng.integers(2, 40))}"
+                if title in seen:
+                    continue
+                seen.add(title)
+                description = f"{title}. For {style} fans: {w2} and {w1}, {rng.choice(nouns)}."
+                rows.append((area, style, description))
+    items = pd.DataFrame(rows, columns=["category", "sub_style", "text"])
+    items.insert(0, "item_id", [f"i{n:05d}" for n in range(len(items))])
+    return items
+
+
+def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
+    """Generate events, items and truth for ``settings`` (deterministic for a seed)."""
+    s = settings or GeneratorSettings()
+    rng = np.random.default_rng(s.seed)
+    items = make_items(rng, s.items_per_style)
+    by_style = {k: g["item_id"].to_numpy() for k, g in items.groupby("sub_style", sort=True)}
+    item_text = dict(zip(items["item_id"], items["text"], strict=True))
+    area_list = area_names()
+    style_of = {a: list(AREAS[a][1]) for a in area_list}
+
+    start = s.end - timedelta(days=s.days)
+    drift_date = start + timedelta(days=s.days * s.drift_at)
+    truth_rows, events = [], []
+    for u in range(s.users):
+        user_id = f"u{u:06d}"
+        area = area_list[int(rng.integers(len(area_list)))]
+        style = style_of[area][int(rng.integers(len(style_of[area])))]
+        secondary = None
+        if rng.random() < s.secondary_share:
+            others = [a for a in area_list if a != area]
+            secondary = others[int(rng.integers(len(others)))]
+        drifts = rng.random() < s.drift_share
+        new_area = new_style = user_drift = None
+        if drifts:
+            choices = [a for a in area_list if a not in (area, secondary)]
+            new_area = choices[int(rng.integers(len(choices)))]
+            new_style = style_of[new_area][int(rng.integers(len(style_of[new_area])))]
+            user_drift = drift_date + timedelta(hours=float(rng.uniform(0, 48)))
+        truth_rows.append((user_id, area, style, secondary, user_drift, new_area, new_style))
+
+        n = int(np.clip(rng.lognormal(np.log(s.median_events), 0.8), 5, 400))
+        offsets = np.sort(rng.uniform(0, s.days * 86400, size=n))
+        if drifts:
+            # Drifted users stay active after the switch, so the new interest is visible.
+            cut = (user_drift - start).total_seconds()
+            after = max(3, n // 3)
+            offsets[-after:] = np.sort(rng.uniform(cut, s.days * 86400, size=after))
+            offsets = np.sort(offsets)
+        for off in offsets:
+            when = start + timedelta(seconds=float(off))
+            a, st = area, style
+            if drifts and when >= user_drift:
+                a, st = new_area, new_style
+            roll = rng.random()
+            if roll < s.noise_share:
+                a = area_list[int(rng.integers(len(area_list)))]
+                st = style_of[a][int(rng.integers(len(style_of[a])))]
+            elif secondary is not None and roll < s.noise_share + 0.2:
+                a = secondary
+                st = style_of[a][int(rng.integers(len(style_of[a])))]
+            elif rng.random() < 0.15:  # other sub-styles of the same area
+                st = style_of[a][int(rng.integers(len(style_of[a])))]
+            events.append(_make_event(rng, user_id, when, a, st, by_style, item_text))
+
+    frame = pd.DataFrame(
+        events, columns=["user_id", "event_time", "event_type", "item_id", "text", "value"]
+    )
+    truth = pd.DataFrame(
+        truth_rows,
+        columns=[
+            "user_id",
+            "area",
+            "sub_style",
+            "secondary_area",
+            "drift_date",
+            "new_area",
+            "new_sub_style",
+        ],
+    )
+    frame, manifest = _plant_bad_rows(rng, frame, s)
+    manifest.update(
+        {
+            "settings": {k: str(v) for k, v in asdict(s).items()},
+            "drift_date": drift_date.isoformat(),
+            "drifted_users": int(truth["new_area"].notna().sum()),
+            "items": len(items),
+            "areas": area_list,
+            "malformed_csv_lines": s.malformed_csv_lines,
+        }
+    )
+    return GeneratedData(
+        events=frame,
+        items=items[["item_id", "text", "category"]],
+        truth=truth,
+        settings=s,
+        manifest=manifest,
+    )
+
+
+def _make_event(rng, user_id, when, area, style, by_style, item_text):
+    etype = EVENT_TYPES[int(rng.choice(len(EVENT_TYPES), p=EVENT_TYPE_P))]
+    words = AREAS[area][1][style]
+    nouns = AREAS[area][0]
+    item_id = text = value = None
+    if etype == "search":
+        template = QUERY_TEMPLATES[int(rng.integers(len(QUERY_TEMPLATES)))]
+        text = template.format(w=rng.choice(words), a=rng.choice(nouns))
+    else:
+        pool = by_style[style]
+        item_id = str(pool[int(rng.integers(len(pool)))])
+        if etype == "review":
+            template = REVIEW_TEMPLATES[int(rng.integers(len(REVIEW_TEMPLATES)))]
+            text = template.format(w=rng.choice(words))
+        if etype in ("rate", "review"):
+            value = float(rng.integers(1, 6))
+    return (user_id, _format_time(rng, when), etype, item_id, text, value)
+
+
+def _format_time(rng: np.random.Generator, when: datetime) -> str:
+    """Times arrive in the formats real logs mix: mostly ISO-8601, some epochs."""
+    roll = rng.random()
+    if roll < 0.70:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if roll < 0.80:
+        return when.strftime("%Y-%m-%d %H:%M:%S")  # zone-less: taken as input.timezone (UTC)
+    if roll < 0.90:
+        return str(int(when.timestamp()))  # epoch seconds
+    return str(int(when.timestamp() * 1000))  # epoch milliseconds
+
+
+BAD_KINDS = ("null_user", "garbage_time", "empty_text", "invalid_utf8")
+
+
+def _plant_bad_rows(
+    rng: np.random.Generator, frame: pd.DataFrame, s: GeneratorSettings
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Spoil a share of rows in known ways and duplicate some; count each kind."""
+    frame = frame.copy()
+    n = len(frame)
+    n_bad = int(round(n * s.bad_row_share))
+    picked = rng.choice(n, size=n_bad, replace=False) if n_bad else np.array([], dtype=int)
+    kinds = {k: 0 for k in BAD_KINDS}
+    frame["_bad"] = ""
+    for i, row in zip(picked, rng.integers(len(BAD_KINDS), size=n_bad), strict=True):
+        kind = BAD_KINDS[row]
+        if kind == "null_user":
+            frame.iat[i, 0] = None if rng.random() < 0.5 else "  "
+        elif kind == "garbage_time":
+            frame.iat[i, 1] = ["not a time", "2024-13-45T99:00:00Z", "yesterday", ""][
+                int(rng.integers(4))
+            ]
+        elif kind == "empty_text":
+            # A search with a blank query: no item, so no catalog text either.
+            frame.iat[i, 2], frame.iat[i, 3], frame.iat[i, 4] = "search", None, "   \t "
+        else:  # invalid UTF-8: marked here, spoiled when the CSV bytes are written
+            frame.iat[i, 2], frame.iat[i, 3] = "search", None
+            frame.iat[i, 4] = "broken bytes query"
+        frame.iat[i, 6] = kind
+        kinds[kind] += 1
+    n_dup = int(round(n * s.duplicate_share))
+    clean = np.flatnonzero(frame["_bad"].to_numpy() == "")
+    dups = rng.choice(clean, size=min(n_dup, len(clean)), replace=False)
+    frame = pd.concat([frame, frame.iloc[dups]], ignore_index=True)
+    order = rng.permutation(len(frame))
+    frame = frame.iloc[order].reset_index(drop=True)
+    manifest: dict[str, object] = {
+        "rows": len(frame),
+        "bad_rows": kinds,
+        "duplicates": int(len(dups)),
+    }
+    return frame, manifest
+
+
+INVALID_UTF8 = b"broken \xff\xfe bytes query"
+
+
+def write(data: GeneratedData, output: str | Path) -> dict[str, str]:
+    """Write events (CSV and Parquet), items, truth and the manifest under ``output``."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    events = data.events.drop(columns=["_bad"])
+    invalid = data.events["_bad"].to_numpy() == "invalid_utf8"
+    # Parquet strings must be valid UTF-8: there the spoiled text carries what a decoder
+    # that replaces bad bytes would produce.
+    parquet_events = events.copy()
+    parquet_events.loc[invalid, "text"] = INVALID_UTF8.decode("utf-8", errors="replace")
+    parquet_events.to_parquet(out / "events.parquet", index=False)
+    (out / "events.csv").write_bytes(_csv_bytes(events, invalid, data.settings.malformed_csv_lines))
+    data.items.to_parquet(out / "items.parquet", index=False)
+    data.items.to_csv(out / "items.csv", index=False)
+    truth = data.truth.copy()
+    truth.to_parquet(out / "truth.parquet", index=False)
+    truth.to_csv(out / "truth.csv", index=False)
+    (out / "manifest.json").write_text(json.dumps(data.manifest, indent=2, default=str))
+    return {
+        "events_csv": str(out / "events.csv"),
+        "events_parquet": str(out / "events.parquet"),
+        "items": str(out / "items.parquet"),
+        "truth": str(out / "truth.parquet"),
+        "manifest": str(out / "manifest.json"),
+    }
+
+
+def _csv_bytes(events: pd.DataFrame, invalid: np.ndarray, malformed_lines: int) -> bytes:
+    """Events as CSV bytes, with the invalid UTF-8 bytes and malformed lines planted."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(events.columns)
+    marker = "\u0000INVALID\u0000"
+    for bad, row in zip(invalid, events.itertuples(index=False), strict=True):
+        values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in row]
+        if bad:
+            values[4] = marker
+        writer.writerow(values)
+    for n in range(
+        malformed_lines
+    ):  # too many fields: the reader's corrupt-record column catches it
+        buffer.write(f"u9{n:05d},2026-09-01T00:00:00Z,view,i00001,extra,1.0,field,another\n")
+    return buffer.getvalue().encode("utf-8").replace(marker.encode("utf-8"), INVALID_UTF8)

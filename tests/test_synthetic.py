@@ -1,0 +1,60 @@
+"""The synthetic generator: realistic, deterministic, with planted truth."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from usersegments.synthetic import (
+    AREAS,
+    GeneratorSettings,
+    area_names,
+    distinctive_words,
+    generate,
+    write,
+)
+
+
+def test_deterministic_for_a_seed():
+    a = generate(GeneratorSettings(users=150, seed=3))
+    b = generate(GeneratorSettings(users=150, seed=3))
+    c = generate(GeneratorSettings(users=150, seed=4))
+    pd.testing.assert_frame_equal(a.events, b.events)
+    pd.testing.assert_frame_equal(a.truth, b.truth)
+    assert not a.events.equals(c.events)
+
+
+def test_areas_are_distinct_and_rich():
+    assert len(AREAS) >= 12
+    for area, (_, styles) in AREAS.items():
+        assert 2 <= len(styles) <= 4, area
+    names = area_names()
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not distinctive_words(a) & distinctive_words(b), (a, b)
+
+
+def test_catalog_and_personas():
+    data = generate(GeneratorSettings(users=400, seed=1))
+    assert len(data.items) >= 2000
+    assert data.items["item_id"].is_unique
+    assert set(data.items["category"]) == set(area_names())
+    mix = data.events["event_type"].value_counts()
+    assert mix["view"] > mix["search"] > mix["purchase"] > mix["review"]
+    per_user = data.events.groupby("user_id").size()
+    assert per_user.max() > 4 * per_user.median()  # heavy-tailed activity
+    truth = data.truth
+    assert truth["user_id"].is_unique and len(truth) == 400
+    drifted = truth[truth["new_area"].notna()]
+    assert 0.04 < len(drifted) / len(truth) < 0.2
+    assert (drifted["new_area"] != drifted["area"]).all()
+    assert drifted["drift_date"].notna().all()
+
+
+def test_written_files_and_manifest(tmp_path):
+    data = generate(GeneratorSettings(users=100, seed=2))
+    paths = write(data, tmp_path)
+    for key in ("events_csv", "events_parquet", "items", "truth", "manifest"):
+        assert (tmp_path / paths[key].split("/")[-1]).stat().st_size > 0
+    raw = (tmp_path / "events.csv").read_bytes()
+    assert b"\xff\xfe" in raw  # invalid UTF-8 planted in the CSV
+    assert pd.read_parquet(paths["events_parquet"]).shape[0] == data.manifest["rows"]
