@@ -32,6 +32,9 @@ def stage_function(name: str) -> StageFn:
     """The ``run_<name>`` function of a stage, imported on first use."""
     registry: dict[str, tuple[str, str]] = {
         "ingest": ("ingest", "run_ingest"),
+        "embed": ("embed", "run_embed"),
+        "profile": ("profile", "run_profile"),
+        "cluster": ("cluster", "run_cluster"),
     }
     if name not in registry:
         raise StageNotAvailable(
@@ -141,6 +144,7 @@ def cli_demo(cfg: Config, args: Any) -> int:
     ctx = open_context(cfg, "demo")
     try:
         ingest = run_stage(ctx, "ingest", events=[paths["events_csv"]], items=paths["items"])
+        embed = run_stage(ctx, "embed")
     except BaseException:
         ctx.run.finish("failed")
         raise
@@ -155,6 +159,19 @@ def cli_demo(cfg: Config, args: Any) -> int:
         "rejected by reason",
         ["reason", "rows"],
         [(k.split(".", 1)[1], int(v)) for k, v in m.items() if k.startswith("rejected.") and v],
+    )
+    e = embed.metrics
+    print_table(
+        f"embed ({embed.seconds:.1f}s, model {ctx.run.model_id})",
+        ["distinct texts", "cached", "embedded", "texts/s"],
+        [
+            (
+                int(e["distinct_texts"]),
+                int(e["cached_hits"]),
+                int(e["texts_embedded"]),
+                round(e.get("texts_per_second", 0.0)),
+            )
+        ],
     )
     print_tables(ctx.store)
     say(f"demo run {ctx.run.run_id}: tables under {ctx.store.root} (backend {ctx.store.backend})")

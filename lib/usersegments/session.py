@@ -85,6 +85,8 @@ def session_conf(cfg: Config) -> dict[str, str]:
                 "spark.driver.memory": cfg.spark.driver_memory,
                 "spark.ui.enabled": "true" if ui_on else "false",
                 "spark.ui.showConsoleProgress": "true",
+                # Workers fork from a daemon that has torch and transformers imported.
+                "spark.python.daemon.module": "usersegments.worker_daemon",
             }
         )
     if wants_delta_spark(cfg):
