@@ -284,6 +284,13 @@ class ClusterConfig(_Section):
         description="Values of k tried when k is auto (scored by cosine silhouette).",
     )
     sample_size: int = Field(20_000, ge=100, description="Users sampled to choose k.")
+    leaves_per_cluster: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Bisecting k-means first splits into this many leaves per coarse cluster, "
+        "then merges leaves (weighted Ward) back to k.",
+    )
     max_iter: int = Field(20, ge=1, description="Bisecting k-means iterations per split.")
     seed: int = Field(42, description="Seed of every random choice in clustering.")
     sub: SubClusterConfig = Field(default_factory=SubClusterConfig)

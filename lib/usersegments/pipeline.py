@@ -145,6 +145,8 @@ def cli_demo(cfg: Config, args: Any) -> int:
     try:
         ingest = run_stage(ctx, "ingest", events=[paths["events_csv"]], items=paths["items"])
         embed = run_stage(ctx, "embed")
+        run_stage(ctx, "profile")
+        cluster = run_stage(ctx, "cluster", truth=paths["truth"])
     except BaseException:
         ctx.run.finish("failed")
         raise
@@ -170,6 +172,31 @@ def cli_demo(cfg: Config, args: Any) -> int:
                 int(e["cached_hits"]),
                 int(e["texts_embedded"]),
                 round(e.get("texts_per_second", 0.0)),
+            )
+        ],
+    )
+    c = cluster.metrics
+    print_table(
+        f"segments ({cluster.seconds:.1f}s)",
+        [
+            "users",
+            "k",
+            "segments",
+            "sizes min/median/max",
+            "silhouette",
+            "ARI vs planted area",
+            "NMI vs sub-style",
+        ],
+        [
+            (
+                int(c["users_clustered"]),
+                int(c["k"]),
+                int(c["segments"]),
+                f"{int(c['segment_size_min'])}/{int(c['segment_size_median'])}/"
+                f"{int(c['segment_size_max'])}",
+                round(c["silhouette_cosine"], 3),
+                round(c.get("ari_cluster_vs_area", float("nan")), 3),
+                round(c.get("nmi_segment_vs_substyle", float("nan")), 3),
             )
         ],
     )

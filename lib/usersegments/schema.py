@@ -22,7 +22,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-VECTOR = ArrayType(FloatType(), containsNull=False)
+VECTOR = ArrayType(FloatType(), containsNull=True)
 
 
 def _schema(*fields: tuple[str, object]) -> StructType:
@@ -112,8 +112,8 @@ SEGMENTS = _schema(
     ("cluster_id", IntegerType()),
     ("size", LongType()),
     ("label", StringType()),
-    ("keywords", ArrayType(StringType(), containsNull=False)),
-    ("top_items", ArrayType(StringType(), containsNull=False)),
+    ("keywords", ArrayType(StringType(), containsNull=True)),
+    ("top_items", ArrayType(StringType(), containsNull=True)),
     ("centroid", VECTOR),
     ("cohesion", DoubleType()),
     ("run_id", StringType()),

@@ -1,0 +1,204 @@
+"""Profiles (exact maths on tiny frames) and two-level clustering (planted truth)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from tests.conftest import make_config
+from tests.helpers import metrics_of, new_run
+from usersegments.cluster import (
+    fit_subgroups,
+    merge_small,
+    merge_undersized,
+    run_cluster,
+    subcluster_group,
+)
+from usersegments.config import load_config
+from usersegments.embed import run_embed
+from usersegments.ingest import run_ingest
+from usersegments.profile import event_weight, profiles_from_sums, run_profile, weighted_sums
+from usersegments.store import TableStore
+from usersegments.synthetic import GeneratorSettings, generate, write
+
+AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
+EVENTS = "user_id string, event_time timestamp, event_type string, value double, text_hash string"
+
+
+def vectors(spark, rows):
+    rows = [(h, [float(x) for x in v]) for h, v in rows]
+    return spark.createDataFrame(rows, "text_hash string, embedding array<float>")
+
+
+def test_only_purchases_of_one_item_give_that_items_vector(spark):
+    item = [0.6, 0.8, 0.0]
+    events = spark.createDataFrame(
+        [("u", AS_OF - timedelta(days=d), "purchase", None, "h1") for d in (0, 3, 40)], EVENTS
+    )
+    cfg = load_config().profile
+    sums = weighted_sums(events, vectors(spark, [("h1", item), ("h2", [1.0, 0, 0])]), cfg, AS_OF)
+    row = profiles_from_sums(sums, AS_OF, "r").first()
+    assert np.allclose(row["embedding"], item, atol=1e-6)
+    assert row["n_events"] == 3
+    expected_weight = 3.0 * sum(math.exp(-math.log(2) * d / 30) for d in (0, 3, 40))
+    assert row["weight_total"] == pytest.approx(expected_weight, rel=1e-9)
+    assert np.allclose(row["weighted_sum"], np.array(item) * expected_weight, rtol=1e-5)
+
+
+def test_decay_halves_weight_at_half_life(spark):
+    cfg = load_config(overrides=["profile.half_life_days=10"]).profile
+    events = spark.createDataFrame(
+        [
+            ("u", AS_OF, "view", None, "h"),
+            ("u", AS_OF - timedelta(days=10), "view", None, "h"),
+            ("u", AS_OF - timedelta(days=20), "purchase", None, "h"),
+        ],
+        EVENTS,
+    )
+    weights = [r["w"] for r in events.select(event_weight(cfg, AS_OF).alias("w")).collect()]
+    assert weights == pytest.approx([1.0, 0.5, 0.75])  # purchase weighs 3, two half-lives
+
+
+def test_weighted_mean_mixes_by_weight(spark):
+    cfg = load_config(overrides=["profile.value_transform=linear"]).profile
+    events = spark.createDataFrame(
+        [("u", AS_OF, "rate", 1.0, "a"), ("u", AS_OF, "rate", 3.0, "b")], EVENTS
+    )
+    sums = weighted_sums(events, vectors(spark, [("a", [1.0, 0.0]), ("b", [0.0, 1.0])]), cfg, AS_OF)
+    row = profiles_from_sums(sums, AS_OF, "r").first()
+    expected = np.array([2.0, 6.0]) / np.linalg.norm([2.0, 6.0])  # rate weight 2 x value
+    assert np.allclose(row["embedding"], expected, atol=1e-6)
+
+
+def blobs(n_per, centers, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for i, c in enumerate(centers):
+        pts = c + noise * rng.standard_normal((n_per, len(c)))
+        rows.append(pts / np.linalg.norm(pts, axis=1, keepdims=True))
+        labels += [i] * n_per
+    return np.vstack(rows), np.array(labels)
+
+
+def test_subgroups_recover_planted_groups_and_cap_path():
+    from sklearn.metrics import adjusted_rand_score
+
+    centers = np.eye(16)[:4] * 3
+    x, truth = blobs(60, centers, 0.3)
+    sub = load_config(overrides=["cluster.sub.target_size=60"]).cluster.sub
+    assert adjusted_rand_score(truth, fit_subgroups(x, sub, 0)) > 0.95
+    capped = sub.model_copy(update={"max_local_points": 40})  # sample 40 of 240, assign all
+    labels = fit_subgroups(x, capped, 0)
+    assert len(labels) == len(x) and adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_subcluster_group_enforces_min_size_and_numbers_by_size():
+    x, _ = blobs(30, np.eye(8)[:3] * 3, 0.2, seed=1)
+    x = np.vstack([x, x[:5] + 0.01])  # a tiny fourth blob-ish tail
+    pdf = pd.DataFrame(
+        {
+            "user_id": [f"u{i:03d}" for i in range(len(x))],
+            "cluster_id": 7,
+            "features": list(x.astype(np.float32)),
+        }
+    )
+    sub = load_config(
+        overrides=["cluster.sub.target_size=10", "cluster.sub.max_local_points=20"]
+    ).cluster.sub
+    out = subcluster_group(pdf, sub, min_size=25, seed=3)
+    sizes = out.groupby("sub_id").size()
+    assert len(out) == len(pdf) and set(out["user_id"]) == set(pdf["user_id"])
+    assert sizes.min() >= 25
+    assert list(sizes.sort_index()) == sorted(sizes, reverse=True)  # s00 is the largest
+    assert (out["distance"] >= 0).all() and (out["distance"] <= 2).all()
+
+
+def test_merge_small_and_merge_undersized():
+    x, _ = blobs(10, np.eye(4)[:2] * 3, 0.1)
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 3)
+    merged = merge_small(x, labels, 5)
+    assert np.unique(merged, return_counts=True)[1].min() >= 5
+    sizes = pd.DataFrame({"segment_id": ["a", "b", "c"], "size": [50, 3, 4]})
+    cents = pd.DataFrame({"segment_id": ["a", "b", "c"], "centroid": [[1, 0], [0.9, 0.1], [0, 1]]})
+    assert merge_undersized(sizes, cents, 5) == {"b": "a", "c": "a"}
+
+
+@pytest.fixture(scope="module")
+def planted(spark, tmp_path_factory):
+    """Generated users (14 planted areas) through ingest, embed, profile and cluster."""
+    root = tmp_path_factory.mktemp("planted")
+    data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
+    paths = write(data, root / "input")
+    cfg = make_config(root / "store", "privacy.min_segment_size=10", "cluster.sub.target_size=25")
+    store = TableStore.from_config(spark, cfg)
+    run = new_run(spark, store, cfg)
+    run_ingest(spark, store, cfg, run, events=[paths["events_parquet"]], items=paths["items"])
+    run_embed(spark, store, cfg, run)
+    run_profile(spark, store, cfg, run)
+    run_cluster(spark, store, cfg, run, truth=paths["truth"])
+    run.flush()
+    return store, cfg, run, data
+
+
+def test_planted_areas_are_recovered(planted):
+    store, cfg, run, data = planted
+    m = metrics_of(store, run, "cluster")
+    assert m["ari_cluster_vs_area"] >= 0.85, m
+    assert m["nmi_segment_vs_substyle"] >= 0.7, m
+    assert m["k"] in cfg.cluster.k_candidates
+    assert all(f"silhouette_k{k}" in m for k in cfg.cluster.k_candidates)
+
+
+def test_every_profiled_user_once_and_no_small_segment(planted):
+    store, cfg, run, _ = planted
+    profiles = store.read("user_profiles").filter(F.col("n_events") >= cfg.profile.min_events)
+    segs = store.read("user_segments")
+    assert segs.count() == profiles.count() == segs.select("user_id").distinct().count()
+    assert segs.join(profiles, "user_id", "left_anti").count() == 0
+    segments = store.read("segments")
+    assert segments.agg(F.min("size")).first()[0] >= cfg.privacy.min_segment_size
+    assert segments.agg(F.sum("size")).first()[0] == segs.count()
+    ids = [r["segment_id"] for r in segments.collect()]
+    assert all(len(s) == 7 and s[0] == "c" and s[3:5] == ".s" for s in ids)
+    per_segment = segs.groupBy("segment_id").count()
+    mismatched = per_segment.join(segments, "segment_id").filter("count != size").count()
+    assert mismatched == 0
+
+
+def test_saved_model_reassigns_every_user(planted):
+    import json
+    from pathlib import Path
+
+    from pyspark.ml.clustering import BisectingKMeansModel
+    from pyspark.ml.functions import array_to_vector
+
+    store, cfg, run, _ = planted
+    path = store.root + f"/models/{run.run_id}/coarse_bisecting_kmeans"
+    model = BisectingKMeansModel.load(path)
+    leaf_to_cluster = json.loads((Path(path) / "leaf_to_cluster.json").read_text())
+    assert len(leaf_to_cluster) == model.getK()
+    assert max(leaf_to_cluster) + 1 == metrics_of(store, run, "cluster")["k"]
+    users = store.read("user_profiles").select(
+        "user_id", array_to_vector("embedding").alias("features")
+    )
+    leaves = model.transform(users).select("user_id", "_leaf").toPandas()
+    leaves["again"] = [leaf_to_cluster[i] for i in leaves["_leaf"]]
+    stored = store.read("user_segments").select("user_id", "cluster_id").toPandas()
+    both = leaves.merge(stored, on="user_id")
+    assert len(both) == len(stored) and (both["again"] == both["cluster_id"]).all()
+
+
+def test_profiles_hold_sums_for_updates(planted):
+    store, *_ = planted
+    row = store.read("user_profiles").first()
+    vec = np.asarray(row["embedding"])
+    assert abs(np.linalg.norm(vec) - 1) < 1e-5
+    assert np.allclose(
+        np.asarray(row["weighted_sum"]) / np.linalg.norm(row["weighted_sum"]), vec, atol=1e-5
+    )
+    assert row["weight_total"] > 0 and row["as_of"] is not None
