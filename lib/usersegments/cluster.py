@@ -35,7 +35,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import Config, SubClusterConfig
 from usersegments.errors import StoreError
-from usersegments.profile import l2_normalize
+from usersegments.profile import with_unit_vector
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, USER_SEGMENTS, conform
 from usersegments.store import TableStore
@@ -229,8 +229,8 @@ def fit_coarse(users: DataFrame, cfg: Config, total: int) -> CoarseResult:
     to the largest clusters: a large single-interest cluster is split while smaller
     mixed ones stay whole. Bisecting into ``leaves_per_cluster * k`` leaves first and
     merging them back to k removes that bias. With ``k: auto`` the leaves are fitted
-    once on a sample and every candidate k is scored by cosine silhouette
-    (``ClusteringEvaluator``) on that sample.
+    once on a sample, every candidate k is scored by cosine silhouette
+    (``ClusteringEvaluator``) on that sample, and the same leaf model assigns all users.
     """
     ccfg = cfg.cluster
     scores: dict[int, float] = {}
@@ -259,6 +259,10 @@ def fit_coarse(users: DataFrame, cfg: Config, total: int) -> CoarseResult:
             log.info("cluster: k=%d silhouette %.4f", candidate, scores[candidate])
         sample.unpersist()
         k = max(scores, key=lambda c: (scores[c], -c))
+        # The leaves fitted on the sample assign everyone; only the merge depends on k.
+        centers, sizes = _leaf_stats(leaf_model, users)
+        mapping = merge_leaves(centers, sizes, min(int(k), len(sizes)))
+        return CoarseResult(leaf_model, mapping, int(k), scores)
     n_leaves = min(total, ccfg.leaves_per_cluster * int(k))
     model = _bisecting(n_leaves, cfg).fit(users)
     centers, sizes = _leaf_stats(model, users)
@@ -285,9 +289,11 @@ def reduce_dimensions(
     pca = PCA(k=dims, inputCol=FEATURES, outputCol="_pca").fit(
         users.sample(fraction=fraction, seed=seed)
     )
-    reduced = vector_to_array(F.col("_pca"), dtype="float32")
-    return pca.transform(users).select(
-        "user_id", array_to_vector(l2_normalize(reduced)).alias(FEATURES)
+    reduced = pca.transform(users).select(
+        "user_id", vector_to_array(F.col("_pca"), dtype="float32").alias("_reduced")
+    )
+    return with_unit_vector(reduced, "_reduced", "_unit").select(
+        "user_id", array_to_vector(F.col("_unit")).alias(FEATURES)
     )
 
 
@@ -397,7 +403,7 @@ def _segment_centroids(fine: DataFrame) -> DataFrame:
         Summarizer.mean(array_to_vector(F.col(FEATURES))).alias("_mean"),
     )
     mean = vector_to_array(F.col("_mean"), dtype="float32")
-    return means.withColumn("centroid", l2_normalize(mean)).drop("_mean")
+    return with_unit_vector(means.withColumn("_mean", mean), "_mean", "centroid").drop("_mean")
 
 
 def _enforce_min_size(fine: DataFrame, min_size: int) -> DataFrame:

@@ -16,6 +16,7 @@ import logging
 import math
 from datetime import datetime, timezone
 
+from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -51,10 +52,20 @@ def event_weight(cfg: ProfileConfig, as_of: datetime) -> Column:
     return type_weight.cast("double") * decay * factor
 
 
-def l2_normalize(vector: Column) -> Column:
-    """An array<float> scaled to unit length (native higher-order functions)."""
-    norm = F.sqrt(F.aggregate(vector, F.lit(0.0), lambda acc, x: acc + x.cast("double") * x))
-    return F.transform(vector, lambda x: (x / norm).cast("float"))
+def with_unit_vector(df: DataFrame, source: str, target: str) -> DataFrame:
+    """``df`` with ``target`` = array ``source`` scaled to unit length.
+
+    MLlib's ``Normalizer`` on vectors, not array lambdas: Spark's optimizer inlines
+    a norm column into a per-element lambda and recomputes it for every element.
+    """
+    vector_col, unit_col = f"_{target}_vec", f"_{target}_unit"
+    normalizer = Normalizer(p=2.0, inputCol=vector_col, outputCol=unit_col)
+    with_vector = df.withColumn(vector_col, array_to_vector(F.col(source)))
+    return (
+        normalizer.transform(with_vector)
+        .withColumn(target, vector_to_array(F.col(unit_col), dtype="float32"))
+        .drop(vector_col, unit_col)
+    )
 
 
 def weighted_sums(
@@ -95,7 +106,7 @@ def weighted_sums(
 def profiles_from_sums(sums: DataFrame, as_of: datetime, run_id: str) -> DataFrame:
     """``user_profiles`` rows from weighted sums: the unit interest vector and bookkeeping."""
     return conform(
-        sums.withColumn("embedding", l2_normalize(F.col("weighted_sum")))
+        with_unit_vector(sums, "weighted_sum", "embedding")
         .withColumn("as_of", F.lit(as_of))
         .withColumn("run_id", F.lit(run_id)),
         USER_PROFILES,
