@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                     ari,
                 )
             )
+            print(
+                f"# done: {users} users, profile {t1 - t0:.1f}s, cluster {t2 - t1:.1f}s, "
+                f"ARI {ari:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
             for name in store.tables():
                 shutil.rmtree(store.path(name), ignore_errors=True)
     finally:
