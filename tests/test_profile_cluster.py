@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 
 from tests.conftest import make_config
@@ -170,35 +171,19 @@ def test_every_profiled_user_once_and_no_small_segment(planted):
     assert mismatched == 0
 
 
-def test_saved_model_reassigns_every_user(planted):
-    import json
-    from pathlib import Path
-
-    from pyspark.ml.clustering import BisectingKMeansModel
-    from pyspark.ml.functions import array_to_vector
+def test_saved_model_reassigns_every_user(spark, planted):
+    from usersegments.cluster import FEATURES, load_coarse
 
     store, cfg, run, _ = planted
     path = store.root + f"/models/{run.run_id}/coarse_bisecting_kmeans"
-    model = BisectingKMeansModel.load(path)
-    leaf_to_cluster = json.loads((Path(path) / "leaf_to_cluster.json").read_text())
-    assert len(leaf_to_cluster) == model.getK()
-    assert max(leaf_to_cluster) + 1 == metrics_of(store, run, "cluster")["k"]
+    coarse = load_coarse(spark, path)
+    assert len(coarse.leaf_to_cluster) == coarse.model.getK()
+    assert coarse.k == metrics_of(store, run, "cluster")["k"]
     users = store.read("user_profiles").select(
-        "user_id", array_to_vector("embedding").alias("features")
+        "user_id", array_to_vector("embedding").alias(FEATURES)
     )
-    leaves = model.transform(users).select("user_id", "_leaf").toPandas()
-    leaves["again"] = [leaf_to_cluster[i] for i in leaves["_leaf"]]
-    stored = store.read("user_segments").select("user_id", "cluster_id").toPandas()
-    both = leaves.merge(stored, on="user_id")
-    assert len(both) == len(stored) and (both["again"] == both["cluster_id"]).all()
-
-
-def test_profiles_hold_sums_for_updates(planted):
-    store, *_ = planted
-    row = store.read("user_profiles").first()
-    vec = np.asarray(row["embedding"])
-    assert abs(np.linalg.norm(vec) - 1) < 1e-5
-    assert np.allclose(
-        np.asarray(row["weighted_sum"]) / np.linalg.norm(row["weighted_sum"]), vec, atol=1e-5
-    )
-    assert row["weight_total"] > 0 and row["as_of"] is not None
+    again = coarse.assign(users).select("user_id", F.col("cluster_id").alias("again"))
+    stored = store.read("user_segments").select("user_id", "cluster_id")
+    both = stored.join(again, "user_id")
+    assert both.count() == stored.count()
+    assert both.filter("again != cluster_id").count() == 0

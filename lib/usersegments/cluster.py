@@ -17,7 +17,6 @@ Segment ids read ``c{cluster:02d}.s{sub:02d}``; sub-segments are numbered by siz
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +202,28 @@ class CoarseResult:
         )
 
 
+LEAF_MAPPING = "leaf_to_cluster"
+
+
+def save_coarse(spark: SparkSession, coarse: CoarseResult, path: str) -> None:
+    """Save the leaf model (MLlib) and its leaf -> cluster mapping beside it, on any
+    filesystem Spark writes to."""
+    coarse.model.write().overwrite().save(path)
+    rows = [(leaf, int(cluster)) for leaf, cluster in enumerate(coarse.leaf_to_cluster)]
+    mapping = spark.createDataFrame(rows, "leaf int, cluster_id int").coalesce(1)
+    mapping.write.mode("overwrite").json(f"{path}/{LEAF_MAPPING}")
+
+
+def load_coarse(spark: SparkSession, path: str) -> CoarseResult:
+    """The coarse model saved by ``save_coarse``, ready to ``assign`` new users."""
+    model = BisectingKMeansModel.load(path)
+    rows = spark.read.json(f"{path}/{LEAF_MAPPING}").collect()
+    mapping = np.zeros(model.getK(), dtype=int)
+    for row in rows:
+        mapping[row["leaf"]] = row["cluster_id"]
+    return CoarseResult(model, mapping, int(mapping.max()) + 1, {})
+
+
 def _bisecting(k: int, cfg: Config) -> BisectingKMeans:
     return BisectingKMeans(
         k=k,
@@ -349,10 +370,7 @@ def run_cluster(
     try:
         coarse = fit_coarse(users, cfg, total)
         model_path = f"{store.root.rstrip('/')}/models/{run.run_id}/coarse_bisecting_kmeans"
-        coarse.model.write().overwrite().save(model_path)
-        (Path(model_path.replace("file://", "")) / "leaf_to_cluster.json").write_text(
-            json.dumps([int(c) for c in coarse.leaf_to_cluster])
-        ) if _is_local_path(model_path) else None
+        save_coarse(spark, coarse, model_path)
         assigned = coarse.assign(users).select(
             "user_id",
             F.col("cluster_id").cast("int").alias("cluster_id"),
@@ -530,10 +548,6 @@ def score_against_truth(
             adjusted_rand_score(area + "/" + style, joined["segment_id"])
         ),
     }
-
-
-def _is_local_path(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
 
 
 def read_truth(path: str) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -297,13 +297,13 @@ def resolve_device(setting: str, gpu_address: str | None = None) -> Any:
     return torch.device(f"cuda:{gpu_address}" if gpu_address is not None else "cuda:0")
 
 
-_EMBEDDERS: dict[tuple[str, str | None], TextEmbedder] = {}
+_EMBEDDERS: dict[tuple[EmbedderSpec, str | None], TextEmbedder] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
 def get_embedder(spec: EmbedderSpec, gpu_address: str | None = None) -> TextEmbedder:
     """The worker's embedder for ``spec``: loaded on first use, then reused."""
-    key = (spec.model_id + repr(sorted(asdict(spec).items())), gpu_address)
+    key = (spec, gpu_address)  # frozen dataclass: hashable, every field counts
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = TextEmbedder(spec, gpu_address).load()

@@ -77,25 +77,6 @@ def run_stage(ctx: Context, name: str, **options: Any) -> StageResult:
     return result
 
 
-def run_stages(ctx: Context, names: tuple[str, ...], options: dict[str, dict[str, Any]]) -> None:
-    """Run ``names`` in order, passing each its own options."""
-    for name in names:
-        run_stage(ctx, name, **options.get(name, {}))
-
-
-def store_check(ctx: Context) -> StageResult:
-    """Prove the store round-trips: read back the run's own record and its Delta log."""
-    runs = ctx.store.read("runs")
-    mine = runs.filter(runs.run_id == ctx.run.run_id).count()
-    if mine != 1:
-        raise RuntimeError(f"runs table holds {mine} rows for run {ctx.run.run_id}, expected 1")
-    return StageResult(
-        stage="store_check",
-        tables={"runs": ctx.store.version("runs")},
-        metrics={"runs_rows": float(runs.count())},
-    )
-
-
 def cli_generate(cfg: Config, args: Any) -> int:
     """``usersegments generate``: synthetic events, items and truth under the output root."""
     from usersegments.console import say
