@@ -187,3 +187,14 @@ def test_saved_model_reassigns_every_user(spark, planted):
     both = stored.join(again, "user_id")
     assert both.count() == stored.count()
     assert both.filter("again != cluster_id").count() == 0
+
+
+def test_profiles_hold_sums_for_updates(planted):
+    store, *_ = planted
+    row = store.read("user_profiles").first()
+    vec = np.asarray(row["embedding"])
+    assert abs(np.linalg.norm(vec) - 1) < 1e-5
+    assert np.allclose(
+        np.asarray(row["weighted_sum"]) / np.linalg.norm(row["weighted_sum"]), vec, atol=1e-5
+    )
+    assert row["weight_total"] > 0 and row["as_of"] is not None
