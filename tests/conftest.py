@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,18 @@ DELTA_JARS_SKIP = (
 )
 
 
+_TEST_OVERRIDES = (
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.ui=off",
+    "spark.driver_memory=2g",
+    "spark.log_level=ERROR",
+)
+
+
 def make_config(root: str | os.PathLike[str], *overrides: str) -> Config:
     """A test config: local[2], small shuffles, UI off, tables under ``root``."""
-    base = [
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
-        "spark.ui=off",
-        "spark.driver_memory=2g",
-        "spark.log_level=ERROR",
-    ]
+    base = list(_TEST_OVERRIDES)
     jars = os.environ.get("USERSEGMENTS_DELTA_JARS")
     if jars:
         base.append(f"spark.conf.spark.jars={jars}")
@@ -76,3 +80,53 @@ def store(request, spark, tmp_path) -> TableStore:
 def rs_store(spark, cfg) -> TableStore:
     """A TableStore on the embedded delta-rs backend."""
     return TableStore.from_config(spark, make_config(cfg.store.root, "store.backend=delta-rs"))
+
+
+PLANTED_OVERRIDES = ("privacy.min_segment_size=10", "cluster.sub.target_size=25")
+
+
+@pytest.fixture(scope="session")
+def planted(spark, tmp_path_factory):
+    """700 generated users (14 planted areas, no drift) through `usersegments run`.
+
+    The full command runs in this process on the test session's Spark: ingest,
+    embed, profile, cluster, label, recommend and report. Returns the store, the
+    config, the run id and the generated data with its file paths.
+    """
+    from usersegments.cli import main
+    from usersegments.synthetic import GeneratorSettings, generate, write
+
+    root = tmp_path_factory.mktemp("planted")
+    data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
+    paths = write(data, root / "input")
+    cfg = make_config(root / "store", *PLANTED_OVERRIDES)
+    overrides = [arg for o in [*_TEST_OVERRIDES, *PLANTED_OVERRIDES] for arg in ("--set", o)]
+    code = main(
+        [
+            "run",
+            "--output",
+            cfg.store.root,
+            *overrides,
+            "--events",
+            paths["events_parquet"],
+            "--items",
+            paths["items"],
+            "--truth",
+            paths["truth"],
+        ]
+    )
+    assert code == 0
+    store = TableStore.from_config(spark, cfg)
+    run_id = store.read("runs").filter("command = 'run'").first()["run_id"]
+    return Planted(store=store, cfg=cfg, run_id=run_id, data=data, paths=paths)
+
+
+@dataclass
+class Planted:
+    """The planted run: its store, config, run id, generated data and input paths."""
+
+    store: TableStore
+    cfg: Config
+    run_id: str
+    data: object
+    paths: dict[str, str]

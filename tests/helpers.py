@@ -14,9 +14,8 @@ def new_run(spark, store: TableStore, cfg: Config, command: str = "test") -> Run
     return run
 
 
-def metrics_of(store: TableStore, run: RunLog, stage: str) -> dict[str, float]:
-    """The metrics ``run`` recorded for ``stage``."""
-    rows = (
-        store.read("run_metrics").filter(f"run_id = '{run.run_id}' and stage = '{stage}'").collect()
-    )
+def metrics_of(store: TableStore, run: RunLog | str, stage: str) -> dict[str, float]:
+    """The metrics ``run`` (a RunLog or a run id) recorded for ``stage``."""
+    run_id = run if isinstance(run, str) else run.run_id
+    rows = store.read("run_metrics").filter(f"run_id = '{run_id}' and stage = '{stage}'").collect()
     return {r["metric"]: r["value"] for r in rows}

@@ -11,21 +11,15 @@ import pytest
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 
-from tests.conftest import make_config
-from tests.helpers import metrics_of, new_run
+from tests.helpers import metrics_of
 from usersegments.cluster import (
     fit_subgroups,
     merge_small,
     merge_undersized,
-    run_cluster,
     subcluster_group,
 )
 from usersegments.config import load_config
-from usersegments.embed import run_embed
-from usersegments.ingest import run_ingest
-from usersegments.profile import event_weight, profiles_from_sums, run_profile, weighted_sums
-from usersegments.store import TableStore
-from usersegments.synthetic import GeneratorSettings, generate, write
+from usersegments.profile import event_weight, profiles_from_sums, weighted_sums
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
 EVENTS = "user_id string, event_time timestamp, event_type string, value double, text_hash string"
@@ -129,26 +123,9 @@ def test_merge_small_and_merge_undersized():
     assert merge_undersized(sizes, cents, 5) == {"b": "a", "c": "a"}
 
 
-@pytest.fixture(scope="module")
-def planted(spark, tmp_path_factory):
-    """Generated users (14 planted areas) through ingest, embed, profile and cluster."""
-    root = tmp_path_factory.mktemp("planted")
-    data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
-    paths = write(data, root / "input")
-    cfg = make_config(root / "store", "privacy.min_segment_size=10", "cluster.sub.target_size=25")
-    store = TableStore.from_config(spark, cfg)
-    run = new_run(spark, store, cfg)
-    run_ingest(spark, store, cfg, run, events=[paths["events_parquet"]], items=paths["items"])
-    run_embed(spark, store, cfg, run)
-    run_profile(spark, store, cfg, run)
-    run_cluster(spark, store, cfg, run, truth=paths["truth"])
-    run.flush()
-    return store, cfg, run, data
-
-
 def test_planted_areas_are_recovered(planted):
-    store, cfg, run, data = planted
-    m = metrics_of(store, run, "cluster")
+    store, cfg = planted.store, planted.cfg
+    m = metrics_of(store, planted.run_id, "cluster")
     assert m["ari_cluster_vs_area"] >= 0.85, m
     assert m["nmi_segment_vs_substyle"] >= 0.7, m
     assert m["k"] in cfg.cluster.k_candidates
@@ -156,7 +133,7 @@ def test_planted_areas_are_recovered(planted):
 
 
 def test_every_profiled_user_once_and_no_small_segment(planted):
-    store, cfg, run, _ = planted
+    store, cfg = planted.store, planted.cfg
     profiles = store.read("user_profiles").filter(F.col("n_events") >= cfg.profile.min_events)
     segs = store.read("user_segments")
     assert segs.count() == profiles.count() == segs.select("user_id").distinct().count()
@@ -174,11 +151,11 @@ def test_every_profiled_user_once_and_no_small_segment(planted):
 def test_saved_model_reassigns_every_user(spark, planted):
     from usersegments.cluster import FEATURES, load_coarse
 
-    store, cfg, run, _ = planted
-    path = store.root + f"/models/{run.run_id}/coarse_bisecting_kmeans"
+    store = planted.store
+    path = store.root + f"/models/{planted.run_id}/coarse_bisecting_kmeans"
     coarse = load_coarse(spark, path)
     assert len(coarse.leaf_to_cluster) == coarse.model.getK()
-    assert coarse.k == metrics_of(store, run, "cluster")["k"]
+    assert coarse.k == metrics_of(store, planted.run_id, "cluster")["k"]
     users = store.read("user_profiles").select(
         "user_id", array_to_vector("embedding").alias(FEATURES)
     )
@@ -190,8 +167,7 @@ def test_saved_model_reassigns_every_user(spark, planted):
 
 
 def test_profiles_hold_sums_for_updates(planted):
-    store, *_ = planted
-    row = store.read("user_profiles").first()
+    row = planted.store.read("user_profiles").first()
     vec = np.asarray(row["embedding"])
     assert abs(np.linalg.norm(vec) - 1) < 1e-5
     assert np.allclose(

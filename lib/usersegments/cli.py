@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--holdout-last",
         type=int,
-        default=2,
+        default=None,
         metavar="N",
-        help="hold out each user's last N events (default 2)",
+        help="hold out each user's last N events (default: evaluate.holdout_last, 2)",
     )
     ev.add_argument("--truth", metavar="PATH", help="planted truth to score ARI/NMI against")
 

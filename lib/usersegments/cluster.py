@@ -349,11 +349,39 @@ def merge_undersized(
     return mapping
 
 
-def run_cluster(
-    spark: SparkSession, store: TableStore, cfg: Config, run: RunLog, truth: str | None = None
-) -> StageResult:
-    """Cluster every profile with enough events into coarse clusters and fine segments."""
-    profiles = store.read("user_profiles")
+@dataclass
+class ClusterOutput:
+    """The two-level clustering of a set of profiles, before anything is stored.
+
+    ``user_segments`` and ``segments`` follow their table contracts and are cached;
+    call ``release`` once they are written or no longer needed.
+    """
+
+    user_segments: DataFrame
+    segments: DataFrame
+    coarse: CoarseResult
+    total: int
+    as_of: object
+    _cached: list[DataFrame]
+
+    def release(self) -> None:
+        """Drop the cached frames."""
+        for frame in self._cached:
+            frame.unpersist()
+
+
+def cluster_users(
+    spark: SparkSession,
+    profiles: DataFrame,
+    cfg: Config,
+    run_id: str,
+    model_path: str | None = None,
+) -> ClusterOutput:
+    """Coarse clusters and fine segments of every profile with enough events.
+
+    ``profiles`` follows the ``user_profiles`` contract. The coarse model is saved
+    to ``model_path`` when one is given (a full run keeps it for updates).
+    """
     as_of = profiles.agg(F.max("as_of")).first()[0]
     users = clusterable_users(profiles, cfg.profile.min_events)
     total = users.count()
@@ -369,42 +397,63 @@ def run_cluster(
     users = users.cache()
     try:
         coarse = fit_coarse(users, cfg, total)
-        model_path = f"{store.root.rstrip('/')}/models/{run.run_id}/coarse_bisecting_kmeans"
-        save_coarse(spark, coarse, model_path)
-        assigned = coarse.assign(users).select(
-            "user_id",
-            F.col("cluster_id").cast("int").alias("cluster_id"),
-            vector_to_array(F.col(FEATURES), dtype="float32").alias(FEATURES),
-        )
-        sub, min_size, seed = cfg.cluster.sub, cfg.privacy.min_segment_size, cfg.cluster.seed
-
-        def body(pdf: pd.DataFrame) -> pd.DataFrame:  # type hints tell Spark the UDF kind
-            return subcluster_group(pdf, sub, min_size, seed)
-
-        fine = (
-            assigned.groupBy("cluster_id")
-            .applyInPandas(body, schema=SUBCLUSTER_SCHEMA)
-            .withColumn("segment_id", F.format_string("c%02d.s%02d", "cluster_id", "sub_id"))
-            .join(assigned.select("user_id", FEATURES), on="user_id")
-            .cache()
-        )
-        fine = _enforce_min_size(fine, cfg.privacy.min_segment_size)
-        segments = _segments(fine, run.run_id)
-        user_segments = conform(
-            fine.withColumn("run_id", F.lit(run.run_id)).withColumn("as_of", F.lit(as_of)),
-            USER_SEGMENTS,
-        )
-        store.write(user_segments, "user_segments", mode="overwrite")
-        store.write(segments, "segments", mode="overwrite")
-        fine.unpersist()
-    finally:
+        if model_path:
+            save_coarse(spark, coarse, model_path)
+    except BaseException:
         users.unpersist()
-    metrics = _quality(spark, store, cfg, coarse, total, truth, as_of)
+        raise
+    assigned = coarse.assign(users).select(
+        "user_id",
+        F.col("cluster_id").cast("int").alias("cluster_id"),
+        vector_to_array(F.col(FEATURES), dtype="float32").alias(FEATURES),
+    )
+    sub, min_size, seed = cfg.cluster.sub, cfg.privacy.min_segment_size, cfg.cluster.seed
+
+    def body(pdf: pd.DataFrame) -> pd.DataFrame:  # type hints tell Spark the UDF kind
+        return subcluster_group(pdf, sub, min_size, seed)
+
+    fine = (
+        assigned.groupBy("cluster_id")
+        .applyInPandas(body, schema=SUBCLUSTER_SCHEMA)
+        .withColumn("segment_id", F.format_string("c%02d.s%02d", "cluster_id", "sub_id"))
+        .join(assigned.select("user_id", FEATURES), on="user_id")
+        .cache()
+    )
+    final = _enforce_min_size(fine, cfg.privacy.min_segment_size).cache()
+    segments = _segments(final, run_id).cache()
+    user_segments = conform(
+        final.withColumn("run_id", F.lit(run_id)).withColumn("as_of", F.lit(as_of)),
+        USER_SEGMENTS,
+    )
+    segments.count()
+    return ClusterOutput(
+        user_segments=user_segments,
+        segments=segments,
+        coarse=coarse,
+        total=total,
+        as_of=as_of,
+        _cached=[users, fine, final, segments],
+    )
+
+
+def run_cluster(
+    spark: SparkSession, store: TableStore, cfg: Config, run: RunLog, truth: str | None = None
+) -> StageResult:
+    """Cluster every profile with enough events into coarse clusters and fine segments."""
+    profiles = store.read("user_profiles")
+    model_path = f"{store.root.rstrip('/')}/models/{run.run_id}/coarse_bisecting_kmeans"
+    out = cluster_users(spark, profiles, cfg, run.run_id, model_path)
+    try:
+        store.write(out.user_segments, "user_segments", mode="overwrite")
+        store.write(out.segments, "segments", mode="overwrite")
+    finally:
+        out.release()
+    metrics = _quality(spark, store, cfg, out.coarse, out.total, truth, out.as_of)
     metrics["model_saved"] = 1
     run.record_all("cluster", metrics)
     log.info(
         "cluster: k=%d, %d segments, silhouette %.3f",
-        coarse.k,
+        out.coarse.k,
         metrics["segments"],
         metrics["silhouette_cosine"],
     )

@@ -319,8 +319,21 @@ class LabelConfig(_Section):
     english_stop_words: bool = Field(True, description="Drop English stop words.")
     stop_words: list[str] = Field(default_factory=list, description="Extra stop words.")
     n_top_items: int = Field(5, ge=1, le=100, description="Representative items per segment.")
+    item_candidates: int = Field(
+        200,
+        ge=1,
+        description="Representative items are chosen among the segment's this many most "
+        "touched items (nearest to the centroid).",
+    )
+    separator: str = Field(" · ", description="Joins the keywords of a label.")
+    label_keywords: int = Field(2, ge=1, le=5, description="Keywords joined into a label.")
     generator: str | None = Field(
-        None, description="Optional local text-generation model folder to phrase labels."
+        None,
+        description="Optional local text-generation model folder (transformers) that phrases "
+        "each label from its keywords and items; off by default.",
+    )
+    generator_max_new_tokens: int = Field(
+        12, ge=1, le=64, description="Tokens the label generator may write per label."
     )
 
 
@@ -330,6 +343,23 @@ class RecommendConfig(_Section):
     top_n: int = Field(20, ge=1, le=1000, description="Items recommended per segment.")
     per_user: bool = Field(False, description="Also write user_recommendations.")
     half_life_days: float = Field(14.0, gt=0, description="Recency decay of item popularity.")
+
+
+class EvaluateConfig(_Section):
+    """Offline evaluation (see ``evaluate``)."""
+
+    holdout_last: int = Field(
+        2, ge=1, description="Each user's last N events are held out (--holdout-last)."
+    )
+    k: int = Field(10, ge=1, le=1000, description="Cut-off of hit rate@K and recall@K.")
+    exclude_seen: bool = Field(
+        True, description="Recommend a user nothing they touched before the holdout."
+    )
+    candidates: int = Field(
+        200,
+        ge=1,
+        description="Items ranked per group before a user's seen items are removed.",
+    )
 
 
 class UpdateConfig(_Section):
@@ -383,6 +413,7 @@ class Config(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)

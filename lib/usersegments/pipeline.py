@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from usersegments.config import Config
 from usersegments.errors import StageNotAvailable
@@ -35,6 +36,10 @@ def stage_function(name: str) -> StageFn:
         "embed": ("embed", "run_embed"),
         "profile": ("profile", "run_profile"),
         "cluster": ("cluster", "run_cluster"),
+        "label": ("label", "run_label"),
+        "recommend": ("recommend", "run_recommend"),
+        "report": ("report", "run_report"),
+        "evaluate": ("evaluate", "run_evaluate"),
     }
     if name not in registry:
         raise StageNotAvailable(
@@ -94,11 +99,104 @@ def cli_generate(cfg: Config, args: Any) -> int:
     return 0
 
 
+def run_all(
+    ctx: Context,
+    events: list[str],
+    items: str | None = None,
+    truth: str | None = None,
+    stages: tuple[str, ...] = RUN_ORDER,
+) -> dict[str, StageResult]:
+    """Run ``stages`` (default: the full run) in order inside ``ctx``, one line per stage.
+
+    Ingest is skipped when no event paths are given (the run then works on the
+    events already stored).
+    """
+    from usersegments.console import say
+
+    options: dict[str, dict[str, Any]] = {
+        "ingest": {"events": events, "items": items},
+        "cluster": {"truth": truth},
+    }
+    results: dict[str, StageResult] = {}
+    for position, name in enumerate(stages, start=1):
+        if name == "ingest" and not events:
+            say(
+                f"[{position}/{len(stages)}] ingest skipped: no --events given, using stored events"
+            )
+            continue
+        say(f"[{position}/{len(stages)}] {name} ...")
+        result = run_stage(ctx, name, **options.get(name, {}))
+        results[name] = result
+        say(f"[{position}/{len(stages)}] {name} done in {result.seconds:.1f}s")
+    return results
+
+
+def _finish(ctx: Context, work: Callable[[], int]) -> int:
+    """Run ``work`` and mark ctx's run succeeded, or failed on any exception."""
+    try:
+        code = work()
+    except BaseException:
+        ctx.run.finish("failed")
+        raise
+    ctx.run.finish()
+    return code
+
+
 def cli_run(cfg: Config, args: Any) -> int:
-    """``usersegments run``: the stages of RUN_ORDER in one run."""
-    for name in RUN_ORDER:
-        stage_function(name)
-    raise AssertionError("unreachable until every stage is available")
+    """``usersegments run``: every stage of RUN_ORDER, ingest to report, in one run."""
+    from usersegments.console import say
+
+    ctx = open_context(cfg, "run")
+
+    def work() -> int:
+        results = run_all(ctx, list(args.events), args.items, args.truth)
+        print_run_summary(ctx, results)
+        report = results.get("report")
+        if report is not None and report.path:
+            say(f"report: {report.path}")
+        return 0
+
+    return _finish(ctx, work)
+
+
+def cli_evaluate(cfg: Config, args: Any) -> int:
+    """``usersegments evaluate``: hold out each user's last events and score recommenders."""
+    ctx = open_context(cfg, "evaluate")
+
+    def work() -> int:
+        result = run_stage(ctx, "evaluate", holdout_last=args.holdout_last, truth=args.truth)
+        print_evaluation(result, cfg.evaluate.k)
+        return 0
+
+    return _finish(ctx, work)
+
+
+def print_evaluation(result: StageResult, k: int) -> None:
+    """The evaluation table: hit rate and recall at K per recommender, ARI/NMI if scored."""
+    from usersegments.console import print_table
+
+    m = result.metrics
+    print_table(
+        f"evaluate ({result.seconds:.1f}s): last {int(m['holdout_last'])} events of "
+        f"{int(m['users_tested'])} users held out",
+        ["recommender", f"hit rate@{k}", f"recall@{k}"],
+        [
+            (s, round(m[f"hit_rate@{k}.{s}"], 3), round(m[f"recall@{k}.{s}"], 3))
+            for s in ("segment", "cluster", "popularity")
+        ],
+    )
+    if "ari_cluster_vs_area" in m:
+        print_table(
+            "training clustering vs planted truth",
+            ["ARI cluster/area", "NMI cluster/area", "NMI segment/sub-style"],
+            [
+                (
+                    round(m["ari_cluster_vs_area"], 3),
+                    round(m["nmi_cluster_vs_area"], 3),
+                    round(m["nmi_segment_vs_substyle"], 3),
+                )
+            ],
+        )
 
 
 def cli_update(cfg: Config, args: Any) -> int:
@@ -106,81 +204,113 @@ def cli_update(cfg: Config, args: Any) -> int:
     raise StageNotAvailable("'update' is not available in this version of usersegments")
 
 
-def cli_evaluate(cfg: Config, args: Any) -> int:
-    """``usersegments evaluate``."""
-    raise StageNotAvailable("'evaluate' is not available in this version of usersegments")
-
-
 def cli_demo(cfg: Config, args: Any) -> int:
-    """``usersegments demo``: generate a small dataset, then run the available stages on it."""
+    """``usersegments demo``: generate a small dataset, run every stage, evaluate, report."""
     from pathlib import Path
 
-    from usersegments.console import print_table, print_tables, say
+    from usersegments.console import print_tables, say
     from usersegments.synthetic import GeneratorSettings, generate, write
 
+    if getattr(args, "dynamic", False):
+        raise StageNotAvailable("'demo --dynamic' needs 'update', not available in this version")
     data = generate(GeneratorSettings(users=args.users, seed=args.seed))
     input_dir = Path(cfg.store.root) / "input"
     paths = write(data, input_dir)
     say(f"generated {len(data.events)} events of {args.users} users into {input_dir}")
     ctx = open_context(cfg, "demo")
-    try:
-        ingest = run_stage(ctx, "ingest", events=[paths["events_csv"]], items=paths["items"])
-        embed = run_stage(ctx, "embed")
-        run_stage(ctx, "profile")
-        cluster = run_stage(ctx, "cluster", truth=paths["truth"])
-    except BaseException:
-        ctx.run.finish("failed")
-        raise
-    ctx.run.finish()
-    m = ingest.metrics
-    print_table(
-        f"ingest ({ingest.seconds:.1f}s)",
-        ["rows read", "accepted", "rejected", "duplicates"],
-        [(int(m["rows_read"]), int(m["accepted"]), int(m["rejected"]), int(m["duplicates"]))],
-    )
-    print_table(
-        "rejected by reason",
-        ["reason", "rows"],
-        [(k.split(".", 1)[1], int(v)) for k, v in m.items() if k.startswith("rejected.") and v],
-    )
-    e = embed.metrics
-    print_table(
-        f"embed ({embed.seconds:.1f}s, model {ctx.run.model_id})",
-        ["distinct texts", "cached", "embedded", "texts/s"],
-        [
-            (
-                int(e["distinct_texts"]),
-                int(e["cached_hits"]),
-                int(e["texts_embedded"]),
-                round(e.get("texts_per_second", 0.0)),
-            )
-        ],
-    )
-    c = cluster.metrics
-    print_table(
-        f"segments ({cluster.seconds:.1f}s)",
-        [
-            "users",
-            "k",
-            "segments",
-            "sizes min/median/max",
-            "silhouette",
-            "ARI vs planted area",
-            "NMI vs sub-style",
-        ],
-        [
-            (
-                int(c["users_clustered"]),
-                int(c["k"]),
-                int(c["segments"]),
-                f"{int(c['segment_size_min'])}/{int(c['segment_size_median'])}/"
-                f"{int(c['segment_size_max'])}",
-                round(c["silhouette_cosine"], 3),
-                round(c.get("ari_cluster_vs_area", float("nan")), 3),
-                round(c.get("nmi_segment_vs_substyle", float("nan")), 3),
-            )
-        ],
-    )
-    print_tables(ctx.store)
-    say(f"demo run {ctx.run.run_id}: tables under {ctx.store.root} (backend {ctx.store.backend})")
-    return 0
+    before_report = tuple(s for s in RUN_ORDER if s != "report")
+
+    def work() -> int:
+        results = run_all(
+            ctx, [paths["events_csv"]], paths["items"], paths["truth"], stages=before_report
+        )
+        say("evaluate ...")
+        results["evaluate"] = run_stage(ctx, "evaluate", truth=paths["truth"])
+        ctx.run.flush()  # the report reads this run's metrics back
+        results.update(run_all(ctx, [], stages=("report",)))
+        print_run_summary(ctx, results)
+        print_evaluation(results["evaluate"], cfg.evaluate.k)
+        print_tables(ctx.store)
+        store = ctx.store
+        say(f"demo run {ctx.run.run_id}: tables under {store.root} (backend {store.backend})")
+        say(f"report: {results['report'].path}")
+        return 0
+
+    return _finish(ctx, work)
+
+
+def print_run_summary(ctx: Context, results: dict[str, StageResult]) -> None:
+    """Summary tables of a run: ingest counts, embedding, segments and their labels."""
+    from usersegments.console import print_table
+
+    if "ingest" in results:
+        ingest = results["ingest"]
+        m = ingest.metrics
+        print_table(
+            f"ingest ({ingest.seconds:.1f}s)",
+            ["rows read", "accepted", "rejected", "duplicates"],
+            [(int(m["rows_read"]), int(m["accepted"]), int(m["rejected"]), int(m["duplicates"]))],
+        )
+        print_table(
+            "rejected by reason",
+            ["reason", "rows"],
+            [(k.split(".", 1)[1], int(v)) for k, v in m.items() if k.startswith("rejected.") and v],
+        )
+    if "embed" in results:
+        embed = results["embed"]
+        e = embed.metrics
+        print_table(
+            f"embed ({embed.seconds:.1f}s, model {ctx.run.model_id})",
+            ["distinct texts", "cached", "embedded", "texts/s"],
+            [
+                (
+                    int(e["distinct_texts"]),
+                    int(e["cached_hits"]),
+                    int(e["texts_embedded"]),
+                    round(e.get("texts_per_second", 0.0)),
+                )
+            ],
+        )
+    if "cluster" in results:
+        cluster = results["cluster"]
+        c = cluster.metrics
+        print_table(
+            f"segments ({cluster.seconds:.1f}s)",
+            [
+                "users",
+                "k",
+                "segments",
+                "sizes min/median/max",
+                "silhouette",
+                "ARI vs planted area",
+                "NMI vs sub-style",
+            ],
+            [
+                (
+                    int(c["users_clustered"]),
+                    int(c["k"]),
+                    int(c["segments"]),
+                    f"{int(c['segment_size_min'])}/{int(c['segment_size_median'])}/"
+                    f"{int(c['segment_size_max'])}",
+                    round(c["silhouette_cosine"], 3),
+                    round(c.get("ari_cluster_vs_area", float("nan")), 3),
+                    round(c.get("nmi_segment_vs_substyle", float("nan")), 3),
+                )
+            ],
+        )
+    if "label" in results:
+        largest = (
+            ctx.store.read("segments")
+            .orderBy(F.desc("size"), "segment_id")
+            .limit(12)
+            .select("segment_id", "size", "label", "keywords")
+            .collect()
+        )
+        print_table(
+            "largest segments",
+            ["segment", "users", "label", "keywords"],
+            [
+                (r["segment_id"], r["size"], r["label"], ", ".join(r["keywords"][:5]))
+                for r in largest
+            ],
+        )

@@ -43,12 +43,14 @@ def product_version() -> str:
 
 @dataclass
 class StageResult:
-    """What one stage did: tables it wrote (name -> version), its metrics, its time."""
+    """What one stage did: tables it wrote (name -> version), its metrics, its time, and
+    the file it wrote when it writes one (the report)."""
 
     stage: str
     tables: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    path: str | None = None
 
 
 class RunLog:

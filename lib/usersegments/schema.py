@@ -136,6 +136,16 @@ SEGMENT_RECOMMENDATIONS = _schema(
     ("run_id", StringType()),
 )
 
+USER_RECOMMENDATIONS = _schema(
+    ("user_id", StringType()),
+    ("segment_id", StringType()),
+    ("rank", IntegerType()),
+    ("item_id", StringType()),
+    ("text", StringType()),
+    ("score", DoubleType()),
+    ("run_id", StringType()),
+)
+
 TABLES: dict[str, StructType] = {
     "runs": RUNS,
     "run_metrics": RUN_METRICS,
@@ -147,6 +157,7 @@ TABLES: dict[str, StructType] = {
     "segments": SEGMENTS,
     "segment_history": SEGMENT_HISTORY,
     "segment_recommendations": SEGMENT_RECOMMENDATIONS,
+    "user_recommendations": USER_RECOMMENDATIONS,
 }
 
 

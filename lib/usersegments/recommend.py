@@ -1,0 +1,133 @@
+"""Recommend: the items each segment's members are into now.
+
+An item's score in a group (a segment, a coarse cluster, or everyone) is the
+recency-decayed, event-weighted popularity of the item among the group's
+members, per member: ``sum(w_e) / members``, with ``w_e`` the profile event
+weight (type x value) decayed with ``recommend.half_life_days``. The top
+``recommend.top_n`` per segment go to ``segment_recommendations``; with
+``recommend.per_user`` each member also gets the segment's list minus the
+items they already touched, in ``user_recommendations``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from usersegments.config import Config
+from usersegments.errors import StoreError
+from usersegments.label import item_texts
+from usersegments.profile import event_weight
+from usersegments.runlog import RunLog, StageResult
+from usersegments.schema import SEGMENT_RECOMMENDATIONS, USER_RECOMMENDATIONS, conform
+from usersegments.store import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def popularity_weight(cfg: Config, as_of: datetime) -> Column:
+    """An event's weight for item popularity: the profile weight, decayed faster."""
+    recency = cfg.profile.model_copy(update={"half_life_days": cfg.recommend.half_life_days})
+    return event_weight(recency, as_of)
+
+
+def item_scores(
+    events: DataFrame, groups: DataFrame, group_col: str, cfg: Config, as_of: datetime
+) -> DataFrame:
+    """Per (group, item): decayed weighted popularity per member, and members who touched it.
+
+    ``events``: user_id, item_id, event_type, event_time, value; ``groups``: user_id and
+    ``group_col``. Only events with an item id count.
+    """
+    members = groups.groupBy(group_col).agg(F.count(F.lit(1)).alias("_members"))
+    weighted = (
+        events.filter(F.col("item_id").isNotNull())
+        .join(groups.select("user_id", group_col), "user_id")
+        .withColumn("_w", popularity_weight(cfg, as_of))
+    )
+    return (
+        weighted.groupBy(group_col, "item_id")
+        .agg(F.sum("_w").alias("_weight"), F.countDistinct("user_id").alias("users"))
+        .join(members, group_col)
+        .select(
+            group_col, "item_id", (F.col("_weight") / F.col("_members")).alias("score"), "users"
+        )
+    )
+
+
+def top_per_group(scores: DataFrame, group_col: str, n: int) -> DataFrame:
+    """The ``n`` best-scored items of every group, ranked from 1 (ties by item id)."""
+    order = Window.partitionBy(group_col).orderBy(F.desc("score"), F.asc("item_id"))
+    return scores.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= n)
+
+
+def without_seen(
+    recommendations: DataFrame, user_groups: DataFrame, seen: DataFrame, group_col: str, n: int
+) -> DataFrame:
+    """Each user's group list minus the items they touched, re-ranked, top ``n``.
+
+    ``recommendations``: group_col, item_id, rank, score; ``user_groups``: user_id,
+    group_col; ``seen``: user_id, item_id.
+    """
+    per_user = user_groups.join(recommendations, group_col).join(
+        seen.select("user_id", "item_id").distinct(), ["user_id", "item_id"], "left_anti"
+    )
+    order = Window.partitionBy("user_id").orderBy(F.asc("rank"), F.asc("item_id"))
+    return per_user.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= n)
+
+
+def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
+    """Write ``segment_recommendations`` (and ``user_recommendations`` when configured)."""
+    for table in ("user_segments", "segments", "events"):
+        if not store.exists(table):
+            raise StoreError(f"{table} does not exist: run `usersegments run` (or cluster) first")
+    min_size = cfg.privacy.min_segment_size
+    described = store.read("segments").filter(F.col("size") >= min_size).select("segment_id")
+    groups = store.read("user_segments").select("user_id", "segment_id", "as_of")
+    as_of = groups.agg(F.max("as_of")).first()[0]
+    groups = groups.join(described, "segment_id").select("user_id", "segment_id")
+    events = store.read("events")
+    top = top_per_group(
+        item_scores(events, groups, "segment_id", cfg, as_of), "segment_id", cfg.recommend.top_n
+    ).cache()
+    try:
+        texts = item_texts(events.join(top.select("item_id").distinct(), "item_id"))
+        recs = top.join(texts.select("item_id", "text"), "item_id", "left").withColumn(
+            "run_id", F.lit(run.run_id)
+        )
+        store.write(
+            conform(recs, SEGMENT_RECOMMENDATIONS), "segment_recommendations", mode="overwrite"
+        )
+        tables = {"segment_recommendations": store.version("segment_recommendations")}
+        metrics: dict[str, float] = {}
+        if cfg.recommend.per_user:
+            seen = events.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
+            per_user = without_seen(top, groups, seen, "segment_id", cfg.recommend.top_n)
+            per_user = per_user.join(texts.select("item_id", "text"), "item_id", "left")
+            store.write(
+                conform(per_user.withColumn("run_id", F.lit(run.run_id)), USER_RECOMMENDATIONS),
+                "user_recommendations",
+                mode="overwrite",
+            )
+            tables["user_recommendations"] = store.version("user_recommendations")
+            metrics["user_recommendations"] = store.read("user_recommendations").count()
+    finally:
+        top.unpersist()
+    stored = store.read("segment_recommendations")
+    figures = stored.agg(
+        F.countDistinct("segment_id").alias("segments"),
+        F.count(F.lit(1)).alias("rows"),
+        F.countDistinct("item_id").alias("items"),
+    ).first()
+    metrics.update(
+        {
+            "segments_recommended": int(figures["segments"]),
+            "recommendations": int(figures["rows"]),
+            "distinct_items_recommended": int(figures["items"]),
+        }
+    )
+    run.record_all("recommend", metrics)
+    return StageResult(stage="recommend", tables=tables, metrics=metrics)
