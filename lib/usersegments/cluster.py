@@ -436,13 +436,17 @@ def cluster_users(
     )
 
 
+def coarse_model_path(store: TableStore, run_id: str) -> str:
+    """Where a run saves its coarse model: ``<root>/models/<run_id>/coarse_bisecting_kmeans``."""
+    return f"{store.root.rstrip('/')}/models/{run_id}/coarse_bisecting_kmeans"
+
+
 def run_cluster(
     spark: SparkSession, store: TableStore, cfg: Config, run: RunLog, truth: str | None = None
 ) -> StageResult:
     """Cluster every profile with enough events into coarse clusters and fine segments."""
     profiles = store.read("user_profiles")
-    model_path = f"{store.root.rstrip('/')}/models/{run.run_id}/coarse_bisecting_kmeans"
-    out = cluster_users(spark, profiles, cfg, run.run_id, model_path)
+    out = cluster_users(spark, profiles, cfg, run.run_id, coarse_model_path(store, run.run_id))
     try:
         store.write(out.user_segments, "user_segments", mode="overwrite")
         store.write(out.segments, "segments", mode="overwrite")

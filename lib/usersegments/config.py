@@ -366,10 +366,28 @@ class UpdateConfig(_Section):
     """Incremental updates (see ``dynamics``)."""
 
     recluster_threshold: float = Field(
-        0.2, gt=0, le=1, description="Re-cluster when this share of users moved (drift)."
+        0.2,
+        gt=0,
+        le=1,
+        description="Re-cluster when more than this share of the reassigned users changed "
+        "segment in one update (drift).",
     )
     novelty_distance: float = Field(
         0.5, gt=0, le=2, description="A text this far (cosine) from every centroid is novel."
+    )
+    move_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="An updated user changes segment only when the nearest segment is more "
+        "similar (cosine) than their current one by more than this.",
+    )
+    match_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="On re-clustering, a new segment keeps an old id when their centroids' "
+        "cosine is at least this (Hungarian matching).",
     )
 
 

@@ -26,7 +26,7 @@ from datetime import timezone
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from usersegments.cluster import cluster_users, score_against_truth
+from usersegments.cluster import cluster_users, read_truth, score_against_truth
 from usersegments.config import Config
 from usersegments.embed import model_id
 from usersegments.errors import StoreError
@@ -170,3 +170,42 @@ def _score(user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg:
         metrics[f"recall@{ecfg.k}.{strategy}"] = figures["recall"]
         metrics["users_tested"] = figures["users"]
     return metrics
+
+
+def drift_recovery(store: TableStore, truth_path: str, drift_date) -> dict[str, float]:
+    """Where the generator's planted drifters are after an update.
+
+    A segment's planted area is the most common current area of its members (the
+    new area for users who drifted). Returns the share of drifted users whose
+    segment's area is their new area, and the share of the other users whose
+    segment changed since ``drift_date`` (a closed ``segment_history`` row).
+    """
+    truth = read_truth(truth_path)
+    members = store.read("user_segments").select("user_id", "segment_id").toPandas()
+    joined = members.merge(truth, on="user_id")
+    drifted = joined["new_area"].notna()
+    joined["current_area"] = joined["area"].where(~drifted, joined["new_area"])
+    dominant = joined.groupby("segment_id")["current_area"].agg(lambda s: s.value_counts().index[0])
+    in_new = joined.loc[drifted, "segment_id"].map(dominant) == joined.loc[drifted, "new_area"]
+    moved: set[str] = set()
+    if store.exists("segment_history"):
+        moved = {
+            r["user_id"]
+            for r in store.read("segment_history")
+            .filter(F.col("valid_to").isNotNull() & (F.col("valid_to") >= F.lit(drift_date)))
+            .select("user_id")
+            .distinct()
+            .collect()
+        }
+    stable = joined.loc[~drifted]
+    stable_moved = stable["user_id"].isin(moved)
+    # A stable user who moved into a segment of their own planted area was corrected
+    # (their first window was too sparse); one who moved elsewhere drifted falsely.
+    moved_away = stable_moved & (stable["segment_id"].map(dominant) != stable["area"])
+    return {
+        "drifted_users": int(drifted.sum()),
+        "drifted_in_new_area_share": float(in_new.mean()) if drifted.any() else 0.0,
+        "stable_users": len(stable),
+        "stable_moved_share": float(stable_moved.mean()) if len(stable) else 0.0,
+        "stable_moved_away_share": float(moved_away.mean()) if len(stable) else 0.0,
+    }

@@ -40,6 +40,7 @@ def stage_function(name: str) -> StageFn:
         "recommend": ("recommend", "run_recommend"),
         "report": ("report", "run_report"),
         "evaluate": ("evaluate", "run_evaluate"),
+        "update": ("dynamics", "run_update"),
     }
     if name not in registry:
         raise StageNotAvailable(
@@ -105,6 +106,7 @@ def run_all(
     items: str | None = None,
     truth: str | None = None,
     stages: tuple[str, ...] = RUN_ORDER,
+    recluster: bool = False,
 ) -> dict[str, StageResult]:
     """Run ``stages`` (default: the full run) in order inside ``ctx``, one line per stage.
 
@@ -116,6 +118,7 @@ def run_all(
     options: dict[str, dict[str, Any]] = {
         "ingest": {"events": events, "items": items},
         "cluster": {"truth": truth},
+        "update": {"recluster_now": recluster},
     }
     results: dict[str, StageResult] = {}
     for position, name in enumerate(stages, start=1):
@@ -199,9 +202,74 @@ def print_evaluation(result: StageResult, k: int) -> None:
         )
 
 
+# The stages of an update; label runs too when the update re-clustered.
+UPDATE_ORDER = ("ingest", "embed", "update", "recommend", "report")
+
+
+def update_all(
+    ctx: Context, events: list[str], items: str | None, recluster: bool
+) -> dict[str, StageResult]:
+    """One update run: ingest the new events, embed new texts, fold and reassign, then
+    refresh labels (after a re-cluster), recommendations and the report."""
+    results = run_all(ctx, events, items, stages=UPDATE_ORDER[:3], recluster=recluster)
+    after: tuple[str, ...] = ("recommend", "report")
+    if results["update"].metrics.get("reclustered"):
+        after = ("label", *after)
+    ctx.run.flush()
+    results.update(run_all(ctx, [], stages=after))
+    return results
+
+
 def cli_update(cfg: Config, args: Any) -> int:
-    """``usersegments update``."""
-    raise StageNotAvailable("'update' is not available in this version of usersegments")
+    """``usersegments update``: fold new events into the existing segments."""
+    from usersegments.console import say
+
+    ctx = open_context(cfg, "update")
+
+    def work() -> int:
+        results = update_all(ctx, list(args.events), args.items, args.recluster)
+        print_run_summary(ctx, results)
+        print_churn(results["update"])
+        say(f"report: {results['report'].path}")
+        return 0
+
+    return _finish(ctx, work)
+
+
+def print_churn(update: StageResult) -> None:
+    """The churn summary of an update: users folded, moved and new; segments born/ended."""
+    from usersegments.console import print_table
+
+    m = update.metrics
+    print_table(
+        f"update ({update.seconds:.1f}s)",
+        ["events folded", "users reassigned", "moved", "new users", "moved share", "novel texts"],
+        [
+            (
+                int(m.get("events_folded", 0)),
+                int(m.get("users_reassigned", 0)),
+                int(m.get("users_moved", 0)),
+                int(m.get("users_new", 0)),
+                round(m.get("moved_share", 0.0), 3),
+                round(m.get("novel_text_share", 0.0), 3),
+            )
+        ],
+    )
+    if m.get("reclustered"):
+        print_table(
+            "re-clustered: segment lineage",
+            ["continued", "born", "split", "merged", "ended", "ids kept"],
+            [
+                (
+                    int(m["segments_continued"]),
+                    int(m["segments_born"]),
+                    int(m["segments_split"]),
+                    int(m["segments_merged"]),
+                    int(m["segments_ended"]),
+                    f"{m['segment_ids_kept_share']:.0%}",
+                )
+            ],
+        )
 
 
 def cli_demo(cfg: Config, args: Any) -> int:
@@ -211,12 +279,12 @@ def cli_demo(cfg: Config, args: Any) -> int:
     from usersegments.console import print_tables, say
     from usersegments.synthetic import GeneratorSettings, generate, write
 
-    if getattr(args, "dynamic", False):
-        raise StageNotAvailable("'demo --dynamic' needs 'update', not available in this version")
     data = generate(GeneratorSettings(users=args.users, seed=args.seed))
     input_dir = Path(cfg.store.root) / "input"
     paths = write(data, input_dir)
     say(f"generated {len(data.events)} events of {args.users} users into {input_dir}")
+    if args.dynamic:
+        return _demo_dynamic(cfg, data, input_dir, paths["truth"])
     ctx = open_context(cfg, "demo")
     before_report = tuple(s for s in RUN_ORDER if s != "report")
 
@@ -237,6 +305,60 @@ def cli_demo(cfg: Config, args: Any) -> int:
         return 0
 
     return _finish(ctx, work)
+
+
+def _demo_dynamic(cfg: Config, data: Any, input_dir: Any, truth: str) -> int:
+    """Two windows split at the planted drift date: a full run on the first, an update
+    with the second; prints where the drifted users went."""
+    from datetime import datetime
+
+    from usersegments.console import print_table, say
+    from usersegments.evaluate import drift_recovery
+    from usersegments.synthetic import split_at, write
+
+    cut = datetime.fromisoformat(str(data.manifest["drift_date"]))
+    first, second = split_at(data, cut)
+    first_paths = write(first, input_dir / "window1")
+    second_paths = write(second, input_dir / "window2")
+    say(f"window 1: {len(first.events)} events before {cut:%Y-%m-%d}")
+    say(f"window 2: {len(second.events)} events from then on")
+    ctx = open_context(cfg, "demo")
+
+    def first_window() -> int:
+        results = run_all(ctx, [first_paths["events_csv"]], first_paths["items"], truth)
+        print_run_summary(ctx, results)
+        return 0
+
+    _finish(ctx, first_window)
+    say("window 2: update ...")
+    update_ctx = open_context(cfg, "update")
+
+    def work() -> int:
+        results = update_all(update_ctx, [second_paths["events_csv"]], second_paths["items"], False)
+        print_churn(results["update"])
+        recovery = drift_recovery(update_ctx.store, truth, cut)
+        print_table(
+            "planted drift: where users are after the update",
+            [
+                "drifted users",
+                "in a segment of their new area",
+                "other users moved",
+                "of which away from their area",
+            ],
+            [
+                (
+                    int(recovery["drifted_users"]),
+                    f"{recovery['drifted_in_new_area_share']:.0%}",
+                    f"{recovery['stable_moved_share']:.1%}",
+                    f"{recovery['stable_moved_away_share']:.1%}",
+                )
+            ],
+        )
+        update_ctx.run.record_all("demo", recovery)
+        say(f"report: {results['report'].path}")
+        return 0
+
+    return _finish(update_ctx, work)
 
 
 def print_run_summary(ctx: Context, results: dict[str, StageResult]) -> None:

@@ -73,12 +73,15 @@ def weighted_sums(
 ) -> DataFrame:
     """Per user: decayed weighted sum of vectors, total weight, counts and time span.
 
-    ``events`` needs user_id, event_time, event_type, value, text_hash; ``vectors``
-    needs text_hash, embedding (array<float>).
+    ``events`` needs user_id, event_time, event_type, value, text_hash, and may have
+    run_id: ``events_through`` is then the latest ingest run folded into the sums
+    (updates fold only later events); ``vectors`` needs text_hash, embedding.
     """
+    through = F.col("run_id") if "run_id" in events.columns else F.lit(None).cast("string")
     weighted = events.join(vectors, on="text_hash", how="inner").select(
         "user_id",
         "event_time",
+        through.alias("_through"),
         array_to_vector(F.col("embedding")).alias("_vec"),
         event_weight(cfg, as_of).alias("_w"),
     )
@@ -89,6 +92,7 @@ def weighted_sums(
         F.count(F.lit(1)).alias("n_events"),
         F.min("event_time").alias("first_event_time"),
         F.max("event_time").alias("last_event_time"),
+        F.max("_through").alias("events_through"),
     )
     # Summarizer gives the weighted mean; the stored sum is mean x total weight.
     mean = vector_to_array(F.col("_s.mean"), dtype="float32")
@@ -100,6 +104,7 @@ def weighted_sums(
         "n_events",
         "first_event_time",
         "last_event_time",
+        "events_through",
     )
 
 
@@ -128,7 +133,7 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     mid = model_id(cfg.embed)
     run.model_id = mid
     events = store.read("events").select(
-        "user_id", "event_time", "event_type", "value", "text_hash"
+        "user_id", "event_time", "event_type", "value", "text_hash", "run_id"
     )
     if not store.exists("text_embeddings"):
         raise StoreError("text_embeddings does not exist: run `usersegments embed` first")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 CARD_RECOMMENDATIONS = 5  # recommendations shown per card; the table holds recommend.top_n
+MOVEMENT_ROWS = 20  # largest flows between segments shown
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ReportData:
     evaluate_metrics: dict[str, float]
     run_row: dict[str, Any]
     model: str
+    movements: list[tuple[str, str, int]] = field(default_factory=list)
+    lineage: list[tuple[str, str, str, float | None]] = field(default_factory=list)
     table_rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -119,7 +122,10 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
     if store.exists("runs"):
         found = store.read("runs").filter(F.col("run_id") == cluster_run).collect()
         run_row = found[0].asDict() if found else {}
+    labels = dict(zip(segments["segment_id"], segments["label"], strict=True))
     return ReportData(
+        movements=_movements(store, labels),
+        lineage=_lineage(store),
         segments=segments,
         map_points=sample,
         item_text=texts,
@@ -132,6 +138,46 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         model=run_row.get("model_id") or model_id(cfg.embed),
         table_rows={"users segmented": total, "events": events.count()},
     )
+
+
+def _movements(store: TableStore, labels: dict[str, str]) -> list[tuple[str, str, int]]:
+    """The largest flows between segments recorded in segment_history (closed rows)."""
+    if not store.exists("segment_history"):
+        return []
+    history = store.read("segment_history")
+    closed = history.filter(F.col("valid_to").isNotNull()).select(
+        "user_id", F.col("segment_id").alias("from_segment"), F.col("valid_to").alias("at")
+    )
+    following = history.select(
+        "user_id", F.col("segment_id").alias("to_segment"), F.col("valid_from").alias("at")
+    )
+    flows = (
+        closed.join(following, ["user_id", "at"])
+        .groupBy("from_segment", "to_segment")
+        .agg(F.count(F.lit(1)).alias("users"))
+        .orderBy(F.desc("users"), "from_segment", "to_segment")
+        .limit(MOVEMENT_ROWS)
+        .collect()
+    )
+
+    def name(seg: str) -> str:
+        return f"{seg} {labels[seg]}" if labels.get(seg) else seg
+
+    return [(name(r["from_segment"]), name(r["to_segment"]), int(r["users"])) for r in flows]
+
+
+def _lineage(store: TableStore) -> list[tuple[str, str, str, float | None]]:
+    """The segment lineage of the latest re-clustering, if any."""
+    if not store.exists("segment_lineage"):
+        return []
+    lineage = store.read("segment_lineage")
+    latest = lineage.agg(F.max("recorded_at")).first()[0]
+    rows = lineage.filter(F.col("recorded_at") == latest).orderBy("event", "old_segment_id")
+    return [
+        (r["old_segment_id"] or "-", r["new_segment_id"] or "-", r["event"], r["similarity"])
+        for r in rows.collect()
+        if r["event"] != "continued"
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -407,6 +453,27 @@ def render_html(data: ReportData, images: dict[str, str], generated_at: datetime
             f"<table><tr><th>recommender</th><th>hit rate@{k}</th><th>recall@{k}</th></tr>"
             f"{body}</table>",
             f"<img src='{images['evaluation']}' alt='hit rate and recall per recommender'>",
+        ]
+    if data.movements:
+        body = "".join(
+            f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td>{n:,}</td></tr>" for a, b, n in data.movements
+        )
+        parts += [
+            "<h2 id='movement'>Movement between segments</h2>",
+            "<p class='muted'>users whose segment changed in updates (segment_history), "
+            "largest flows first</p>",
+            f"<table><tr><th>from</th><th>to</th><th>users</th></tr>{body}</table>",
+        ]
+    if data.lineage:
+        body = "".join(
+            f"<tr><td>{_e(o)}</td><td>{_e(n)}</td><td>{_e(ev)}</td>"
+            f"<td>{'' if sim is None else f'{sim:.3f}'}</td></tr>"
+            for o, n, ev, sim in data.lineage
+        )
+        parts += [
+            "<h2 id='lineage'>Latest re-clustering</h2>",
+            "<table><tr><th>old</th><th>new</th><th>event</th><th>similarity</th></tr>"
+            f"{body}</table>",
         ]
     parts.append("</body></html>")
     return "\n".join(parts)

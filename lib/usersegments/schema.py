@@ -94,6 +94,7 @@ USER_PROFILES = _schema(
     ("n_events", LongType()),
     ("first_event_time", TimestampType()),
     ("last_event_time", TimestampType()),
+    ("events_through", StringType()),
     ("as_of", TimestampType()),
     ("run_id", StringType()),
 )
@@ -136,6 +137,16 @@ SEGMENT_RECOMMENDATIONS = _schema(
     ("run_id", StringType()),
 )
 
+SEGMENT_LINEAGE = _schema(
+    ("old_segment_id", StringType()),
+    ("new_segment_id", StringType()),
+    ("event", StringType()),
+    ("similarity", DoubleType()),
+    ("users", LongType()),
+    ("run_id", StringType()),
+    ("recorded_at", TimestampType()),
+)
+
 USER_RECOMMENDATIONS = _schema(
     ("user_id", StringType()),
     ("segment_id", StringType()),
@@ -158,6 +169,7 @@ TABLES: dict[str, StructType] = {
     "segment_history": SEGMENT_HISTORY,
     "segment_recommendations": SEGMENT_RECOMMENDATIONS,
     "user_recommendations": USER_RECOMMENDATIONS,
+    "segment_lineage": SEGMENT_LINEAGE,
 }
 
 

@@ -631,6 +631,33 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
     )
 
 
+def generated_times(events: pd.DataFrame) -> pd.Series:
+    """The generator's event times as UTC timestamps (NaT for the planted garbage)."""
+    raw = events["event_time"].astype("string")
+    numeric = pd.to_numeric(raw, errors="coerce")
+    texts = raw.where(numeric.isna())
+    parsed = pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601")
+    seconds = numeric.where(numeric < 1e11, numeric / 1000.0)
+    from_epoch = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    return parsed.fillna(from_epoch)
+
+
+def split_at(data: GeneratedData, when: datetime) -> tuple[GeneratedData, GeneratedData]:
+    """Two time windows of ``data``: events before ``when`` and from ``when`` on.
+
+    Rows without a readable time (planted garbage) stay in the first window. Items,
+    truth and settings are shared; each manifest counts its own rows.
+    """
+    times = generated_times(data.events)
+    later = (times >= pd.Timestamp(when)).fillna(False).to_numpy()
+    windows = []
+    for mask, name in ((~later, "before"), (later, "after")):
+        events = data.events[mask].reset_index(drop=True)
+        manifest = {**data.manifest, "rows": len(events), "window": name, "split_at": str(when)}
+        windows.append(GeneratedData(events, data.items, data.truth, data.settings, manifest))
+    return windows[0], windows[1]
+
+
 def _make_event(rng, user_id, when, area, style, by_style, item_text):
     etype = EVENT_TYPES[int(rng.choice(len(EVENT_TYPES), p=EVENT_TYPE_P))]
     words = AREAS[area][1][style]

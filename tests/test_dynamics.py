@@ -1,0 +1,239 @@
+"""Incremental updates on planted drift: folding, reassignment, history, stable ids."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from tests.conftest import make_config
+from tests.helpers import metrics_of, new_run
+from usersegments.cluster import run_cluster
+from usersegments.dynamics import match_segments, nearest_segment_frame, run_update
+from usersegments.embed import model_id, run_embed
+from usersegments.evaluate import drift_recovery
+from usersegments.ingest import run_ingest
+from usersegments.profile import run_profile, weighted_sums
+from usersegments.store import TableStore
+from usersegments.synthetic import GeneratorSettings, generate, split_at, write
+
+STATE_TABLES = ("user_profiles", "user_segments", "segments", "segment_history")
+
+
+def snapshot(store: TableStore, name: str) -> pd.DataFrame:
+    """A table's content, sorted, without the columns that name the run."""
+    pdf = store.read(name).toPandas().drop(columns=["run_id"], errors="ignore")
+    for column in pdf.columns:
+        if pdf[column].map(lambda v: isinstance(v, list | np.ndarray)).any():
+            pdf[column] = pdf[column].map(lambda v: tuple(np.round(np.asarray(v, float), 6)))
+    return pdf.sort_values(list(pdf.columns[:2])).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def dynamic(spark, tmp_path_factory):
+    """Window 1 (before the planted drift) clustered; window 2 ingested and embedded by
+    a run that then "crashed", and folded in by the update run that followed."""
+    root = tmp_path_factory.mktemp("dynamic")
+    data = generate(GeneratorSettings(users=400, seed=5, drift_share=0.25))
+    cut = datetime.fromisoformat(data.manifest["drift_date"])
+    first, second = split_at(data, cut)
+    first_paths = write(first, root / "window1")
+    second_paths = write(second, root / "window2")
+    cfg = make_config(
+        root / "store",
+        "profile.half_life_days=14",
+        "privacy.min_segment_size=10",
+        "cluster.sub.target_size=25",
+        "cluster.k=14",
+        "update.recluster_threshold=1.0",  # incremental only; the last test re-clusters
+    )
+    store = TableStore.from_config(spark, cfg)
+    full = new_run(spark, store, cfg, "run")
+    run_ingest(
+        spark, store, cfg, full, events=[first_paths["events_parquet"]], items=first_paths["items"]
+    )
+    run_embed(spark, store, cfg, full)
+    run_profile(spark, store, cfg, full)
+    run_cluster(spark, store, cfg, full)
+    full.flush()
+    before = {name: store.read(name).toPandas() for name in ("user_segments", "user_profiles")}
+    crashed = new_run(spark, store, cfg, "update")
+    run_ingest(
+        spark,
+        store,
+        cfg,
+        crashed,
+        events=[second_paths["events_parquet"]],
+        items=second_paths["items"],
+    )
+    run_embed(spark, store, cfg, crashed)
+    crashed.finish("failed")
+    update = new_run(spark, store, cfg, "update")
+    result = run_update(spark, store, cfg, update)
+    update.flush()
+    return {
+        "store": store,
+        "cfg": cfg,
+        "data": data,
+        "cut": cut,
+        "paths": second_paths,
+        "before": before,
+        "update": update,
+        "result": result,
+    }
+
+
+def test_update_folds_events_ingested_by_a_crashed_run(dynamic):
+    m = dynamic["result"].metrics
+    store = dynamic["store"]
+    assert m["events_folded"] > 1000
+    assert m["users_reassigned"] > 300
+    assert m["reclustered"] == 0
+    recorded = metrics_of(store, dynamic["update"], "update")
+    assert recorded["events_folded"] == m["events_folded"]
+    assert 0 <= m["moved_share"] <= 1 and 0 <= m["novel_text_share"] <= 1
+
+
+def test_incremental_profiles_equal_a_full_recomputation(dynamic):
+    store, cfg = dynamic["store"], dynamic["cfg"]
+    stored = store.read("user_profiles")
+    as_of = stored.agg(F.max("as_of")).first()[0]
+    updated = stored.filter(F.col("run_id") == dynamic["update"].run_id).toPandas()
+    events = store.read("events").select(
+        "user_id", "event_time", "event_type", "value", "text_hash", "run_id"
+    )
+    vectors = store.read("text_embeddings").filter(F.col("model_id") == model_id(cfg.embed))
+    batch = weighted_sums(events, vectors.select("text_hash", "embedding"), cfg.profile, as_of)
+    joined = updated.merge(batch.toPandas(), on="user_id", suffixes=("", "_batch"))
+    assert len(joined) == len(updated) > 300
+    a = np.vstack(joined["weighted_sum"].to_numpy()).astype(float)
+    b = np.vstack(joined["weighted_sum_batch"].to_numpy()).astype(float)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+    assert np.allclose(joined["weight_total"], joined["weight_total_batch"], rtol=1e-4)
+    assert (joined["n_events"] == joined["n_events_batch"]).all()
+    assert (joined["events_through"] == joined["events_through_batch"]).all()
+
+
+def test_drifted_users_follow_their_new_interest(dynamic):
+    recovery = drift_recovery(dynamic["store"], dynamic["paths"]["truth"], dynamic["cut"])
+    assert recovery["drifted_users"] > 50
+    assert recovery["drifted_in_new_area_share"] >= 0.8, recovery
+    assert recovery["stable_moved_away_share"] < 0.05, recovery
+    assert recovery["stable_moved_share"] < 0.15, recovery
+
+
+def test_history_is_a_type_2_dimension_in_step_with_user_segments(dynamic):
+    store = dynamic["store"]
+    history = store.read("segment_history").toPandas()
+    current = store.read("user_segments").select("user_id", "segment_id").toPandas()
+    open_rows = history[history["valid_to"].isna()]
+    assert open_rows["user_id"].is_unique
+    both = current.merge(open_rows, on="user_id", suffixes=("", "_open"))
+    assert len(both) == len(current)
+    assert (both["segment_id"] == both["segment_id_open"]).all()
+    closed = history[history["valid_to"].notna()]
+    assert len(closed) > 0 and (closed["valid_to"] > closed["valid_from"]).all()
+    moved = dynamic["result"].metrics["users_moved"]
+    assert closed["user_id"].nunique() == moved
+
+
+def test_the_same_update_twice_changes_nothing(spark, dynamic):
+    store, cfg = dynamic["store"], dynamic["cfg"]
+    before = {name: snapshot(store, name) for name in STATE_TABLES}
+    again = new_run(spark, store, cfg, "update")
+    run_ingest(
+        spark,
+        store,
+        cfg,
+        again,
+        events=[dynamic["paths"]["events_parquet"]],
+        items=dynamic["paths"]["items"],
+    )
+    run_embed(spark, store, cfg, again)
+    result = run_update(spark, store, cfg, again)
+    assert result.metrics["events_folded"] == 0
+    assert result.metrics["users_reassigned"] == 0
+    for name in STATE_TABLES:
+        pd.testing.assert_frame_equal(snapshot(store, name), before[name], check_like=True)
+
+
+def test_nearest_cluster_then_segment_with_hysteresis():
+    segments = pd.DataFrame(
+        {
+            "segment_id": ["c00.s00", "c00.s01", "c01.s00"],
+            "cluster_id": [0, 0, 1],
+            "size": [10, 10, 10],
+            "centroid": [np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0])],
+        }
+    )
+    near_boundary = np.array([0.70, 0.72, 0.0]) / np.linalg.norm([0.70, 0.72])
+    pdf = pd.DataFrame(
+        {
+            "user_id": ["u", "v", "w"],
+            "embedding": [near_boundary, np.array([0.1, 1.0, 0.0]), np.array([0.1, 0, 1.0])],
+            "current_segment": ["c00.s00", "c00.s00", "c00.s00"],
+        }
+    )
+    out = nearest_segment_frame(pdf, segments, move_margin=0.05)
+    assert list(out["segment_id"]) == ["c00.s00", "c00.s01", "c01.s00"]  # u stays
+    assert list(out["cluster_id"]) == [0, 0, 1]
+    out = nearest_segment_frame(pdf, segments, move_margin=0.0)
+    assert list(out["segment_id"]) == ["c00.s01", "c00.s01", "c01.s00"]
+
+
+def test_matching_keeps_ids_and_names_births_splits_and_ends():
+    e = np.eye(4)
+    old = pd.DataFrame(
+        {
+            "segment_id": ["c00.s00", "c00.s01", "c01.s00"],
+            "cluster_id": [0, 0, 1],
+            "centroid": [e[0], e[1], e[2]],
+        }
+    )
+    new = pd.DataFrame(
+        {
+            "segment_id": ["c05.s00", "c05.s01", "c06.s00", "c07.s00"],
+            "cluster_id": [5, 5, 6, 7],
+            "centroid": [e[1] + 0.05 * e[3], e[0], 0.6 * e[0] + 0.8 * e[3], e[3]],
+        }
+    )
+    flows = pd.DataFrame(
+        [
+            ("c00.s01", "c05.s00", 30),
+            ("c00.s00", "c05.s01", 20),
+            ("c00.s00", "c06.s00", 15),
+            ("c01.s00", "c07.s00", 2),
+        ],
+        columns=["old_segment_id", "new_segment_id", "users"],
+    )
+    matching = match_segments(old, new, flows, min_similarity=0.9)
+    assert matching.rename["c05.s00"] == "c00.s01" and matching.rename["c05.s01"] == "c00.s00"
+    fresh = {matching.rename["c06.s00"], matching.rename["c07.s00"]}
+    assert fresh == {"c06.s00", "c07.s00"}  # new ids, never an old one
+    events = {(r.old_segment_id, r.new_segment_id): r.event for r in matching.lineage.itertuples()}
+    assert events[("c00.s00", "c00.s00")] == "continued"
+    assert events[("c00.s00", "c06.s00")] == "split"
+    assert events[(None, "c07.s00")] == "born"
+    assert events[("c01.s00", None)] == "ended"
+
+
+def test_reclustering_unchanged_data_keeps_segment_ids(spark, dynamic):
+    store, cfg = dynamic["store"], dynamic["cfg"]
+    old_ids = {r["segment_id"] for r in store.read("segments").collect()}
+    run = new_run(spark, store, cfg, "update")
+    result = run_update(spark, store, cfg, run, recluster_now=True)
+    m = result.metrics
+    assert m["reclustered"] == 1
+    assert m["segment_ids_kept_share"] >= 0.9, m
+    new_ids = {r["segment_id"] for r in store.read("segments").collect()}
+    assert len(new_ids & old_ids) >= 0.9 * len(old_ids)
+    lineage = store.read("segment_lineage").filter(F.col("run_id") == run.run_id).toPandas()
+    assert (lineage["event"] == "continued").sum() == m["segments_continued"]
+    segs = store.read("user_segments")
+    assert segs.select("segment_id").distinct().count() == len(new_ids)
+    open_rows = store.read("segment_history").filter(F.col("valid_to").isNull())
+    assert open_rows.join(segs, ["user_id", "segment_id"], "left_anti").count() == 0
