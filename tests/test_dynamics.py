@@ -59,7 +59,6 @@ def dynamic(spark, tmp_path_factory):
     run_profile(spark, store, cfg, full)
     run_cluster(spark, store, cfg, full)
     full.flush()
-    before = {name: store.read(name).toPandas() for name in ("user_segments", "user_profiles")}
     crashed = new_run(spark, store, cfg, "update")
     run_ingest(
         spark,
@@ -80,7 +79,6 @@ def dynamic(spark, tmp_path_factory):
         "data": data,
         "cut": cut,
         "paths": second_paths,
-        "before": before,
         "update": update,
         "result": result,
     }

@@ -1,0 +1,115 @@
+"""What an incremental update costs against a full run.
+
+    .venv/bin/python benchmarks/update_cost.py [--users 5000] [--share 0.01] [--days 7]
+
+Generates ``--users`` users (real texts, real MiniLM embeddings, local mode,
+delta-rs). The events of ``--share`` of the users in the last ``--days`` days
+are held back as the update batch; everything else goes through a full
+``usersegments run`` (ingest, embed, profile, cluster, label, recommend), then
+the batch through ``usersegments update`` (ingest, embed, fold, reassign,
+history, recommend). The report stage is left out of both. Prints seconds per
+stage of each and the ratio update / full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from usersegments.config import load_config
+from usersegments.pipeline import open_context, run_all
+from usersegments.synthetic import (
+    GeneratedData,
+    GeneratorSettings,
+    generate,
+    generated_times,
+    write,
+)
+
+
+def split_batch(data: GeneratedData, share: float, days: int, seed: int) -> tuple:
+    """(history, batch): the batch is ``share`` of users' events of the last ``days`` days."""
+    rng = np.random.default_rng(seed)
+    users = data.events["user_id"].dropna().unique()
+    picked = set(rng.choice(users, size=max(1, int(len(users) * share)), replace=False))
+    times = generated_times(data.events)
+    recent = (times >= pd.Timestamp(data.settings.end - timedelta(days=days))).fillna(False)
+    in_batch = (data.events["user_id"].isin(picked) & recent).to_numpy()
+    parts = []
+    for mask in (~in_batch, in_batch):
+        events = data.events[mask].reset_index(drop=True)
+        parts.append(GeneratedData(events, data.items, data.truth, data.settings, data.manifest))
+    return parts[0], parts[1], len(picked)
+
+
+def timed_run(cfg, command: str, paths: dict[str, str], stages: tuple[str, ...]):
+    """Run ``stages`` over the files in ``paths`` as one run; (results, seconds)."""
+    ctx = open_context(cfg, command)
+    t0 = time.perf_counter()
+    results = run_all(ctx, [paths["events_parquet"]], paths["items"], stages=stages)
+    seconds = time.perf_counter() - t0
+    ctx.run.finish()
+    return results, seconds
+
+
+def main() -> None:
+    """Time a full run and an update of a small share of users; print both and the ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--share", type=float, default=0.01)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = tempfile.mkdtemp(prefix="usersegments-update-cost-")
+    try:
+        data = generate(GeneratorSettings(users=args.users, seed=args.seed))
+        history, batch, n_users = split_batch(data, args.share, args.days, args.seed)
+        history_paths = write(history, f"{work}/history")
+        batch_paths = write(batch, f"{work}/batch")
+        cfg = load_config(
+            "conf/local.yaml",
+            ["spark.ui=off", "spark.log_level=ERROR", "update.recluster_threshold=1.0"],
+            f"{work}/store",
+        )
+        full, full_seconds = timed_run(
+            cfg,
+            "run",
+            history_paths,
+            ("ingest", "embed", "profile", "cluster", "label", "recommend"),
+        )
+        update, update_seconds = timed_run(
+            cfg, "update", batch_paths, ("ingest", "embed", "update", "recommend")
+        )
+        m = update["update"].metrics
+        print()
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+        print(
+            f"full run: {len(history.events)} events of {args.users} users; update: "
+            f"{len(batch.events)} events of {n_users} users ({args.share:.1%}), "
+            f"{int(m['users_reassigned'])} reassigned, {int(m['users_moved'])} moved"
+        )
+        print(f"{'stage':<12}{'full (s)':>10}{'update (s)':>12}")
+        for stage in ("ingest", "embed", "profile", "cluster", "label", "update", "recommend"):
+            f = full.get(stage)
+            u = update.get(stage)
+            print(
+                f"{stage:<12}{(f'{f.seconds:.1f}' if f else '-'):>10}"
+                f"{(f'{u.seconds:.1f}' if u else '-'):>12}"
+            )
+        print(f"{'total':<12}{full_seconds:>10.1f}{update_seconds:>12.1f}")
+        print(f"update / full: {update_seconds / full_seconds:.3f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
