@@ -59,10 +59,13 @@ class ReportData:
     table_rows: dict[str, int] = field(default_factory=dict)
 
 
-def _latest_metrics(metrics: pd.DataFrame, stage: str, run_id: str | None = None) -> dict:
+def _latest_metrics(metrics: pd.DataFrame, stage: str, having: str | None = None) -> dict:
+    """The metrics of ``stage`` from the latest run that recorded ``having`` (any metric
+    of the stage when None)."""
     rows = metrics[metrics["stage"] == stage]
-    if run_id is not None:
-        rows = rows[rows["run_id"] == run_id]
+    if having is not None:
+        runs = rows.loc[rows["metric"] == having, "run_id"]
+        rows = rows[rows["run_id"].isin(runs)]
     if rows.empty:
         return {}
     latest = rows.sort_values("recorded_at")["run_id"].iloc[-1]
@@ -77,7 +80,7 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
             raise StoreError(f"{table} does not exist: run `usersegments run` first")
     segments = store.read("segments").toPandas().sort_values("segment_id")
     user_segments = store.read("user_segments")
-    cluster_run = user_segments.select("run_id").first()["run_id"]
+    latest_run = user_segments.agg(F.max("run_id")).first()[0]  # run ids sort by time
     total = user_segments.count()
     fraction = min(1.0, cfg.report.map_sample / max(total, 1))
     sample = (
@@ -120,7 +123,7 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         }
     run_row: dict[str, Any] = {}
     if store.exists("runs"):
-        found = store.read("runs").filter(F.col("run_id") == cluster_run).collect()
+        found = store.read("runs").filter(F.col("run_id") == latest_run).collect()
         run_row = found[0].asDict() if found else {}
     labels = dict(zip(segments["segment_id"], segments["label"], strict=True))
     return ReportData(
@@ -130,7 +133,9 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         map_points=sample,
         item_text=texts,
         recommendations=recommendations,
-        cluster_metrics=_latest_metrics(metrics, "cluster", cluster_run),
+        # An update's re-clustering records only a few cluster figures: the quality
+        # section shows the latest full clustering's.
+        cluster_metrics=_latest_metrics(metrics, "cluster", "silhouette_cosine"),
         ingest_metrics=_latest_metrics(metrics, "ingest"),
         rejected_by_reason=rejected,
         evaluate_metrics=_latest_metrics(metrics, "evaluate"),
@@ -429,6 +434,8 @@ def render_html(data: ReportData, images: dict[str, str], generated_at: datetime
         parts.append(f"<img src='{images['k_selection']}' alt='silhouette per k'>")
     parts += [
         "<h2 id='ingest'>Ingest quality</h2>",
+        "<p class='muted'>the latest ingest run; rejected rows by reason over all runs "
+        "(events_rejected)</p>",
         _metric_table(ingest) if ingest else "",
         _metric_table(
             sorted((f"rejected: {k}", f"{v:,}") for k, v in data.rejected_by_reason.items())
