@@ -34,7 +34,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import Config, SubClusterConfig
 from usersegments.errors import StoreError
-from usersegments.profile import with_unit_vector
+from usersegments.profile import dot, with_unit_vector
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, USER_SEGMENTS, conform
 from usersegments.store import TableStore
@@ -62,7 +62,9 @@ def segment_id(cluster: int, sub: int) -> str:
 # Level 2: agglomerative sub-groups (pure pandas/numpy, unit-testable)
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (float64; zero rows stay zero)."""
+    rows = np.asarray(rows, dtype=np.float64)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.clip(norms, 1e-12, None)
 
@@ -70,7 +72,7 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 def _centroids(x: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     sums = np.zeros((n, x.shape[1]))
     np.add.at(sums, labels, x)
-    return _unit(sums)
+    return unit_rows(sums)
 
 
 def fit_subgroups(x: np.ndarray, sub: SubClusterConfig, seed: int) -> np.ndarray:
@@ -111,7 +113,7 @@ def merge_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
         if len(ids) < 2 or sizes.min() >= min_size:
             break
         small = ids[np.argmin(sizes)]
-        centroids = {i: _unit(x[labels == i].sum(axis=0, keepdims=True))[0] for i in ids}
+        centroids = {i: unit_rows(x[labels == i].sum(axis=0, keepdims=True))[0] for i in ids}
         others = [i for i in ids if i != small]
         nearest = max(others, key=lambda i: float(centroids[small] @ centroids[i]))
         labels[labels == small] = nearest
@@ -129,7 +131,7 @@ def subcluster_group(
     if pdf.empty:
         return pd.DataFrame(columns=[f.name for f in SUBCLUSTER_SCHEMA.fields])
     pdf = pdf.sort_values("user_id", kind="stable").reset_index(drop=True)
-    x = _unit(np.vstack(pdf[FEATURES].to_numpy()).astype(np.float64))
+    x = unit_rows(np.vstack(pdf[FEATURES].to_numpy()))
     cluster = int(pdf["cluster_id"].iloc[0])
     labels = merge_small(x, fit_subgroups(x, sub, seed + cluster), min_size)
     ids, sizes = np.unique(labels, return_counts=True)
@@ -493,14 +495,9 @@ def _enforce_min_size(fine: DataFrame, min_size: int) -> DataFrame:
         "cluster_id", F.regexp_extract("segment_id", r"^c(\d+)\.", 1).cast("int")
     )
     centroids = _segment_centroids(merged).select("segment_id", "centroid")
-    cos = F.aggregate(
-        F.arrays_zip(F.col(FEATURES).alias("a"), F.col("centroid").alias("b")),
-        F.lit(0.0),
-        lambda acc, p: acc + p["a"] * p["b"],
-    )
     return (
         merged.join(centroids, "segment_id")
-        .withColumn("distance", F.greatest(F.lit(0.0), 1.0 - cos))
+        .withColumn("distance", F.greatest(F.lit(0.0), 1.0 - dot(FEATURES, "centroid")))
         .drop("centroid")
     )
 

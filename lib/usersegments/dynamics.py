@@ -43,9 +43,11 @@ from usersegments.cluster import (
     ClusterOutput,
     cluster_users,
     coarse_model_path,
+    segment_id,
+    unit_rows,
 )
 from usersegments.config import Config
-from usersegments.embed import model_id
+from usersegments.embed import model_id, model_vectors
 from usersegments.errors import StoreError
 from usersegments.profile import LN2, SECONDS_PER_DAY, profiles_from_sums, weighted_sums
 from usersegments.runlog import RunLog, StageResult
@@ -159,17 +161,12 @@ def fold_pending(
 def cluster_centroids(segments: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Coarse cluster ids and their unit centroids: the size-weighted mean of their
     segments' centroids."""
-    vectors = _unit_rows(np.vstack(segments["centroid"].to_numpy()))
+    vectors = unit_rows(np.vstack(segments["centroid"].to_numpy()))
     sizes = segments["size"].to_numpy(dtype=np.float64)
     clusters = segments["cluster_id"].to_numpy()
     keys = np.unique(clusters)
     sums = np.vstack([(vectors[clusters == c] * sizes[clusters == c, None]).sum(0) for c in keys])
-    return keys, _unit_rows(sums)
-
-
-def _unit_rows(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    return m / np.clip(np.linalg.norm(m, axis=1, keepdims=True), 1e-12, None)
+    return keys, unit_rows(sums)
 
 
 def nearest_segment_frame(
@@ -181,8 +178,8 @@ def nearest_segment_frame(
     A user stays in their current segment unless the chosen one is more similar by
     more than ``move_margin`` (hysteresis: no flapping at a boundary).
     """
-    x = _unit_rows(np.vstack(pdf["embedding"].to_numpy()))
-    centroids = _unit_rows(np.vstack(segments["centroid"].to_numpy()))
+    x = unit_rows(np.vstack(pdf["embedding"].to_numpy()))
+    centroids = unit_rows(np.vstack(segments["centroid"].to_numpy()))
     ids = segments["segment_id"].to_numpy()
     segment_clusters = segments["cluster_id"].to_numpy()
     keys, cluster_vectors = cluster_centroids(segments)
@@ -336,8 +333,7 @@ def match_segments(
     from scipy.optimize import linear_sum_assignment
 
     def unit(frame: pd.DataFrame) -> np.ndarray:
-        m = np.vstack(frame["centroid"].to_numpy()).astype(np.float64)
-        return m / np.clip(np.linalg.norm(m, axis=1, keepdims=True), 1e-12, None)
+        return unit_rows(np.vstack(frame["centroid"].to_numpy()))
 
     sims = unit(new) @ unit(old).T
     rows, cols = linear_sum_assignment(-sims)
@@ -366,7 +362,7 @@ def match_segments(
         if new_id in rename:
             continue
         cluster = int(new["cluster_id"].iloc[i])
-        fresh = f"c{cluster:02d}.s{next_sub.get(cluster, 0):02d}"
+        fresh = segment_id(cluster, next_sub.get(cluster, 0))
         next_sub[cluster] = next_sub.get(cluster, 0) + 1
         rename[new_id] = fresh
         sources = {o: u for (o, n), u in flow.items() if n == new_id}
@@ -464,11 +460,7 @@ def run_update(
             raise StoreError(f"{table} does not exist: run `usersegments run` before `update`")
     mid = model_id(cfg.embed)
     run.model_id = run.model_id or mid
-    vectors = (
-        store.read("text_embeddings")
-        .filter(F.col("model_id") == mid)
-        .select("text_hash", "embedding")
-    )
+    vectors = model_vectors(store, mid)
     segments_before = store.read("segments").toPandas()
     previous = (
         store.read("user_segments")
@@ -578,10 +570,8 @@ def novelty(
     )
     if fresh.empty:
         return {"new_texts": 0, "novel_text_share": 0.0}
-    centroids = np.vstack(segments["centroid"].to_numpy()).astype(np.float64)
-    centroids /= np.clip(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12, None)
-    x = np.vstack(fresh["embedding"].to_numpy()).astype(np.float64)
-    x /= np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    centroids = unit_rows(np.vstack(segments["centroid"].to_numpy()))
+    x = unit_rows(np.vstack(fresh["embedding"].to_numpy()))
     nearest = 1.0 - (x @ centroids.T).max(axis=1)
     return {"new_texts": len(x), "novel_text_share": float((nearest > distance).mean())}
 

@@ -353,6 +353,15 @@ def texts_to_embed(events: DataFrame, cache: DataFrame | None, model: str) -> Da
     return distinct.join(known, on="text_hash", how="left_anti")
 
 
+def model_vectors(store: TableStore, model: str) -> DataFrame:
+    """``text_hash, embedding`` of every cached text for ``model`` (a model_id)."""
+    return (
+        store.read("text_embeddings")
+        .filter(F.col("model_id") == model)
+        .select("text_hash", "embedding")
+    )
+
+
 def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Embed every text of ``events`` not yet cached for the configured model."""
     ecfg = cfg.embed

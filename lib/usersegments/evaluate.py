@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster import cluster_users, read_truth, score_against_truth
 from usersegments.config import Config
-from usersegments.embed import model_id
+from usersegments.embed import model_id, model_vectors
 from usersegments.errors import StoreError
 from usersegments.profile import profiles_from_sums, weighted_sums
 from usersegments.recommend import item_scores, top_per_group, without_seen
@@ -102,11 +102,7 @@ def run_evaluate(
     columns = ["event_id", "user_id", "event_time", "event_type", "item_id", "value", "text_hash"]
     split = holdout_split(store.read("events").select(*columns), n_out, cfg.profile.min_events)
     split = split.cache()
-    vectors = (
-        store.read("text_embeddings")
-        .filter(F.col("model_id") == mid)
-        .select("text_hash", "embedding")
-    )
+    vectors = model_vectors(store, mid)
     train = split.filter(~F.col("held_out"))
     held_out = split.filter(F.col("held_out") & F.col("item_id").isNotNull()).select(
         "user_id", "item_id"

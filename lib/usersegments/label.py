@@ -30,9 +30,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, LabelConfig
-from usersegments.embed import model_id
+from usersegments.embed import model_id, model_vectors
 from usersegments.errors import ConfigError, StoreError
-from usersegments.profile import event_weight
+from usersegments.profile import dot, event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, conform
 from usersegments.store import TableStore
@@ -141,11 +141,6 @@ def item_texts(events: DataFrame) -> DataFrame:
         .filter("_rank = 1")
         .select("item_id", "text_hash", "text")
     )
-
-
-def dot(a: str, b: str) -> Any:
-    """The dot product of two array<float> columns of equal length."""
-    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
 
 
 def representative_items(
@@ -292,11 +287,7 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     events = member_events(store).cache()
     try:
         keywords = segment_keywords(events, cfg, as_of)
-        vectors = (
-            store.read("text_embeddings")
-            .filter(F.col("model_id") == mid)
-            .select("text_hash", "embedding")
-        )
+        vectors = model_vectors(store, mid)
         top_items = representative_items(events, segments, vectors, cfg.label)
         wanted = sorted({i for items in top_items.values() for i in items})
         texts = {

@@ -23,7 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, ProfileConfig
-from usersegments.embed import model_id
+from usersegments.embed import model_id, model_vectors
 from usersegments.errors import StoreError
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_PROFILES, conform
@@ -66,6 +66,12 @@ def with_unit_vector(df: DataFrame, source: str, target: str) -> DataFrame:
         .withColumn(target, vector_to_array(F.col(unit_col), dtype="float32"))
         .drop(vector_col, unit_col)
     )
+
+
+def dot(a: str, b: str) -> Column:
+    """The dot product of two array<float> columns of equal length (cosine when both
+    are unit vectors)."""
+    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
 
 
 def weighted_sums(
@@ -137,11 +143,7 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     )
     if not store.exists("text_embeddings"):
         raise StoreError("text_embeddings does not exist: run `usersegments embed` first")
-    vectors = (
-        store.read("text_embeddings")
-        .filter(F.col("model_id") == mid)
-        .select("text_hash", "embedding")
-    )
+    vectors = model_vectors(store, mid)
     as_of = resolve_as_of(events, cfg.profile)
     sums = weighted_sums(events, vectors, cfg.profile, as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id)

@@ -147,14 +147,9 @@ SEGMENT_LINEAGE = _schema(
     ("recorded_at", TimestampType()),
 )
 
-USER_RECOMMENDATIONS = _schema(
-    ("user_id", StringType()),
-    ("segment_id", StringType()),
-    ("rank", IntegerType()),
-    ("item_id", StringType()),
-    ("text", StringType()),
-    ("score", DoubleType()),
-    ("run_id", StringType()),
+# A user's list is their segment's list (minus what they touched), so the same columns.
+USER_RECOMMENDATIONS = StructType(
+    [StructField("user_id", StringType(), nullable=True), *SEGMENT_RECOMMENDATIONS.fields]
 )
 
 TABLES: dict[str, StructType] = {
