@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 
 from tests.conftest import make_config
 from tests.helpers import metrics_of, new_run
-from usersegments.cluster import run_cluster
-from usersegments.dynamics import match_segments, nearest_segment_frame, run_update
+from usersegments.cluster import nearest_segment_frame, run_cluster
+from usersegments.dynamics import match_segments, run_update
 from usersegments.embed import model_id, run_embed
 from usersegments.evaluate import drift_recovery
 from usersegments.ingest import run_ingest
@@ -120,8 +120,7 @@ def test_drifted_users_follow_their_new_interest(dynamic):
     recovery = drift_recovery(dynamic["store"], dynamic["paths"]["truth"], dynamic["cut"])
     assert recovery["drifted_users"] > 50
     assert recovery["drifted_in_new_area_share"] >= 0.8, recovery
-    assert recovery["stable_moved_away_share"] < 0.05, recovery
-    assert recovery["stable_moved_share"] < 0.15, recovery
+    assert recovery["stable_moved_share"] < 0.05, recovery
 
 
 def test_history_is_a_type_2_dimension_in_step_with_user_segments(dynamic):
@@ -181,6 +180,12 @@ def test_nearest_cluster_then_segment_with_hysteresis():
     assert list(out["cluster_id"]) == [0, 0, 1]
     out = nearest_segment_frame(pdf, segments, move_margin=0.0)
     assert list(out["segment_id"]) == ["c00.s01", "c00.s01", "c01.s00"]
+    # v and w have one event since they entered c00.s00: not enough evidence to move.
+    pdf["new_events"] = [5, 1, 1]
+    out = nearest_segment_frame(pdf, segments, move_margin=0.0, min_new_events=2)
+    assert list(out["segment_id"]) == ["c00.s01", "c00.s00", "c00.s00"]
+    fresh = nearest_segment_frame(pdf.drop(columns="current_segment"), segments)
+    assert list(fresh["segment_id"])[1:] == ["c00.s01", "c01.s00"]  # nothing to keep
 
 
 def test_matching_keeps_ids_and_names_births_splits_and_ends():

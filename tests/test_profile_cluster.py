@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from tests.helpers import metrics_of
 from usersegments.cluster import (
     fit_subgroups,
+    nearest_segment_frame,
     merge_small,
     merge_undersized,
     subcluster_group,
@@ -163,7 +164,23 @@ def test_saved_model_reassigns_every_user(spark, planted):
     stored = store.read("user_segments").select("user_id", "cluster_id")
     both = stored.join(again, "user_id")
     assert both.count() == stored.count()
-    assert both.filter("again != cluster_id").count() == 0
+    # The stored membership is settled to the nearest segment (settle_to_nearest); the
+    # tree's own descent disagrees only for the few users near a boundary.
+    assert both.filter("again != cluster_id").count() <= 0.05 * stored.count()
+
+
+def test_every_user_sits_at_the_segment_an_update_would_keep(planted):
+    store = planted.store
+    segments = store.read("segments").toPandas()
+    users = (
+        store.read("user_profiles")
+        .join(store.read("user_segments").select("user_id", "segment_id"), "user_id")
+        .toPandas()
+    )
+    nearest = nearest_segment_frame(users[["user_id", "embedding"]], segments)
+    agree = (nearest["segment_id"].to_numpy() == users["segment_id"].to_numpy()).mean()
+    # Only the size floor's merges may leave a user off their nearest segment.
+    assert agree >= 0.98, agree
 
 
 def test_profiles_hold_sums_for_updates(planted):

@@ -382,6 +382,12 @@ class UpdateConfig(_Section):
         description="An updated user changes segment only when the nearest segment is more "
         "similar (cosine) than their current one by more than this.",
     )
+    min_new_events: int = Field(
+        3,
+        ge=0,
+        description="An updated user changes segment only after at least this many events "
+        "since they entered their current one (a stray event never moves a user).",
+    )
     match_similarity: float = Field(
         0.8,
         gt=0,

@@ -29,7 +29,6 @@ finishes the work without duplicates:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -37,10 +36,10 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from usersegments.cluster import (
     ClusterOutput,
+    assign_to_segments,
     cluster_users,
     coarse_model_path,
     segment_id,
@@ -62,16 +61,6 @@ from usersegments.schema import (
 from usersegments.store import TableStore
 
 log = logging.getLogger(__name__)
-
-ASSIGNMENT_SCHEMA = T.StructType(
-    [
-        T.StructField("user_id", T.StringType()),
-        T.StructField("cluster_id", T.IntegerType()),
-        T.StructField("segment_id", T.StringType()),
-        T.StructField("distance", T.DoubleType()),
-    ]
-)
-
 
 # ---------------------------------------------------------------------------
 # 2. Folding new events into stored sums
@@ -158,70 +147,6 @@ def fold_pending(
 # 3. Nearest-segment assignment
 
 
-def cluster_centroids(segments: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse cluster ids and their unit centroids: the size-weighted mean of their
-    segments' centroids."""
-    vectors = unit_rows(np.vstack(segments["centroid"].to_numpy()))
-    sizes = segments["size"].to_numpy(dtype=np.float64)
-    clusters = segments["cluster_id"].to_numpy()
-    keys = np.unique(clusters)
-    sums = np.vstack([(vectors[clusters == c] * sizes[clusters == c, None]).sum(0) for c in keys])
-    return keys, unit_rows(sums)
-
-
-def nearest_segment_frame(
-    pdf: pd.DataFrame, segments: pd.DataFrame, move_margin: float = 0.0
-) -> pd.DataFrame:
-    """For rows (user_id, embedding[, current_segment]): the nearest coarse cluster
-    (cosine to its centroid), then the nearest segment centroid inside it.
-
-    A user stays in their current segment unless the chosen one is more similar by
-    more than ``move_margin`` (hysteresis: no flapping at a boundary).
-    """
-    x = unit_rows(np.vstack(pdf["embedding"].to_numpy()))
-    centroids = unit_rows(np.vstack(segments["centroid"].to_numpy()))
-    ids = segments["segment_id"].to_numpy()
-    segment_clusters = segments["cluster_id"].to_numpy()
-    keys, cluster_vectors = cluster_centroids(segments)
-    clusters = keys[np.argmax(x @ cluster_vectors.T, axis=1)]
-    sims = x @ centroids.T
-    same = segment_clusters[None, :] == clusters[:, None]
-    best = np.argmax(np.where(same, sims, -np.inf), axis=1)
-    rows = np.arange(len(pdf))
-    if "current_segment" in pdf.columns:
-        position = {s: i for i, s in enumerate(ids)}
-        current = np.array([position.get(s, -1) for s in pdf["current_segment"]])
-        known = current >= 0
-        stay = known & (sims[rows, np.where(known, current, 0)] >= sims[rows, best] - move_margin)
-        best = np.where(stay, current, best)
-    return pd.DataFrame(
-        {
-            "user_id": pdf["user_id"].to_numpy(),
-            "cluster_id": segment_clusters[best].astype(np.int32),
-            "segment_id": ids[best],
-            "distance": np.clip(1.0 - sims[rows, best], 0.0, 2.0),
-        }
-    )
-
-
-def assign_to_segments(
-    users: DataFrame, segments: pd.DataFrame, move_margin: float = 0.0
-) -> DataFrame:
-    """``users`` (user_id, embedding, current_segment) -> user_id, cluster_id,
-    segment_id, distance, by ``nearest_segment_frame`` in a ``mapInPandas`` (the
-    segments, one row each, travel with the function)."""
-    table = segments[["segment_id", "cluster_id", "size", "centroid"]].copy()
-
-    def nearest(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for pdf in batches:
-            if len(pdf):
-                yield nearest_segment_frame(pdf, table, move_margin)
-
-    return users.select("user_id", "embedding", "current_segment").mapInPandas(
-        nearest, schema=ASSIGNMENT_SCHEMA
-    )
-
-
 def stale_users(store: TableStore, min_events: int) -> DataFrame:
     """Profiles newer than their user's segment row (or without one), with enough events."""
     segs = store.read("user_segments").select("user_id", F.col("run_id").alias("_seg_run"))
@@ -230,7 +155,7 @@ def stale_users(store: TableStore, min_events: int) -> DataFrame:
         .filter(F.col("n_events") >= min_events)
         .join(segs, "user_id", "left")
         .filter(F.col("_seg_run").isNull() | (F.col("run_id") > F.col("_seg_run")))
-        .select("user_id", "embedding", "as_of")
+        .select("user_id", "embedding", "as_of", "n_events")
     )
 
 
@@ -469,6 +394,7 @@ def run_update(
             F.col("segment_id").alias("prev_segment"),
             F.col("distance").alias("prev_distance"),
             F.col("as_of").alias("prev_as_of"),
+            F.col("n_events_at_entry").alias("prev_entry"),
         )
         .cache()
     )
@@ -486,14 +412,25 @@ def run_update(
     metrics["users_reassigned"] = reassigned
     moved_share = 0.0
     if reassigned:
-        users = stale.join(
-            previous.select("user_id", F.col("prev_segment").alias("current_segment")),
+        users = stale.join(previous, "user_id", "left").select(
             "user_id",
-            "left",
-        ).select("user_id", "embedding", "current_segment")
-        assigned = assign_to_segments(users, segments_before, cfg.update.move_margin)
+            "embedding",
+            F.col("prev_segment").alias("current_segment"),
+            (F.col("n_events") - F.col("prev_entry")).alias("new_events"),
+        )
+        assigned = assign_to_segments(
+            users, segments_before, cfg.update.move_margin, cfg.update.min_new_events
+        )
+        # A user who entered a segment now counts their evidence from here on.
+        entered = F.col("prev_segment").isNull() | (F.col("prev_segment") != F.col("segment_id"))
         rows = (
-            assigned.join(stale.select("user_id", "as_of"), "user_id")
+            assigned.join(stale.select("user_id", "as_of", "n_events"), "user_id")
+            .join(previous.select("user_id", "prev_segment", "prev_entry"), "user_id", "left")
+            .withColumn(
+                "n_events_at_entry",
+                F.when(entered, F.col("n_events")).otherwise(F.col("prev_entry")),
+            )
+            .drop("prev_segment", "prev_entry")
             .withColumn("run_id", F.lit(run.run_id))
             .cache()
         )

@@ -104,6 +104,7 @@ USER_SEGMENTS = _schema(
     ("cluster_id", IntegerType()),
     ("segment_id", StringType()),
     ("distance", DoubleType()),
+    ("n_events_at_entry", LongType()),
     ("run_id", StringType()),
     ("as_of", TimestampType()),
 )

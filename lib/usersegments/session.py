@@ -37,6 +37,8 @@ def build_session(cfg: Config) -> SparkSession:
 
     - local: starts Spark in this process with ``cfg.spark.master``; Python
       workers use this interpreter; Arrow on; UI off under CI (``spark.ui=auto``).
+      Under ``spark-submit`` (``--master local[2] jobs/...``) the master and the
+      driver memory given to spark-submit win.
     - cluster: ``getOrCreate`` over what ``spark-submit`` configured; the master
       and resources are never overridden.
     - databricks: the notebook's or job's active session, unchanged.
@@ -58,10 +60,16 @@ def build_session(cfg: Config) -> SparkSession:
         # Workers are started from PYSPARK_PYTHON, not from spark.pyspark.python, in local
         # mode: without this they run the system python and cannot import pandas.
         os.environ["PYSPARK_PYTHON"] = sys.executable
-        builder = builder.master(cfg.spark.master)
+        if not launched_by_spark_submit():
+            builder = builder.master(cfg.spark.master)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
+
+
+def launched_by_spark_submit() -> bool:
+    """True when this Python driver was started by ``spark-submit`` (its JVM is already up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def session_conf(cfg: Config) -> dict[str, str]:
@@ -82,13 +90,14 @@ def session_conf(cfg: Config) -> dict[str, str]:
             {
                 "spark.pyspark.python": sys.executable,
                 "spark.pyspark.driver.python": sys.executable,
-                "spark.driver.memory": cfg.spark.driver_memory,
                 "spark.ui.enabled": "true" if ui_on else "false",
                 "spark.ui.showConsoleProgress": "true",
                 # Workers fork from a daemon that has torch and transformers imported.
                 "spark.python.daemon.module": "usersegments.worker_daemon",
             }
         )
+        if not launched_by_spark_submit():  # the JVM is up already under spark-submit
+            conf["spark.driver.memory"] = cfg.spark.driver_memory
     if wants_delta_spark(cfg):
         conf["spark.sql.extensions"] = DELTA_EXTENSION
         conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
