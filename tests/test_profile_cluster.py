@@ -14,9 +14,9 @@ from pyspark.sql import functions as F
 from tests.helpers import metrics_of
 from usersegments.cluster import (
     fit_subgroups,
-    nearest_segment_frame,
     merge_small,
     merge_undersized,
+    nearest_segment_frame,
     subcluster_group,
 )
 from usersegments.config import load_config

@@ -13,8 +13,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from usersegments.config import Config, defaults_yaml, load_config
+from usersegments.config import Config, config_reference, defaults_yaml, load_config
 from usersegments.errors import UserSegmentsError
+from usersegments.schema import tables_reference
 
 log = logging.getLogger("usersegments")
 
@@ -90,8 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument(
         "--defaults", action="store_true", help="print the defaults (the text of conf/default.yaml)"
     )
+    cfg.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every setting with its default and meaning as Markdown (the README's "
+        "configuration reference)",
+    )
 
-    sub.add_parser("tables", parents=[common], help="list the tables under the store root")
+    tab = sub.add_parser("tables", parents=[common], help="list the tables under the store root")
+    tab.add_argument(
+        "--contracts",
+        action="store_true",
+        help="print every table's columns and types as Markdown instead (no Spark needed)",
+    )
     return parser
 
 
@@ -125,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config" and args.defaults:
             sys.stdout.write(defaults_yaml())
             return 0
+        if args.command == "config" and args.reference:
+            sys.stdout.write(config_reference())
+            return 0
+        if args.command == "tables" and args.contracts:
+            sys.stdout.write(tables_reference())
+            return 0
         overrides = list(args.overrides)
         if getattr(args, "format", None):
             overrides.append(f"input.format={args.format}")
@@ -137,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"usersegments {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def job_main(command: str, argv: Sequence[str] | None = None) -> int:
+    """Entry of the ``jobs/*.py`` spark-submit scripts: ``usersegments <command>`` with
+    the script's arguments (default ``sys.argv[1:]``)."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
 
 
 def _cmd_config(cfg: Config, args: argparse.Namespace) -> int:

@@ -524,6 +524,39 @@ def defaults_yaml() -> str:
     return header + Config().to_yaml()
 
 
+def config_reference() -> str:
+    """Markdown: every setting with its default and meaning, one table per section,
+    generated from the model (the README's "Configuration reference" is this text)."""
+    out: list[str] = []
+    for section, field in Config.model_fields.items():
+        model = field.default_factory()
+        out += [f"### `{section}`", "", _first_line(type(model).__doc__), ""]
+        out += ["| key | default | meaning |", "|---|---|---|"]
+        out += [
+            f"| `{key}` | `{json.dumps(default)}` | {meaning} |"
+            for key, default, meaning in _leaf_settings(model, section)
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
+def _leaf_settings(model: BaseModel, prefix: str) -> list[tuple[str, Any, str]]:
+    rows: list[tuple[str, Any, str]] = []
+    as_json = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            rows += _leaf_settings(value, f"{prefix}.{name}")
+        else:
+            meaning = (field.description or "").replace("|", "\\|")
+            rows.append((f"{prefix}.{name}", as_json[name], meaning))
+    return rows
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].replace("``", "`") if text else ""
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file")

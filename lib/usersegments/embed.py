@@ -206,6 +206,12 @@ class TextEmbedder:
         elif self.device_.type == "cuda" and spec.cuda_dtype != "fp32":
             model = model.to(torch.float16 if spec.cuda_dtype == "fp16" else torch.bfloat16)
         self.model_ = model.to(self.device_)
+        log.info(
+            "embedder %s loaded on %s (%s)",
+            spec.model_id,
+            self.device_,
+            next(self.model_.parameters()).dtype,
+        )
         self.dimension_ = int(model.config.hidden_size)
         return self
 

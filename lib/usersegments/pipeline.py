@@ -8,7 +8,8 @@ A stage this version does not provide raises ``StageNotAvailable``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,15 +135,29 @@ def run_all(
     return results
 
 
-def _finish(ctx: Context, work: Callable[[], int]) -> int:
-    """Run ``work`` and mark ctx's run succeeded, or failed on any exception."""
+@contextmanager
+def finishing(ctx: Context) -> Iterator[Context]:
+    """Mark ctx's run succeeded when the block ends, or failed on any exception."""
     try:
-        code = work()
+        yield ctx
     except BaseException:
         ctx.run.finish("failed")
         raise
     ctx.run.finish()
-    return code
+
+
+@contextmanager
+def pipeline_run(cfg: Config, command: str) -> Iterator[Context]:
+    """One recorded run for the block (notebooks use this):
+    ``with pipeline_run(cfg, "notebook") as ctx: run_all(ctx, ...)``."""
+    with finishing(open_context(cfg, command)) as ctx:
+        yield ctx
+
+
+def _finish(ctx: Context, work: Callable[[], int]) -> int:
+    """Run ``work`` and mark ctx's run succeeded, or failed on any exception."""
+    with finishing(ctx):
+        return work()
 
 
 def cli_run(cfg: Config, args: Any) -> int:

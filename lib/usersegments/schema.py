@@ -169,6 +169,34 @@ TABLES: dict[str, StructType] = {
 }
 
 
+# What each table is for and which command writes it (the README's "Tables").
+TABLE_NOTES: dict[str, tuple[str, str]] = {
+    "runs": ("every command", "one row per run: command, status, config, model id"),
+    "run_metrics": ("every stage", "the figures each stage measured, per run"),
+    "events": ("ingest", "accepted events, typed and deduplicated by `event_id`"),
+    "events_rejected": ("ingest", "every refused row as it came, with `reject_reason`"),
+    "text_embeddings": ("embed", "one vector per distinct text and `model_id`"),
+    "user_profiles": ("profile, update", "decayed weighted sums and the unit interest vector"),
+    "user_segments": ("cluster, update", "each user's coarse cluster and segment"),
+    "segments": ("cluster, label, update", "size, centroid, label, keywords, top items"),
+    "segment_history": ("update", "type-2 history of memberships (`valid_to` null = current)"),
+    "segment_recommendations": ("recommend", "top items per segment"),
+    "user_recommendations": ("recommend", "per-user lists (with `recommend.per_user`)"),
+    "segment_lineage": ("update", "re-clustering matches: continued, born, split, merged, ended"),
+}
+
+
+def tables_reference() -> str:
+    """Markdown: every table with its writer, purpose and typed columns (the README's
+    "Tables" section is this text)."""
+    lines = ["| table | written by | holds | columns |", "|---|---|---|---|"]
+    for name, schema in TABLES.items():
+        writer, purpose = TABLE_NOTES[name]
+        columns = ", ".join(f"`{f.name} {f.dataType.simpleString()}`" for f in schema.fields)
+        lines.append(f"| `{name}` | {writer} | {purpose} | {columns} |")
+    return "\n".join(lines) + "\n"
+
+
 def conform(df: DataFrame, schema: StructType) -> DataFrame:
     """Select ``schema``'s columns from ``df`` in its order, cast to its types.
 

@@ -18,6 +18,7 @@ Two real Delta backends sit behind one interface:
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -46,7 +47,19 @@ WriteMode = Literal["append", "overwrite"]
 MatchedAction = Literal["update", "ignore"]
 NotMatchedAction = Literal["insert", "ignore"]
 
-DELTA_SPARK_PACKAGE = "io.delta:delta-spark_2.13:4.0.0"
+
+def delta_spark_package() -> str:
+    """The ``--packages`` coordinate of the Delta release that matches this pyspark: the
+    version of the ``delta-spark`` pip package installed next to it (pip resolves it
+    against pyspark), else Delta 4.0.0 for Spark 4.0."""
+    try:
+        version = importlib.metadata.version("delta-spark")
+    except importlib.metadata.PackageNotFoundError:
+        version = "4.0.0"
+    return f"io.delta:delta-spark_2.13:{version}"
+
+
+DELTA_SPARK_PACKAGE = delta_spark_package()
 
 
 @dataclass(frozen=True)

@@ -739,20 +739,30 @@ def write(data: GeneratedData, output: str | Path) -> dict[str, str]:
     """Write events (CSV and Parquet), items, truth and the manifest under ``output``."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(out)
     events = data.events.drop(columns=["_bad"])
     invalid = data.events["_bad"].to_numpy() == "invalid_utf8"
     # Parquet strings must be valid UTF-8: there the spoiled text carries what a decoder
     # that replaces bad bytes would produce.
     parquet_events = events.copy()
     parquet_events.loc[invalid, "text"] = INVALID_UTF8.decode("utf-8", errors="replace")
-    parquet_events.to_parquet(out / "events.parquet", index=False)
-    (out / "events.csv").write_bytes(_csv_bytes(events, invalid, data.settings.malformed_csv_lines))
-    data.items.to_parquet(out / "items.parquet", index=False)
+    parquet_events.to_parquet(paths["events_parquet"], index=False)
+    Path(paths["events_csv"]).write_bytes(
+        _csv_bytes(events, invalid, data.settings.malformed_csv_lines)
+    )
+    data.items.to_parquet(paths["items"], index=False)
     data.items.to_csv(out / "items.csv", index=False)
     truth = data.truth.copy()
-    truth.to_parquet(out / "truth.parquet", index=False)
+    truth.to_parquet(paths["truth"], index=False)
     truth.to_csv(out / "truth.csv", index=False)
-    (out / "manifest.json").write_text(json.dumps(data.manifest, indent=2, default=str))
+    Path(paths["manifest"]).write_text(json.dumps(data.manifest, indent=2, default=str))
+    return paths
+
+
+def output_paths(output: str | Path) -> dict[str, str]:
+    """The files ``write`` puts under ``output``: events_csv, events_parquet, items,
+    truth and manifest."""
+    out = Path(output)
     return {
         "events_csv": str(out / "events.csv"),
         "events_parquet": str(out / "events.parquet"),
