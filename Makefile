@@ -41,8 +41,8 @@ check-java:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests jobs benchmarks
-	$(BIN)/ruff format --check lib tests jobs benchmarks
+	$(BIN)/ruff check lib tests jobs benchmarks notebooks
+	$(BIN)/ruff format --check lib tests jobs benchmarks notebooks
 
 dist: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .

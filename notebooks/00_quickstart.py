@@ -23,6 +23,7 @@
 
 # COMMAND ----------
 
+from datetime import datetime
 from pathlib import Path
 
 from usersegments.notebook import displayer, notebook_config, widgets
@@ -50,8 +51,6 @@ print(f"store root: {cfg.store.root}")
 # MAGIC they move to).
 
 # COMMAND ----------
-
-from datetime import datetime
 
 data = generate(GeneratorSettings(users=int(params["users"]), seed=int(params["seed"])))
 drift_date = datetime.fromisoformat(str(data.manifest["drift_date"]))

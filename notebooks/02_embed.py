@@ -58,9 +58,7 @@ embedder = get_embedder(EmbedderSpec.from_config(cfg.embed))
 texts = ["trail running shoes", "lightweight shoes for mountain runs", "sourdough starter recipe"]
 vectors = embedder.embed(texts)
 print(f"model {model_id(cfg.embed)}: {vectors.shape[1]}-d unit vectors")
-show(
-    {t: [round(float(s), 3) for s in row] for t, row in zip(texts, vectors @ vectors.T)},
-    "cosine similarities",
-)
+similarity = (vectors @ vectors.T).round(3)
+show({text: list(map(float, row)) for text, row in zip(texts, similarity, strict=True)}, "cosine")
 assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
 show(cache.select("text_hash", F.size("embedding").alias("dims")).limit(5), "a few cached rows")

@@ -63,5 +63,6 @@ moves = (
 )
 show(moves, "flows between segments")
 manifest = json.loads(Path(window2["manifest"]).read_text())
-recovery = drift_recovery(store, window2["truth"], datetime.fromisoformat(manifest["split_at"]))
+split_at = datetime.fromisoformat(manifest["split_at"])
+recovery = drift_recovery(store, window2["truth"], split_at, cfg.privacy)
 show(recovery, "planted drift after the update")

@@ -4,15 +4,18 @@ notebooks executed top to bottom, and the README's generated configuration refer
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import REPO, SMALL, SPARK_SUBMIT_JOBS, make_config
+from tests.conftest import REPO, SMALL, make_config, spark_submit
 from usersegments.config import config_reference
 from usersegments.notebook import notebook_cells, run_notebook
 from usersegments.schema import tables_reference
+from usersegments.synthetic import DEFAULT_END, GeneratorSettings, generate, write
 
 NOTEBOOKS = (
     "00_quickstart",
@@ -59,18 +62,24 @@ def test_notebooks_are_databricks_source_files():
         assert 2 <= len(cells) <= 10, (name, len(cells))  # a handful of cells over the library
 
 
+PSEUDONYM_KEY = {"USERSEGMENTS_PSEUDONYM_KEY": "notebook-test-key-0123456789abcdef"}
+
+
 @pytest.fixture(scope="module")
 def notebook_runs(spark, tmp_path_factory):
     """Every notebook, in order, executed in this process on a small generated log,
-    with the test session as the notebook's ``spark`` (as Databricks provides one)."""
+    with the test session as the notebook's ``spark`` (as Databricks provides one).
+    User ids are pseudonymized, so the store also proves that no raw id is kept."""
     root = tmp_path_factory.mktemp("notebooks")
     config = root / "test.yaml"
-    config.write_text(make_config(root / "store", *SMALL).to_yaml(), encoding="utf-8")
+    cfg = make_config(root / "store", *SMALL, "privacy.pseudonymize_user_ids=true")
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
     env = {
         "USERSEGMENTS_CONFIG": str(config),
         "USERSEGMENTS_ROOT": str(root / "store"),
-        "USERSEGMENTS_USERS": "150",
+        "USERSEGMENTS_USERS": "120",
         "USERSEGMENTS_SEED": "11",
+        **PSEUDONYM_KEY,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -126,21 +135,50 @@ def test_update_and_evaluate_notebooks(notebook_runs):
     assert 0.0 <= evaluation[f"hit_rate@{k}.segment"] <= 1.0
 
 
-def test_jobs_run_under_spark_submit(request):
-    """The three jobs, each its own spark-submit in local mode, on one output root.
+def test_update_job_under_spark_submit_folds_a_new_window(notebook_runs):
+    """``jobs/update_segments.py`` under spark-submit, on the notebooks' store, with a
+    later window of the same users."""
+    root, _ = notebook_runs
+    later = generate(
+        GeneratorSettings(users=120, seed=11, days=14, end=DEFAULT_END + timedelta(days=14))
+    )
+    window3 = write(later, root / "input" / "window3")
+    out = spark_submit(
+        "update_segments.py",
+        "--config",
+        str(root.parent / "test.yaml"),
+        "--output",
+        str(root),
+        "--events",
+        window3["events_csv"],
+        "--items",
+        window3["items"],
+        env=PSEUDONYM_KEY,
+    )
+    assert "events folded" in out and "report:" in out
+    runs = table(root, "runs")
+    update = runs[runs["command"] == "update"].sort_values("started_at").iloc[-1]
+    assert update["status"] == "succeeded"
+    metrics = table(root, "run_metrics")
+    folded = metrics.query("run_id == @update.run_id and metric == 'events_folded'")
+    assert folded["value"].iloc[0] > 500
 
-    They were started in the background when the session collected this test (see
-    ``conftest.pytest_collection_finish``), so their JVMs overlap other tests."""
-    jobs = request.config.stash.get(SPARK_SUBMIT_JOBS, None)
-    assert jobs is not None, "the spark-submit jobs were not started at collection"
-    outputs = jobs.result()
-    assert "report:" in outputs["run_pipeline.py"]
-    assert "events folded" in outputs["update_segments.py"]
-    assert "hit rate@" in outputs["evaluate.py"]
-    output = Path(outputs["output"])
-    runs = table(output, "runs")
-    assert set(runs["command"]) >= {"run", "update", "evaluate"}
-    assert (runs["status"] == "succeeded").all()
-    stages = set(table(output, "run_metrics")["stage"])
-    assert {"ingest", "embed", "cluster", "update", "evaluate"} <= stages
-    assert table(output, "segment_history")["valid_to"].notna().any()
+
+def test_pseudonymized_store_keeps_no_raw_user_id(notebook_runs):
+    """Every table and the report, after the notebooks and the update job."""
+    root, ns = notebook_runs
+    raw_ids = set(ns["00_quickstart"]["data"].truth["user_id"])
+    pattern = re.compile("|".join(map(re.escape, sorted(raw_ids))))
+    tables = [p.parent for p in root.glob("*/_delta_log")]
+    assert {"events", "events_rejected", "user_profiles", "segment_history"} <= {
+        t.name for t in tables
+    }
+    for folder in tables:
+        frame = table(root, folder.name)
+        for column in frame.columns:
+            text = "\n".join(frame[column].astype(str))
+            assert not pattern.search(text), f"raw user id in {folder.name}.{column}"
+    assert not pattern.search((root / "report" / "index.html").read_text(encoding="utf-8"))
+    # The truth is pseudonymized with the same key, so the planted areas still score.
+    evaluation = ns["05_evaluate"]["evaluation"]
+    assert evaluation["truth_users"] > 50

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from tests.helpers import metrics_of, new_run
+from tests.conftest import _TEST_OVERRIDES, PLANTED_OVERRIDES, spark_submit
+from tests.helpers import metrics_of
 from usersegments.config import load_config
-from usersegments.evaluate import holdout_split, run_evaluate
+from usersegments.evaluate import holdout_split
 from usersegments.label import (
     LabelGenerator,
     class_tfidf,
@@ -127,20 +128,23 @@ def test_holdout_keeps_min_events_for_training(spark):
     assert held == {"a5", "a4"}  # b would keep only 2 < 3 events
 
 
-def test_segments_beat_popularity_offline(spark, planted):
+def test_segments_beat_popularity_offline(planted):
+    """``jobs/evaluate.py`` under spark-submit on the planted run."""
     store, cfg = planted.store, planted.cfg
-    run = new_run(spark, store, cfg, "evaluate")
-    result = run_evaluate(spark, store, cfg, run, holdout_last=2, truth=planted.paths["truth"])
-    run.flush()
-    m = metrics_of(store, run, "evaluate")
+    overrides = [arg for o in [*_TEST_OVERRIDES, *PLANTED_OVERRIDES] for arg in ("--set", o)]
+    out = spark_submit(
+        "evaluate.py", "--output", store.root, *overrides, "--truth", planted.paths["truth"]
+    )
     k = cfg.evaluate.k
-    assert m == pytest.approx(result.metrics)
-    assert m["users_tested"] > 500
+    assert f"hit rate@{k}" in out
+    run_id = store.read("runs").filter("command = 'evaluate'").first()["run_id"]
+    m = metrics_of(store, run_id, "evaluate")
+    assert m["users_tested"] > 500 and m["holdout_last"] == cfg.evaluate.holdout_last
     assert m[f"hit_rate@{k}.segment"] > m[f"hit_rate@{k}.popularity"], m
     assert m[f"recall@{k}.segment"] > m[f"recall@{k}.popularity"], m
     assert m["ari_cluster_vs_area"] > 0.7, m
     # The stored tables are untouched by the evaluation's re-clustering.
-    assert store.read("user_segments").filter(F.col("run_id") == run.run_id).count() == 0
+    assert store.read("user_segments").filter(F.col("run_id") == run_id).count() == 0
 
 
 class _Page(HTMLParser):
@@ -171,6 +175,21 @@ def test_report_renders_every_image_and_segment_card(planted):
     assert {f"seg-{s}" for s in segments} <= set(page.ids)
     text = index.read_text(encoding="utf-8")
     assert not re.search(r"(src|href)=['\"]https?://", text)  # nothing from the network
+
+
+def test_report_describes_no_segment_below_the_privacy_floor(spark, planted):
+    from datetime import datetime, timezone
+
+    from usersegments.report import gather, render_html
+
+    data = gather(spark, planted.store, planted.cfg)
+    sizes = data.segments["size"].sort_values().to_numpy()
+    data.min_segment_size = int(sizes[len(sizes) // 2]) + 1  # half the segments too small
+    page = _Page()
+    page.feed(render_html(data, {"map": "m.png", "sizes": "s.png"}, datetime.now(timezone.utc)))
+    shown = {i[len("seg-") :] for i in page.ids if i.startswith("seg-")}
+    large = set(data.segments.loc[data.segments["size"] >= data.min_segment_size, "segment_id"])
+    assert shown == large and 0 < len(large) < len(data.segments)
 
 
 def test_label_generator_phrases_labels_with_a_local_model(tmp_path):

@@ -172,27 +172,23 @@ def _cmd_tables(cfg: Config, args: argparse.Namespace) -> int:
     from usersegments.console import print_tables
     from usersegments.pipeline import open_context
 
-    ctx = open_context(cfg, "tables")
+    ctx = open_context(cfg, "tables", lock=False)  # reads only
     print_tables(ctx.store)
+    ctx.run.finish()
     return 0
 
 
 def _cmd_stage(cfg: Config, args: argparse.Namespace) -> int:
-    from usersegments.pipeline import open_context, run_stage, stage_function
+    from usersegments.pipeline import finishing, open_context, run_stage, stage_function
 
     stage_function(args.command)  # fail before starting Spark if the stage is absent
-    ctx = open_context(cfg, args.command)
     options = {}
     if args.command == "ingest":
         options = {"events": args.events, "items": args.items}
     elif args.command == "cluster" and args.truth:
         options = {"truth": args.truth}
-    try:
+    with finishing(open_context(cfg, args.command)) as ctx:
         result = run_stage(ctx, args.command, **options)
-    except BaseException:
-        ctx.run.finish("failed")
-        raise
-    ctx.run.finish()
     print(f"{args.command}: done in {result.seconds:.1f}s (run {ctx.run.run_id})")
     for table, version in result.tables.items():
         print(f"  {table}: version {version}")

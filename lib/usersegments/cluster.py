@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from usersegments.config import Config, SubClusterConfig
+from usersegments.config import Config, PrivacyConfig, SubClusterConfig
 from usersegments.errors import StoreError
 from usersegments.profile import dot, with_unit_vector
 from usersegments.runlog import RunLog, StageResult
@@ -675,12 +675,16 @@ def _quality(
         metrics["davies_bouldin"] = float(davies_bouldin_score(x, sample["cluster_id"]))
         metrics["calinski_harabasz"] = float(calinski_harabasz_score(x, sample["cluster_id"]))
     if truth:
-        metrics.update(score_against_truth(spark, segs, truth, as_of))
+        metrics.update(score_against_truth(spark, segs, truth, as_of, cfg.privacy))
     return metrics
 
 
 def score_against_truth(
-    spark: SparkSession, segs: DataFrame, truth_path: str, as_of
+    spark: SparkSession,
+    segs: DataFrame,
+    truth_path: str,
+    as_of,
+    privacy: PrivacyConfig | None = None,
 ) -> dict[str, float]:
     """ARI/NMI of coarse clusters vs the planted area and of segments vs (area, sub-style).
 
@@ -688,7 +692,7 @@ def score_against_truth(
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    truth = read_truth(truth_path)
+    truth = read_truth(truth_path, privacy)
     joined = (
         segs.select("user_id", "cluster_id", "segment_id")
         .toPandas()
@@ -716,9 +720,15 @@ def score_against_truth(
     }
 
 
-def read_truth(path: str) -> pd.DataFrame:
-    """The generator's truth file (Parquet or CSV) as pandas."""
+def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
+    """The generator's truth file (Parquet or CSV) as pandas; its user ids are
+    pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
+    from usersegments.privacy import pseudonym_key, pseudonymize_ids
+
     p = Path(path)
     if not p.exists():
         raise StoreError(f"--truth {path!r} does not exist")
-    return pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+    truth = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+    if privacy is not None and privacy.pseudonymize_user_ids:
+        truth["user_id"] = pseudonymize_ids(truth["user_id"].astype(str), pseudonym_key(privacy))
+    return truth

@@ -112,6 +112,17 @@ class StoreConfig(_Section):
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="delta-rs storage options (object-store credentials)."
     )
+    lock_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="How long a command waits for another run on the same root to finish "
+        "before it stops (0 = stop at once); see the run lock.",
+    )
+    lock_stale_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="A run lock not refreshed for this long (its run crashed) is taken over.",
+    )
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -420,9 +431,6 @@ class PrivacyConfig(_Section):
     )
     secret_key: str = Field(
         "usersegments-pseudonym-key", description="Key name inside secret_scope."
-    )
-    drop_text_after_embedding: bool = Field(
-        False, description="Keep only text hashes in events once texts are embedded."
     )
 
 

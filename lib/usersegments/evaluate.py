@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.cluster import cluster_users, read_truth, score_against_truth
-from usersegments.config import Config
+from usersegments.config import Config, PrivacyConfig
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import StoreError
 from usersegments.profile import profiles_from_sums, weighted_sums
@@ -124,7 +124,9 @@ def run_evaluate(
             metrics["segments"] = clustered.segments.count()
             if truth:
                 metrics.update(
-                    score_against_truth(spark, clustered.user_segments, truth, clustered.as_of)
+                    score_against_truth(
+                        spark, clustered.user_segments, truth, clustered.as_of, cfg.privacy
+                    )
                 )
         finally:
             clustered.release()
@@ -168,7 +170,9 @@ def _score(user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg:
     return metrics
 
 
-def drift_recovery(store: TableStore, truth_path: str, drift_date) -> dict[str, float]:
+def drift_recovery(
+    store: TableStore, truth_path: str, drift_date, privacy: PrivacyConfig | None = None
+) -> dict[str, float]:
     """Where the generator's planted drifters are after an update.
 
     A segment's planted area is the most common current area of its members (the
@@ -176,7 +180,7 @@ def drift_recovery(store: TableStore, truth_path: str, drift_date) -> dict[str, 
     segment's area is their new area, and the share of the other users whose
     segment changed since ``drift_date`` (a closed ``segment_history`` row).
     """
-    truth = read_truth(truth_path)
+    truth = read_truth(truth_path, privacy)
     members = store.read("user_segments").select("user_id", "segment_id").toPandas()
     joined = members.merge(truth, on="user_id")
     drifted = joined["new_area"].notna()

@@ -29,6 +29,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import Config, InputConfig
 from usersegments.errors import InputError, InvariantViolation
+from usersegments.privacy import pseudonym_key, pseudonymize_raw
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import EVENTS, EVENTS_REJECTED, conform
 from usersegments.store import TableStore
@@ -534,9 +535,13 @@ def run_ingest(
     """Ingest ``events`` (+ optional ``items`` catalog) into ``events`` and ``events_rejected``."""
     icfg = cfg.input
     now = datetime.now(timezone.utc)
+    # Fail on a missing key before reading anything.
+    key = pseudonym_key(cfg.privacy, spark) if cfg.privacy.pseudonymize_user_ids else None
     sources = resolve_inputs(list(events), icfg.format)
     catalog = read_items(spark, items, icfg) if items else None
     raw = read_raw_events(spark, sources, icfg, items_given=catalog is not None, store=store)
+    if key is not None:
+        raw = pseudonymize_raw(raw, key)
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         return _ingest(spark, store, cfg, run, raw, catalog, now)

@@ -296,10 +296,13 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         }
     finally:
         events.unpersist()
-    # segments is small (one row per segment): described on the driver.
-    described, generated = label_segments(
-        segments.toPandas(), keywords, top_items, texts, cfg.label
-    )
+    # segments is small (one row per segment): described on the driver. A segment below
+    # the privacy floor (possible after updates shrink it) is not described at all.
+    rows = segments.toPandas()
+    small = set(rows.loc[rows["size"] < cfg.privacy.min_segment_size, "segment_id"])
+    keywords = {s: k for s, k in keywords.items() if s not in small}
+    top_items = {s: i for s, i in top_items.items() if s not in small}
+    described, generated = label_segments(rows, keywords, top_items, texts, cfg.label)
     described["run_id"] = run.run_id  # every row carries the run that last wrote it
     frame = spark.createDataFrame(described[[f.name for f in SEGMENTS.fields]], SEGMENTS)
     store.write(conform(frame, SEGMENTS), "segments", mode="overwrite")
@@ -308,6 +311,7 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         "segments_without_keywords": int((described["keywords"].map(len) == 0).sum()),
         "segments_without_items": int((described["top_items"].map(len) == 0).sum()),
         "labels_generated": generated,
+        "segments_below_privacy_floor": len(small),
     }
     run.record_all("label", metrics)
     return StageResult(

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config
 from usersegments.errors import StageNotAvailable
+from usersegments.lock import RunLock
 from usersegments.runlog import RunLog, StageResult
 from usersegments.session import build_session
 from usersegments.store import TableStore
@@ -62,16 +63,24 @@ class Context:
     store: TableStore
     run: RunLog
     results: list[StageResult] = field(default_factory=list)
+    lock: RunLock | None = None
 
 
-def open_context(cfg: Config, command: str) -> Context:
-    """Start (or reuse) the session, open the store and record a new run."""
+def open_context(cfg: Config, command: str, lock: bool = True) -> Context:
+    """Start (or reuse) the session, open the store, take the root's run lock (unless
+    ``lock`` is False: read-only commands) and record a new run."""
     spark = build_session(cfg)
     store = TableStore.from_config(spark, cfg)
     run = RunLog(spark, store, cfg, command)
-    run.start()
+    held = RunLock(store.root, run.run_id, command, cfg.store).acquire() if lock else None
+    try:
+        run.start()
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
     log.info("run %s: %s on %s (backend %s)", run.run_id, command, store.root, store.backend)
-    return Context(cfg=cfg, spark=spark, store=store, run=run)
+    return Context(cfg=cfg, spark=spark, store=store, run=run, lock=held)
 
 
 def run_stage(ctx: Context, name: str, **options: Any) -> StageResult:
@@ -139,11 +148,15 @@ def run_all(
 def finishing(ctx: Context) -> Iterator[Context]:
     """Mark ctx's run succeeded when the block ends, or failed on any exception."""
     try:
-        yield ctx
-    except BaseException:
-        ctx.run.finish("failed")
-        raise
-    ctx.run.finish()
+        try:
+            yield ctx
+        except BaseException:
+            ctx.run.finish("failed")
+            raise
+        ctx.run.finish()
+    finally:
+        if ctx.lock is not None:
+            ctx.lock.release()
 
 
 @contextmanager
@@ -351,7 +364,7 @@ def _demo_dynamic(cfg: Config, data: Any, input_dir: Any, truth: str) -> int:
     def work() -> int:
         results = update_all(update_ctx, [second_paths["events_csv"]], second_paths["items"], False)
         print_churn(results["update"])
-        recovery = drift_recovery(update_ctx.store, truth, cut)
+        recovery = drift_recovery(update_ctx.store, truth, cut, cfg.privacy)
         print_table(
             "planted drift: where users are after the update",
             [

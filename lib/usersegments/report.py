@@ -56,6 +56,7 @@ class ReportData:
     model: str
     movements: list[tuple[str, str, int]] = field(default_factory=list)
     lineage: list[tuple[str, str, str, float | None]] = field(default_factory=list)
+    min_segment_size: int = 1
     table_rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -142,6 +143,7 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         run_row=run_row,
         model=run_row.get("model_id") or model_id(cfg.embed),
         table_rows={"users segmented": total, "events": events.count()},
+        min_segment_size=cfg.privacy.min_segment_size,
     )
 
 
@@ -378,6 +380,7 @@ def render_html(data: ReportData, images: dict[str, str], generated_at: datetime
     """The page's HTML; ``images`` maps a plot name to its file name beside the page."""
     cm, im, em = data.cluster_metrics, data.ingest_metrics, data.evaluate_metrics
     run = data.run_row
+    described = data.segments[data.segments["size"] >= data.min_segment_size]
     summary = [
         ("run", run.get("run_id", "?")),
         ("command", run.get("command", "?")),
@@ -425,8 +428,16 @@ def render_html(data: ReportData, images: dict[str, str], generated_at: datetime
         "<h2 id='sizes'>Segment sizes</h2>",
         f"<img src='{images['sizes']}' alt='users per segment'>",
         "<h2 id='segments'>Segments</h2><div class='cards'>",
-        *[segment_card(row, data) for _, row in data.segments.iterrows()],
+        *[segment_card(row, data) for _, row in described.iterrows()],
         "</div>",
+        *(
+            [
+                f"<p>{len(data.segments) - len(described)} segments smaller than "
+                f"privacy.min_segment_size ({data.min_segment_size} users) are not described.</p>"
+            ]
+            if len(described) < len(data.segments)
+            else []
+        ),
         "<h2 id='quality'>Clustering quality</h2>",
         _metric_table(quality),
     ]
