@@ -7,7 +7,10 @@ Prints texts/s for
   (b) sentence_transformers.SentenceTransformer.encode (what a user would pick);
   (c) our TextEmbedder called directly (length-sorted micro-batches, mean pooling);
   (d) our embedder through the Spark ``embed`` stage end to end (local mode);
-  (e) (c) with embed.quantize=int8, and its cosine to the fp32 vectors;
+  (e) (c) with embed.quantize=int8 (torch dynamic quantization);
+  (f) (c) with embed.runtime=onnxruntime (the model exported to ONNX, fp32);
+  (g) (f) with embed.quantize=int8 (ONNX Runtime dynamic quantization);
+  each of (e)-(g) with its cosine to the fp32 vectors of (c);
 plus the machine's measured fp32 matmul GFLOP/s and (c) as a share of that FLOP
 limit (non-embedding parameters x 2 x real tokens per second).
 """
@@ -164,12 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         results.append(("(d) usersegments embed stage in Spark (UDF step)", d_rate))
         results.append(("    whole stage incl. Delta merge", len(texts) / d_stage))
 
-    int8_cfg = load_config(overrides=["embed.quantize=int8", "embed.device=cpu"]).embed
-    int8 = TextEmbedder(EmbedderSpec.from_config(int8_cfg, args.threads)).load()
-    int8.embed(texts[:64])
-    e_s = timed(lambda: int8.embed(texts), args.repeats)
-    int8_cos = (int8.embed(texts) * vectors).sum(axis=1)
-    results.append(("(e) usersegments TextEmbedder, int8", len(texts) / e_s))
+    variants = {
+        "(e) usersegments TextEmbedder, int8 (torch)": ["embed.quantize=int8"],
+        "(f) usersegments TextEmbedder, ONNX Runtime fp32": ["embed.runtime=onnxruntime"],
+        "(g) usersegments TextEmbedder, ONNX Runtime int8": [
+            "embed.runtime=onnxruntime",
+            "embed.quantize=int8",
+        ],
+    }
+    cosines: dict[str, np.ndarray] = {}
+    for name, overrides in variants.items():
+        variant_cfg = load_config(overrides=[*overrides, "embed.device=cpu"]).embed
+        variant = TextEmbedder(EmbedderSpec.from_config(variant_cfg, args.threads)).load()
+        variant.embed(texts[:64])
+        seconds = timed(lambda variant=variant: variant.embed(texts), args.repeats)
+        cosines[name] = (variant.embed(texts) * vectors).sum(axis=1)
+        results.append((name, len(texts) / seconds))
 
     gflops = matmul_gflops(args.threads)
     achieved = 2 * params * tokens / c_s / 1e9
@@ -193,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(c) vs (b): {c_rate / b_rate:.2f}x   min cosine (c) vs (b): {agreement:.6f}")
     if not args.skip_spark:
         print(f"(d) vs (c): {results[3][1] / c_rate:.2f}x")
-    print(
-        f"int8 vs (c): {(len(texts) / e_s) / c_rate:.2f}x   cosine to fp32: "
-        f"mean {int8_cos.mean():.4f}, min {int8_cos.min():.4f}"
-    )
+    rates = dict(results)
+    for name, cos in cosines.items():
+        print(
+            f"{name[:3]} vs (c): {rates[name] / c_rate:.2f}x   cosine to (c): "
+            f"mean {cos.mean():.4f}, min {cos.min():.4f}"
+        )
     return 0
 
 

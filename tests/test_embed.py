@@ -164,6 +164,28 @@ def test_int8_quantization_stays_close():
     assert cosine.min() > 0.95 and cosine.mean() > 0.97
 
 
+def test_onnx_runtime_matches_torch_and_is_exported_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("USERSEGMENTS_CACHE", str(tmp_path))
+    fp32 = TextEmbedder(EmbedderSpec.from_config(load_config().embed, 1)).load().embed(TEXTS)
+    vectors, ids = {}, set()
+    for quantize in ("none", "int8"):
+        overrides = ["embed.runtime=onnxruntime", f"embed.quantize={quantize}", "embed.device=cpu"]
+        cfg = load_config(overrides=overrides).embed
+        vectors[quantize] = TextEmbedder(EmbedderSpec.from_config(cfg, 1)).load().embed(TEXTS)
+        ids.add(model_id(cfg))
+    assert len(ids | {model_id(load_config().embed)}) == 3  # every runtime/precision its own id
+    assert vectors["none"].dtype == np.float32 and vectors["none"].shape == fp32.shape
+    assert (vectors["none"] * fp32).sum(axis=1).min() > 0.999
+    assert (vectors["int8"] * fp32).sum(axis=1).min() > 0.98
+    assert np.allclose(np.linalg.norm(vectors["int8"], axis=1), 1.0, atol=1e-5)
+    files = sorted(tmp_path.glob("onnx/*/*.onnx"))
+    assert sorted(f.name for f in files) == ["model.int8.onnx", "model.onnx"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    cfg = load_config(overrides=["embed.runtime=onnxruntime", "embed.device=cpu"]).embed
+    TextEmbedder(EmbedderSpec.from_config(cfg, 1)).load()
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # reused, not exported again
+
+
 def test_cuda_requested_without_gpu_is_clear():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

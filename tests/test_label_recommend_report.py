@@ -132,8 +132,17 @@ def test_segments_beat_popularity_offline(planted):
     """``jobs/evaluate.py`` under spark-submit on the planted run."""
     store, cfg = planted.store, planted.cfg
     overrides = [arg for o in [*_TEST_OVERRIDES, *PLANTED_OVERRIDES] for arg in ("--set", o)]
+    # k as the planted run chose it: the job re-clusters without trying every candidate.
+    k_chosen = int(metrics_of(store, planted.run_id, "cluster")["k"])
     out = spark_submit(
-        "evaluate.py", "--output", store.root, *overrides, "--truth", planted.paths["truth"]
+        "evaluate.py",
+        "--output",
+        store.root,
+        *overrides,
+        "--set",
+        f"cluster.k={k_chosen}",
+        "--truth",
+        planted.paths["truth"],
     )
     k = cfg.evaluate.k
     assert f"hit rate@{k}" in out
@@ -186,7 +195,8 @@ def test_report_describes_no_segment_below_the_privacy_floor(spark, planted):
     sizes = data.segments["size"].sort_values().to_numpy()
     data.min_segment_size = int(sizes[len(sizes) // 2]) + 1  # half the segments too small
     page = _Page()
-    page.feed(render_html(data, {"map": "m.png", "sizes": "s.png"}, datetime.now(timezone.utc)))
+    images = {name: f"{name}.png" for name in ("map", "sizes", "ingest")}
+    page.feed(render_html(data, images, datetime.now(timezone.utc)))
     shown = {i[len("seg-") :] for i in page.ids if i.startswith("seg-")}
     large = set(data.segments.loc[data.segments["size"] >= data.min_segment_size, "segment_id"])
     assert shown == large and 0 < len(large) < len(data.segments)

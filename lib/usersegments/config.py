@@ -210,7 +210,15 @@ class EmbedConfig(_Section):
         None, ge=1, description="torch threads per Python worker on CPU (default: cores/tasks)."
     )
     quantize: Literal["none", "int8"] = Field(
-        "none", description="int8 = dynamic quantization of Linear layers (CPU only)."
+        "none",
+        description="int8 = dynamic quantization of the Linear layers (CPU only): int8 "
+        "weights, activations quantized per batch.",
+    )
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="torch: the model in PyTorch (CPU or CUDA). onnxruntime: exported once "
+        "per model id to ONNX (cached under USERSEGMENTS_CACHE, default ~/.cache/usersegments)"
+        " and run by ONNX Runtime on CPU; with quantize=int8 the fastest CPU path.",
     )
     partitions: int | None = Field(
         None, ge=1, description="Partitions of new texts (default: Spark's default parallelism)."

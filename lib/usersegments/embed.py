@@ -118,6 +118,8 @@ def model_id(cfg: EmbedConfig) -> str:
         "normalize": cfg.normalize,
         "quantize": cfg.quantize,
     }
+    if cfg.runtime != "torch":  # torch ids stay as they were before runtimes existed
+        spec["runtime"] = cfg.runtime
     digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
     name = cfg.model if cfg.model == DEFAULT_MODEL else Path(cfg.model.rstrip("/")).name
     return f"{name}@{digest}"
@@ -142,6 +144,7 @@ class EmbedderSpec:
     cuda_dtype: str
     quantize: str
     cpu_threads: int | None
+    runtime: str = "torch"
 
     @classmethod
     def from_config(cls, cfg: EmbedConfig, cpu_threads: int | None = None) -> EmbedderSpec:
@@ -158,6 +161,7 @@ class EmbedderSpec:
             cuda_dtype=cfg.cuda_dtype,
             quantize=cfg.quantize,
             cpu_threads=cfg.cpu_threads or cpu_threads,
+            runtime=cfg.runtime,
         )
 
 
@@ -199,6 +203,13 @@ class TextEmbedder:
                 f"(for example the default, '{DEFAULT_MODEL}')"
             ) from None
         model.eval()
+        self.dimension_ = int(model.config.hidden_size)
+        if spec.runtime == "onnxruntime":
+            if self.device_.type != "cpu":
+                raise SetupError("embed.runtime=onnxruntime runs on CPU; set embed.device=cpu")
+            self.session_ = onnx_session(model, spec)
+            log.info("embedder %s loaded in ONNX Runtime (%s)", spec.model_id, spec.quantize)
+            return self
         if spec.quantize == "int8":
             if self.device_.type != "cpu":
                 raise SetupError("embed.quantize=int8 runs on CPU only; set embed.device=cpu")
@@ -212,14 +223,11 @@ class TextEmbedder:
             self.device_,
             next(self.model_.parameters()).dtype,
         )
-        self.dimension_ = int(model.config.hidden_size)
         return self
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts`` as a float32 array of shape (len(texts), dimension)."""
-        import torch
-
-        if not hasattr(self, "model_"):
+        if not hasattr(self, "tokenizer_"):
             self.load()
         out = np.zeros((len(texts), self.dimension_), dtype=np.float32)
         if not texts:
@@ -230,23 +238,37 @@ class TextEmbedder:
         self.truncated_ += self._count_truncated(texts, encoded)
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         pad_id = self.tokenizer_.pad_token_id or 0
-        with torch.inference_mode():
-            for start in range(0, len(order), self.spec.batch_size):
-                index = order[start : start + self.spec.batch_size]
-                batch = [encoded[i] for i in index]
-                width = max(len(ids) for ids in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, seq in enumerate(batch):
-                    ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, : len(seq)] = 1
-                ids, mask = ids.to(self.device_), mask.to(self.device_)
-                hidden = self.model_(input_ids=ids, attention_mask=mask).last_hidden_state
-                vectors = pool(hidden.float(), mask, self.spec.pooling)
-                if self.spec.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-                out[index] = vectors.cpu().numpy()
+        for start in range(0, len(order), self.spec.batch_size):
+            index = order[start : start + self.spec.batch_size]
+            batch = [encoded[i] for i in index]
+            width = max(len(ids) for ids in batch)
+            ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = seq
+                mask[row, : len(seq)] = 1
+            out[index] = self._forward(ids, mask)
         return out
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Pooled (and normalised) vectors of one padded micro-batch."""
+        if self.spec.runtime == "onnxruntime":
+            hidden = self.session_.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            vectors = pool_numpy(hidden.astype(np.float32), mask, self.spec.pooling)
+            if self.spec.normalize:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.maximum(norms, 1e-12)
+            return vectors
+        import torch
+
+        with torch.inference_mode():
+            t_ids = torch.from_numpy(ids).to(self.device_)
+            t_mask = torch.from_numpy(mask).to(self.device_)
+            hidden = self.model_(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+            vectors = pool(hidden.float(), t_mask, self.spec.pooling)
+            if self.spec.normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.cpu().numpy()
 
     def _count_truncated(self, texts: Sequence[str], encoded: list[list[int]]) -> int:
         limit = self.spec.max_length
@@ -287,6 +309,118 @@ def pool(hidden: Any, mask: Any, how: str) -> Any:
         return hidden[:, 0]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def pool_numpy(hidden: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
+    """``pool`` for numpy arrays (the ONNX Runtime path)."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask[:, :, None].astype(hidden.dtype)
+    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX models live: ``$USERSEGMENTS_CACHE/onnx`` (default
+    ``~/.cache/usersegments/onnx``)."""
+    base = os.environ.get("USERSEGMENTS_CACHE") or Path.home() / ".cache" / "usersegments"
+    return Path(base) / "onnx"
+
+
+def onnx_model_file(model: Any, spec: EmbedderSpec) -> Path:
+    """The model exported to ONNX (int8 weights with ``quantize=int8``), built once per
+    model id and reused by every worker; written to a temporary name and renamed, so
+    workers exporting at once never read half a file."""
+    import tempfile
+
+    folder = onnx_cache_dir() / spec.model_id.replace("/", "_").replace("@", "-")
+    target = folder / ("model.int8.onnx" if spec.quantize == "int8" else "model.onnx")
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as work:
+        exported = Path(work) / "model.onnx"
+        export_onnx(model, exported)
+        if spec.quantize == "int8":
+            quantized = Path(work) / "model.int8.onnx"
+            quantize_onnx_int8(exported, quantized)
+            exported = quantized
+        os.replace(exported, target)
+    return target
+
+
+def export_onnx(model: Any, path: Path) -> None:
+    """Export a Hugging Face encoder to ONNX: inputs ``input_ids`` and ``attention_mask``
+    (batch and sequence axes dynamic), output ``last_hidden_state``."""
+    import warnings
+
+    import torch
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Encoder(model).eval(),
+            (ids, torch.ones_like(ids)),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def quantize_onnx_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime dynamic quantization: int8 weights per channel, the first layer's
+    feed-forward output (activation outliers, see INT8_KEEP_FP32) kept in fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    keep = [
+        node.name
+        for node in onnx.load(str(source), load_external_data=False).graph.node
+        if node.op_type == "MatMul" and "layer.0/output/dense" in node.name
+    ]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantization
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=keep,
+        )
+    finally:
+        root.setLevel(level)
+
+
+def onnx_session(model: Any, spec: EmbedderSpec) -> Any:
+    """An ONNX Runtime CPU session of ``model`` (exported and cached on first use)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SetupError(
+            "embed.runtime=onnxruntime needs the onnxruntime package: pip install onnxruntime "
+            "onnx onnxscript (or set embed.runtime=torch)"
+        ) from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if spec.cpu_threads:
+        options.intra_op_num_threads = spec.cpu_threads
+    options.inter_op_num_threads = 1
+    path = onnx_model_file(model, spec)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def resolve_device(setting: str, gpu_address: str | None = None) -> Any:
