@@ -26,20 +26,12 @@
 from datetime import datetime
 from pathlib import Path
 
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, print_run_summary, run_all
 from usersegments.synthetic import GeneratorSettings, generate, split_at, write
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-    users="300",
-    seed="7",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals(), users="300", seed="7")
+cfg, params, show = nb.cfg, nb.params, nb.show
 print(f"store root: {cfg.store.root}")
 
 # COMMAND ----------

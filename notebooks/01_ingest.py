@@ -16,18 +16,12 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_stage
 from usersegments.synthetic import output_paths
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals())
+cfg, show = nb.cfg, nb.show
 window1 = output_paths(Path(cfg.store.root) / "input" / "window1")
 
 # COMMAND ----------

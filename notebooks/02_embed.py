@@ -14,17 +14,11 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from usersegments.embed import EmbedderSpec, get_embedder, model_id
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_stage
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals())
+cfg, show = nb.cfg, nb.show
 
 # COMMAND ----------
 

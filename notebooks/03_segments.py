@@ -14,18 +14,12 @@
 
 # COMMAND ----------
 
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, print_run_summary, run_all
 from usersegments.report import gather, plot_map, plot_sizes
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals())
+cfg, show = nb.cfg, nb.show
 
 # COMMAND ----------
 

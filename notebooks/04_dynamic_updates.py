@@ -20,18 +20,12 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from usersegments.evaluate import drift_recovery
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, print_churn, update_all
 from usersegments.synthetic import output_paths
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals())
+cfg, show = nb.cfg, nb.show
 input_dir = Path(cfg.store.root) / "input"
 window2 = output_paths(input_dir / "window2")
 

@@ -15,19 +15,12 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from usersegments.notebook import displayer, notebook_config, widgets
+from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, print_evaluation, run_stage
 from usersegments.synthetic import output_paths
 
-on_databricks = "dbutils" in globals()
-params = widgets(
-    globals(),
-    config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
-    root="" if on_databricks else "output/notebooks",
-    holdout_last="2",
-)
-cfg = notebook_config(params["config"], params["root"] or None)
-show = displayer(globals())
+nb = start(globals(), holdout_last="2")
+cfg, params, show = nb.cfg, nb.params, nb.show
 truth = output_paths(Path(cfg.store.root) / "input" / "window2")["truth"]
 
 # COMMAND ----------

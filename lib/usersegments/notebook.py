@@ -16,6 +16,7 @@ import base64
 import os
 import sys
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,31 @@ def displayer(namespace: MutableMapping[str, Any], rows: int = 20) -> Callable[.
             print(obj)
 
     return show
+
+
+@dataclass
+class NotebookStart:
+    """What every notebook's first cell sets up: its parameters, the run config and a
+    ``show`` for tables, frames and figures."""
+
+    params: dict[str, str]
+    cfg: Config
+    show: Callable[..., None]
+
+
+def start(namespace: MutableMapping[str, Any], **extra_widgets: str) -> NotebookStart:
+    """The common first cell: widgets ``config`` (default ``conf/databricks.yaml`` on
+    Databricks, else ``conf/local.yaml``) and ``root`` (default the config's
+    ``store.root`` on Databricks, else ``output/notebooks``) plus ``extra_widgets``."""
+    on_databricks = "dbutils" in namespace
+    params = widgets(
+        namespace,
+        config="conf/databricks.yaml" if on_databricks else "conf/local.yaml",
+        root="" if on_databricks else "output/notebooks",
+        **extra_widgets,
+    )
+    cfg = notebook_config(params["config"], params["root"] or None)
+    return NotebookStart(params=params, cfg=cfg, show=displayer(namespace))
 
 
 def notebook_cells(source: str) -> list[str]:
