@@ -13,8 +13,10 @@ finishes the work without duplicates:
    ``events_through`` marker are one row, so a profile never folds an event twice;
 3. **assign** every user whose profile is newer than their segment row to the
    nearest coarse cluster (cosine to its centroid, the size-weighted mean of its
-   segments'), then the nearest segment centroid inside it, with hysteresis
-   (``update.move_margin``), and MERGE ``user_segments``;
+   segments'), then the nearest segment centroid inside it (the rule of
+   ``cluster.nearest_segment_frame``, which a full run settles users by), with
+   hysteresis (``update.move_margin``) and an evidence floor (``update.min_new_events``
+   events since the user entered their segment), and MERGE ``user_segments``;
 4. **history**: ``segment_history`` is a type-2 slowly changing dimension; any
    user whose open row disagrees with ``user_segments`` gets it closed
    (``valid_to``) and a new one opened (seeded from the first full run);
