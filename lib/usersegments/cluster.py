@@ -590,6 +590,8 @@ def _segment_centroids(fine: DataFrame) -> DataFrame:
 
 
 def _enforce_min_size(fine: DataFrame, min_size: int) -> DataFrame:
+    """``fine`` with undersized segments merged into their nearest ones; ``distance`` is
+    left as it was (``settle_to_nearest`` recomputes it once, at the end)."""
     stats = _segment_centroids(fine).select("segment_id", "size", "centroid").toPandas()
     mapping = merge_undersized(
         stats[["segment_id", "size"]], stats[["segment_id", "centroid"]], min_size
@@ -601,10 +603,9 @@ def _enforce_min_size(fine: DataFrame, min_size: int) -> DataFrame:
     merged = fine.withColumn(
         "segment_id", F.coalesce(pairs[F.col("segment_id")], F.col("segment_id"))
     )
-    merged = merged.withColumn(
+    return merged.withColumn(
         "cluster_id", F.regexp_extract("segment_id", r"^c(\d+)\.", 1).cast("int")
     )
-    return _with_distance(merged)
 
 
 def _with_distance(fine: DataFrame) -> DataFrame:

@@ -252,19 +252,17 @@ class TextEmbedder:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Pooled (and normalised) vectors of one padded micro-batch."""
-        if self.spec.runtime == "onnxruntime":
-            hidden = self.session_.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            vectors = pool_numpy(hidden.astype(np.float32), mask, self.spec.pooling)
-            if self.spec.normalize:
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                vectors = vectors / np.maximum(norms, 1e-12)
-            return vectors
         import torch
 
         with torch.inference_mode():
-            t_ids = torch.from_numpy(ids).to(self.device_)
-            t_mask = torch.from_numpy(mask).to(self.device_)
-            hidden = self.model_(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+            t_mask = torch.from_numpy(mask)
+            if self.spec.runtime == "onnxruntime":
+                feeds = {"input_ids": ids, "attention_mask": mask}
+                hidden = torch.from_numpy(self.session_.run(None, feeds)[0])
+            else:
+                t_mask = t_mask.to(self.device_)
+                t_ids = torch.from_numpy(ids).to(self.device_)
+                hidden = self.model_(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
             vectors = pool(hidden.float(), t_mask, self.spec.pooling)
             if self.spec.normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -309,14 +307,6 @@ def pool(hidden: Any, mask: Any, how: str) -> Any:
         return hidden[:, 0]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-
-def pool_numpy(hidden: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
-    """``pool`` for numpy arrays (the ONNX Runtime path)."""
-    if how == "cls":
-        return hidden[:, 0]
-    weights = mask[:, :, None].astype(hidden.dtype)
-    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
 
 
 def onnx_cache_dir() -> Path:
