@@ -8,6 +8,7 @@ a comma-separated list of jar paths (delta-spark and delta-storage) to wire them
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ def rs_store(spark, cfg) -> TableStore:
     return TableStore.from_config(spark, make_config(cfg.store.root, "store.backend=delta-rs"))
 
 
+def set_args(*overrides: str) -> list[str]:
+    """``--set KEY=VALUE`` command-line arguments: the test settings, then ``overrides``."""
+    return [arg for o in [*_TEST_OVERRIDES, *overrides] for arg in ("--set", o)]
+
+
 PLANTED_OVERRIDES = ("privacy.min_segment_size=10", "cluster.sub.target_size=25")
 
 
@@ -101,7 +107,7 @@ def planted(spark, tmp_path_factory):
     data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
     paths = write(data, root / "input")
     cfg = make_config(root / "store", *PLANTED_OVERRIDES)
-    overrides = [arg for o in [*_TEST_OVERRIDES, *PLANTED_OVERRIDES] for arg in ("--set", o)]
+    overrides = set_args(*PLANTED_OVERRIDES)
     out = spark_submit(
         "run_pipeline.py",
         "--output",
@@ -137,7 +143,7 @@ class Planted:
 SMALL = ("cluster.k=6", "privacy.min_segment_size=10", "cluster.sub.target_size=25")
 
 
-def spark_submit(job: str, *args: str, env: dict[str, str] | None = None) -> str:
+def spark_submit(job: str, *args: str) -> str:
     """Run ``jobs/<job>`` under ``spark-submit --master local[2]`` with this interpreter
     as the driver and workers; returns its stdout, or fails with its output."""
     command = [
@@ -154,7 +160,6 @@ def spark_submit(job: str, *args: str, env: dict[str, str] | None = None) -> str
         "PYSPARK_PYTHON": sys.executable,
         "CI": "true",
         "HF_HUB_OFFLINE": "1",
-        **(env or {}),
     }
     done = subprocess.run(
         command, env=environment, capture_output=True, text=True, timeout=900, check=False
@@ -164,3 +169,17 @@ def spark_submit(job: str, *args: str, env: dict[str, str] | None = None) -> str
         f"{done.stderr[-4000:]}"
     )
     return done.stdout
+
+
+def run_job(job: str, *args: str) -> int:
+    """Run ``jobs/<job>`` in this process on the test session (its ``__main__`` block, the
+    script spark-submit runs, without a cold JVM per call); returns its exit status."""
+    argv = sys.argv
+    sys.argv = [str(REPO / "jobs" / job), *args]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as done:
+        return int(done.code or 0)
+    finally:
+        sys.argv = argv
+    raise AssertionError(f"jobs/{job} ended without sys.exit")

@@ -1,5 +1,6 @@
-"""The cluster and notebook ways of running: spark-submit jobs, Databricks-format
-notebooks executed top to bottom, and the README's generated configuration reference."""
+"""The cluster and notebook ways of running: the jobs/ scripts (spark-submit's entry
+points), Databricks-format notebooks executed top to bottom, and the README's generated
+configuration reference."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import REPO, SMALL, make_config, spark_submit
+from tests.conftest import REPO, SMALL, make_config, run_job
 from usersegments.config import config_reference
 from usersegments.notebook import notebook_cells, run_notebook
 from usersegments.schema import tables_reference
@@ -135,15 +136,17 @@ def test_update_and_evaluate_notebooks(notebook_runs):
     assert 0.0 <= evaluation[f"hit_rate@{k}.segment"] <= 1.0
 
 
-def test_update_job_under_spark_submit_folds_a_new_window(notebook_runs):
-    """``jobs/update_segments.py`` under spark-submit, on the notebooks' store, with a
-    later window of the same users."""
+def test_update_job_folds_a_new_window(notebook_runs, monkeypatch, capsys):
+    """``jobs/update_segments.py`` on the notebooks' store, with a later window of the
+    same users."""
     root, _ = notebook_runs
     later = generate(
         GeneratorSettings(users=120, seed=11, days=14, end=DEFAULT_END + timedelta(days=14))
     )
     window3 = write(later, root / "input" / "window3")
-    out = spark_submit(
+    for name, value in PSEUDONYM_KEY.items():
+        monkeypatch.setenv(name, value)
+    code = run_job(
         "update_segments.py",
         "--config",
         str(root.parent / "test.yaml"),
@@ -153,8 +156,9 @@ def test_update_job_under_spark_submit_folds_a_new_window(notebook_runs):
         window3["events_csv"],
         "--items",
         window3["items"],
-        env=PSEUDONYM_KEY,
     )
+    out = capsys.readouterr().out
+    assert code == 0, out
     assert "events folded" in out and "report:" in out
     runs = table(root, "runs")
     update = runs[runs["command"] == "update"].sort_values("started_at").iloc[-1]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from tests.conftest import _TEST_OVERRIDES, PLANTED_OVERRIDES, spark_submit
+from tests.conftest import PLANTED_OVERRIDES, run_job, set_args
 from tests.helpers import metrics_of
 from usersegments.config import load_config
 from usersegments.evaluate import holdout_split
@@ -128,22 +128,21 @@ def test_holdout_keeps_min_events_for_training(spark):
     assert held == {"a5", "a4"}  # b would keep only 2 < 3 events
 
 
-def test_segments_beat_popularity_offline(planted):
-    """``jobs/evaluate.py`` under spark-submit on the planted run."""
+def test_segments_beat_popularity_offline(planted, capsys):
+    """``jobs/evaluate.py`` on the planted run."""
     store, cfg = planted.store, planted.cfg
-    overrides = [arg for o in [*_TEST_OVERRIDES, *PLANTED_OVERRIDES] for arg in ("--set", o)]
     # k as the planted run chose it: the job re-clusters without trying every candidate.
     k_chosen = int(metrics_of(store, planted.run_id, "cluster")["k"])
-    out = spark_submit(
+    code = run_job(
         "evaluate.py",
         "--output",
         store.root,
-        *overrides,
-        "--set",
-        f"cluster.k={k_chosen}",
+        *set_args(*PLANTED_OVERRIDES, f"cluster.k={k_chosen}"),
         "--truth",
         planted.paths["truth"],
     )
+    out = capsys.readouterr().out
+    assert code == 0, out
     k = cfg.evaluate.k
     assert f"hit rate@{k}" in out
     run_id = store.read("runs").filter("command = 'evaluate'").first()["run_id"]
@@ -175,7 +174,10 @@ def test_report_renders_every_image_and_segment_card(planted):
     index = Path(store.root) / "report" / "index.html"
     page = _Page()
     page.feed(index.read_text(encoding="utf-8"))
-    assert {"map.png", "sizes.png", "k_selection.png", "ingest.png"} <= set(page.images)
+    plots = {image.rsplit("-", 1)[0] for image in page.images}
+    assert {"map", "sizes", "k_selection", "ingest"} <= plots
+    # Every image is named by its content and nothing else is left beside the page.
+    assert sorted(p.name for p in index.parent.glob("*.png")) == sorted(page.images)
     for image in page.images:
         path = index.parent / image
         assert path.is_file() and path.stat().st_size > 1000, image

@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from usersegments.config import DEFAULT_MODEL, Config, EmbedConfig
-from usersegments.errors import SetupError
+from usersegments.errors import InputError, SetupError
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TEXT_EMBEDDINGS, conform
 from usersegments.store import TableStore
@@ -498,6 +498,12 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
     spec = EmbedderSpec.from_config(ecfg, cpu_threads=threads)
     run.model_id = spec.model_id
+    if store.read("events").isEmpty():
+        raise InputError(
+            f"the events table under {store.root} holds no event: ingest accepted none of the "
+            "rows it read (the events_rejected table gives each row's reject_reason, the ingest "
+            "metrics the counts). Fix the input and rerun; no stage after ingest ran"
+        )
     events = store.read("events").filter(F.col("text").isNotNull())
     blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None

@@ -16,7 +16,8 @@ import csv
 import glob
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -121,8 +122,17 @@ def _sources_for_local(path: str, fmt: str) -> list[InputSource]:
         )
         if not files:
             raise InputError(f"folder {path!r} holds no event files (.parquet, .csv, .jsonl)")
-        return [InputSource((f,), _format_of(f, fmt)) for f in files]
-    return [InputSource((str(p),), _format_of(str(p), fmt))]
+        return [InputSource((f,), _format_of(f, fmt)) for f in files if not _empty_file(f)]
+    source = InputSource((str(p),), _format_of(str(p), fmt))
+    return [] if _empty_file(str(p)) else [source]
+
+
+def _empty_file(path: str) -> bool:
+    """A zero-byte file holds no rows (a writer may have only created it): skipped."""
+    if os.path.getsize(path) > 0:
+        return False
+    log.warning("ingest: %s is empty (0 bytes): it holds no rows and is skipped", path)
+    return True
 
 
 def _known_file(name: str, fmt: str) -> bool:
@@ -161,14 +171,17 @@ def _group_by_layout(sources: list[InputSource]) -> list[InputSource]:
 
 
 def _layout_signature(path: str, fmt: str) -> str:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return str(pq.read_schema(path))
+        except (OSError, ValueError) as exc:
+            raise unreadable_input(path, exc) from exc
     try:
         if fmt == "csv":
             with open(path, newline="", encoding="utf-8", errors="replace") as handle:
                 return "|".join(next(csv.reader(handle), []))
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return str(pq.read_schema(path))
     except (OSError, ValueError, StopIteration) as exc:
         # A file whose header cannot be read is its own group; Spark reports it.
         return f"unreadable:{path}:{exc}"
@@ -182,10 +195,17 @@ def read_raw_events(
     items_given: bool,
     store: TableStore | None = None,
 ) -> DataFrame:
-    """Read every source into one frame of strings: RAW_COLUMNS, raw_record, source."""
-    frames = [
-        _to_raw(_read_source(spark, source, store), source, cfg, items_given) for source in sources
-    ]
+    """Read every source into one frame of strings: RAW_COLUMNS, raw_record, source.
+
+    No source (every file given was empty) reads as no rows.
+    """
+    frames = []
+    for source in sources:
+        with reading(source.paths):
+            frames.append(_to_raw(_read_source(spark, source, store), source, cfg, items_given))
+    if not frames:
+        schema = ", ".join(f"{c} string" for c in (*RAW_COLUMNS, "raw_record", "source"))
+        return spark.createDataFrame([], schema)
     raw = frames[0]
     for frame in frames[1:]:
         raw = raw.unionByName(frame)
@@ -225,6 +245,37 @@ def _read_source(spark: SparkSession, source: InputSource, store: TableStore | N
     else:
         raise InputError(f"unknown input format {source.format!r}")
     return df.withColumn("source", F.col("_metadata.file_path"))
+
+
+# What Spark says when a file cannot be decoded (Parquet footer or pages, compression).
+_UNREADABLE_MARKERS = ("FAILED_READ_FILE", "is not a Parquet file", "CANNOT_READ_FILE")
+
+
+def unreadable_input(path: str, exc: BaseException) -> InputError:
+    """The error for an input file that cannot be decoded: corrupt or half-written."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if any(m in line for m in _UNREADABLE_MARKERS)]
+    reason = (telling or lines or [type(exc).__name__])[0][:300]
+    return InputError(
+        f"input file {path} cannot be read ({reason}): it is corrupt or half-written. Remove or "
+        "replace it, or wait until its writer has finished, then rerun; nothing was written"
+    )
+
+
+@contextmanager
+def reading(paths: Sequence[str]) -> Iterator[None]:
+    """Turn Spark's failure to decode one of ``paths`` into an ``InputError`` naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if not any(marker in text for marker in _UNREADABLE_MARKERS):
+            raise
+        named = [p for p in paths if p in text or p.replace("file://", "") in text]
+        where = named[0] if named else ", ".join(paths)
+        raise unreadable_input(where, exc) from exc
 
 
 def _to_raw(df: DataFrame, source: InputSource, cfg: InputConfig, items_given: bool) -> DataFrame:
@@ -544,14 +595,16 @@ def run_ingest(
         raw = pseudonymize_raw(raw, key)
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _ingest(spark, store, cfg, run, raw, catalog, now)
+        paths = [path for source in sources for path in source.paths]
+        return _ingest(spark, store, cfg, run, raw, catalog, now, paths)
     finally:
         raw.unpersist()
 
 
-def _ingest(spark, store, cfg, run, raw, catalog, now) -> StageResult:
+def _ingest(spark, store, cfg, run, raw, catalog, now, input_paths) -> StageResult:
     icfg = cfg.input
-    rows_read = raw.count()
+    with reading(input_paths):
+        rows_read = raw.count()
     classified = classify_events(raw, catalog, icfg, now).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         by_reason = {

@@ -12,6 +12,7 @@ local folder or an object-store URI.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -506,7 +507,13 @@ def _filesystem(root: str) -> tuple[Any, str]:
 
 
 def write_report(store: TableStore, data: ReportData) -> str:
-    """Render the plots and the page under ``<root>/report/``; returns the page's path."""
+    """Render the plots and the page under ``<root>/report/``; returns the page's path.
+
+    A crash half-way never leaves a page pointing at the wrong plots: images are named
+    by their content and written first, the page replaces the old one in one step
+    (a rename on local disks, a single object PUT on object stores), and only then
+    are the images no page names any more removed.
+    """
     plots = {
         "map": plot_map(data.map_points, data.segments),
         "sizes": plot_sizes(data.segments),
@@ -517,7 +524,11 @@ def write_report(store: TableStore, data: ReportData) -> str:
         ),
         "evaluation": plot_evaluation(data.evaluate_metrics),
     }
-    images = {name: f"{name}.png" for name, png in plots.items() if png}
+    images = {
+        name: f"{name}-{hashlib.sha256(png).hexdigest()[:12]}.png"
+        for name, png in plots.items()
+        if png
+    }
     page = render_html(data, images, datetime.now(timezone.utc))
     filesystem, root = _filesystem(store.root)
     folder = f"{root.rstrip('/')}/{REPORT_DIR}"
@@ -527,9 +538,24 @@ def write_report(store: TableStore, data: ReportData) -> str:
             with filesystem.open_output_stream(f"{folder}/{images[name]}") as out:
                 out.write(png)
     index = f"{folder}/index.html"
-    with filesystem.open_output_stream(index) as out:
-        out.write(page.encode("utf-8"))
+    if "://" in store.root:
+        with filesystem.open_output_stream(index) as out:
+            out.write(page.encode("utf-8"))
+    else:
+        staged = f"{folder}/.index.html.{os.getpid()}.tmp"
+        with filesystem.open_output_stream(staged) as out:
+            out.write(page.encode("utf-8"))
+        filesystem.move(staged, index)
+    _remove_unused_images(filesystem, folder, set(images.values()))
     return index if "://" not in store.root else f"{store.root.rstrip('/')}/{REPORT_DIR}/index.html"
+
+
+def _remove_unused_images(filesystem: Any, folder: str, used: set[str]) -> None:
+    from pyarrow import fs
+
+    for info in filesystem.get_file_info(fs.FileSelector(folder)):
+        if info.base_name.endswith(".png") and info.base_name not in used:
+            filesystem.delete_file(info.path)
 
 
 def run_report(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:

@@ -1,0 +1,211 @@
+"""Crashes survived: a run killed in the middle of any stage leaves every table at a
+committed version, and re-running the same command ends with the tables an
+uninterrupted run writes.
+
+The crash is an exception injected right after the stage's first commit (its first
+Delta write or merge; for the report, its first file), raised out of the real CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_config, set_args
+from usersegments import cli, pipeline
+from usersegments import report as report_module
+from usersegments.pipeline import RUN_ORDER
+from usersegments.store import TableStore
+from usersegments.synthetic import GeneratorSettings, generate, split_at, write
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = (
+    "cluster.k=4",
+    "privacy.min_segment_size=5",
+    "cluster.sub.target_size=10",
+    "profile.half_life_days=14",
+    "update.recluster_threshold=1.0",
+)
+# Columns that name the run or the wall-clock time of a write: they differ between
+# any two runs by design, so the comparison leaves them out.
+RUN_COLUMNS = {"run_id", "events_through", "rejected_at", "created_at"}
+BOOKKEEPING = {"runs", "run_metrics"}
+
+
+class InjectedCrash(RuntimeError):
+    """The simulated death of the process in the middle of a stage."""
+
+
+@contextmanager
+def crash_after_first_write(monkeypatch: pytest.MonkeyPatch, stage: str) -> Iterator[None]:
+    """While ``stage`` runs, its first commit succeeds and then the process "dies"."""
+    armed = {"on": False}
+    real_stage_function = pipeline.stage_function
+
+    def stage_function(name: str) -> Callable:
+        fn = real_stage_function(name)
+        if name != stage:
+            return fn
+
+        def in_stage(*args, **kwargs):
+            armed["on"] = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                armed["on"] = False
+
+        return in_stage
+
+    def then_crash(method: Callable) -> Callable:
+        def committed(self, df, name, *args, **kwargs):
+            out = method(self, df, name, *args, **kwargs)
+            if armed["on"] and name not in BOOKKEEPING:
+                raise InjectedCrash(f"killed in {stage} after committing '{name}'")
+            return out
+
+        return committed
+
+    real_filesystem = report_module._filesystem
+
+    def report_filesystem(root: str):
+        filesystem, path = real_filesystem(root)
+        return _CrashAfterFirstFile(filesystem, stage, armed), path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "stage_function", stage_function)
+        patch.setattr(TableStore, "write", then_crash(TableStore.write))
+        patch.setattr(TableStore, "merge", then_crash(TableStore.merge))
+        patch.setattr(report_module, "_filesystem", report_filesystem)
+        yield
+
+
+class _CrashAfterFirstFile:
+    """A pyarrow filesystem whose second output stream fails: the first file is written."""
+
+    def __init__(self, filesystem, stage: str, armed: dict[str, bool]) -> None:
+        self._filesystem = filesystem
+        self._stage = stage
+        self._armed = armed
+        self._files = 0
+
+    def open_output_stream(self, path: str, *args, **kwargs):
+        if self._armed["on"] and self._files >= 1:
+            raise InjectedCrash(f"killed in {self._stage} after writing one report file")
+        self._files += 1
+        return self._filesystem.open_output_stream(path, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._filesystem, name)
+
+
+def snapshot(store: TableStore) -> dict[str, pd.DataFrame]:
+    """Every table's rows, sorted, without the columns that name the run or write time."""
+    tables = {}
+    for name in store.tables():
+        if name in BOOKKEEPING:
+            continue
+        pdf = store.read(name).toPandas()
+        pdf = pdf.drop(columns=[c for c in pdf.columns if c in RUN_COLUMNS])
+        for column in pdf.columns:
+            if pdf[column].map(lambda v: isinstance(v, list | np.ndarray)).any():
+                pdf[column] = pdf[column].map(_comparable)
+        tables[name] = pdf.sort_values(list(pdf.columns)).reset_index(drop=True)
+    return tables
+
+
+def _comparable(value) -> tuple:
+    values = np.asarray(value)
+    if values.dtype.kind == "f":
+        return tuple(np.round(values.astype(float), 5))
+    return tuple(values.tolist())
+
+
+def assert_same_tables(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+    assert sorted(got) == sorted(want)
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], obj=f"table '{name}'")
+
+
+def assert_committed(store: TableStore, failed_runs: int) -> None:
+    """After a crash: every table reads at its latest commit, the run is marked failed and
+    the root's lock is gone."""
+    for name in store.tables():
+        assert store.read(name).count() >= 0
+        versions = [v.version for v in store.history(name)]
+        assert versions == sorted(versions, reverse=True)
+    runs = store.read("runs").toPandas()
+    assert (runs["status"] == "failed").sum() == failed_runs
+    assert not (Path(store.root) / "_usersegments.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory):
+    """Two windows of 80 generated users: before and after the planted drift."""
+    root = tmp_path_factory.mktemp("fault-input")
+    data = generate(GeneratorSettings(users=80, seed=3, items_per_style=8, drift_share=0.25))
+    first, second = split_at(data, datetime.fromisoformat(data.manifest["drift_date"]))
+    return write(first, root / "window1"), write(second, root / "window2")
+
+
+def command(name: str, root: Path, paths: dict[str, str]) -> list[str]:
+    """The CLI arguments of ``usersegments <name>`` on one window into ``root``."""
+    return [
+        name,
+        "--output",
+        str(root),
+        *set_args(*SETTINGS),
+        "--events",
+        paths["events_parquet"],
+        "--items",
+        paths["items"],
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(spark, tmp_path_factory, windows):
+    """The tables of an uninterrupted run on window 1 and of the update on window 2."""
+    root = tmp_path_factory.mktemp("uninterrupted") / "store"
+    store = TableStore.from_config(spark, make_config(root, *SETTINGS))
+    assert cli.main(command("run", root, windows[0])) == 0
+    after_run = snapshot(store)
+    assert cli.main(command("update", root, windows[1])) == 0
+    return after_run, snapshot(store)
+
+
+def test_a_crash_in_any_stage_is_finished_by_rerunning(
+    spark, tmp_path, monkeypatch, windows, uninterrupted
+):
+    after_run, after_update = uninterrupted
+    root = tmp_path / "store"
+    store = TableStore.from_config(spark, make_config(root, *SETTINGS))
+    # Each attempt dies one stage later than the previous one, so every stage is killed
+    # once, and every stage before it re-runs over what a killed run left.
+    crashes = 0
+    for stage in RUN_ORDER:
+        with crash_after_first_write(monkeypatch, stage), pytest.raises(InjectedCrash):
+            cli.main(command("run", root, windows[0]))
+        crashes += 1
+        assert_committed(store, failed_runs=crashes)
+    assert cli.main(command("run", root, windows[0])) == 0
+    assert_same_tables(snapshot(store), after_run)
+
+    for stage in ("update",):  # its first commit folds events: the rerun must not fold twice
+        with crash_after_first_write(monkeypatch, stage), pytest.raises(InjectedCrash):
+            cli.main(command("update", root, windows[1]))
+        crashes += 1
+        assert_committed(store, failed_runs=crashes)
+    assert cli.main(command("update", root, windows[1])) == 0
+    assert_same_tables(snapshot(store), after_update)
+    report = (root / "report" / "index.html").read_text(encoding="utf-8")
+    assert all((root / "report" / image).exists() for image in _images(report))
+
+
+def _images(page: str) -> list[str]:
+    return [part.split("'", 1)[0] for part in page.split("src='")[1:]]
