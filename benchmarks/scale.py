@@ -168,7 +168,9 @@ def run_usersegments(paths: dict[str, str], root: Path, overrides: list[str]) ->
 # The single-machine baseline (runs in a child process: --baseline-child)
 
 
-def baseline_child(events_path: str, k: int, target_size: int, half_life_days: float) -> None:
+def baseline_child(
+    events_path: str, items_path: str, k: int, target_size: int, half_life_days: float
+) -> None:
     """The reference articles' way, step by step; one JSON line per finished step."""
 
     def done(step: str, t0: float, **extra) -> float:
@@ -179,7 +181,12 @@ def baseline_child(events_path: str, k: int, target_size: int, half_life_days: f
     import numpy as np
     import pandas as pd
 
-    frame = pd.read_parquet(events_path, columns=["user_id", "event_time", "text"])
+    frame = pd.read_parquet(events_path, columns=["user_id", "event_time", "item_id", "text"])
+    # The catalog's item text first, then the event's own text (usersegments' default).
+    items = pd.read_parquet(items_path, columns=["item_id", "text"])
+    frame = frame.merge(items.rename(columns={"text": "item_text"}), on="item_id", how="left")
+    frame["text"] = frame["item_text"].fillna(frame["text"])
+    frame = frame.drop(columns=["item_id", "item_text"])
     frame["event_time"] = pd.to_datetime(
         frame["event_time"], utc=True, errors="coerce", format="mixed"
     )
@@ -220,7 +227,9 @@ def baseline_child(events_path: str, k: int, target_size: int, half_life_days: f
     done("cluster", t, segments=segments)
 
 
-def run_baseline(events_path: str, timeout_s: float, memory_gb: float, k: int) -> dict:
+def run_baseline(
+    events_path: str, items_path: str, timeout_s: float, memory_gb: float, k: int
+) -> dict:
     """The baseline under a wall-clock and an address-space limit: seconds per step and
     where it stopped (``finished``, ``out of time in <step>``, ``out of memory in <step>``)."""
     command = [
@@ -228,6 +237,8 @@ def run_baseline(events_path: str, timeout_s: float, memory_gb: float, k: int) -
         __file__,
         "--baseline-child",
         events_path,
+        "--baseline-items",
+        items_path,
         "--k",
         str(k),
     ]
@@ -415,9 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", metavar="PATH", help="write the Markdown table here")
     parser.add_argument("--workdir", metavar="DIR", help="keep data and stores here")
     parser.add_argument("--baseline-child", metavar="EVENTS", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-items", metavar="ITEMS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_child:
-        baseline_child(args.baseline_child, args.k, target_size=50, half_life_days=14.0)
+        baseline_child(
+            args.baseline_child, args.baseline_items, args.k, target_size=50, half_life_days=14.0
+        )
         return 0
 
     from usersegments.synthetic import GeneratorSettings, generate, write
@@ -441,7 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         theirs = None
         if not baseline_gave_up:
             theirs = run_baseline(
-                paths["events_parquet"], args.baseline_timeout, args.baseline_memory_gb, args.k
+                paths["events_parquet"],
+                paths["items"],
+                args.baseline_timeout,
+                args.baseline_memory_gb,
+                args.k,
             )
             baseline_gave_up = theirs["outcome"] != "finished"
             print(f"[{events:,}] baseline: {theirs['outcome']}, {theirs['wall_s']:.1f} s wall")
