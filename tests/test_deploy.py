@@ -70,10 +70,16 @@ PSEUDONYM_KEY = {"USERSEGMENTS_PSEUDONYM_KEY": "notebook-test-key-0123456789abcd
 def notebook_runs(spark, tmp_path_factory):
     """Every notebook, in order, executed in this process on a small generated log,
     with the test session as the notebook's ``spark`` (as Databricks provides one).
-    User ids are pseudonymized, so the store also proves that no raw id is kept."""
+    User ids are pseudonymized and texts leave the events once embedded, so the store
+    also proves that no raw id and no text is kept in the behaviour log."""
     root = tmp_path_factory.mktemp("notebooks")
     config = root / "test.yaml"
-    cfg = make_config(root / "store", *SMALL, "privacy.pseudonymize_user_ids=true")
+    cfg = make_config(
+        root / "store",
+        *SMALL,
+        "privacy.pseudonymize_user_ids=true",
+        "privacy.drop_text_after_embedding=true",
+    )
     config.write_text(cfg.to_yaml(), encoding="utf-8")
     env = {
         "USERSEGMENTS_CONFIG": str(config),
@@ -168,7 +174,7 @@ def test_update_job_folds_a_new_window(notebook_runs, monkeypatch, capsys):
     assert folded["value"].iloc[0] > 500
 
 
-def test_pseudonymized_store_keeps_no_raw_user_id(notebook_runs):
+def test_pseudonymized_store_keeps_no_raw_user_id_and_no_event_text(notebook_runs):
     """Every table and the report, after the notebooks and the update job."""
     root, ns = notebook_runs
     raw_ids = set(ns["00_quickstart"]["data"].truth["user_id"])
@@ -183,6 +189,12 @@ def test_pseudonymized_store_keeps_no_raw_user_id(notebook_runs):
             text = "\n".join(frame[column].astype(str))
             assert not pattern.search(text), f"raw user id in {folder.name}.{column}"
     assert not pattern.search((root / "report" / "index.html").read_text(encoding="utf-8"))
+    # Events link users to text hashes only; labels still read every text from `texts`.
+    events, texts = table(root, "events"), table(root, "texts")
+    assert events["text"].isna().all() and set(events["text_hash"]) <= set(texts["text_hash"])
+    segments = table(root, "segments")
+    described = segments[segments["size"] >= 10]
+    assert len(described) and described["keywords"].map(len).min() > 0
     # The truth is pseudonymized with the same key, so the planted areas still score.
     evaluation = ns["05_evaluate"]["evaluation"]
     assert evaluation["truth_users"] > 50

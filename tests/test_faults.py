@@ -3,7 +3,8 @@ committed version, and re-running the same command ends with the tables an
 uninterrupted run writes.
 
 The crash is an exception injected right after the stage's first commit (its first
-Delta write or merge; for the report, its first file), raised out of the real CLI.
+Delta write, merge or compaction; for the report, its first file), raised out of the
+real CLI.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SETTINGS = (
     "cluster.sub.target_size=10",
     "profile.half_life_days=14",
     "update.recluster_threshold=1.0",
+    "store.compact_min_files=2",  # so that the maintain stage commits a compaction
 )
 # Columns that name the run or the wall-clock time of a write: they differ between
 # any two runs by design, so the comparison leaves them out.
@@ -72,6 +74,14 @@ def crash_after_first_write(monkeypatch: pytest.MonkeyPatch, stage: str) -> Iter
 
         return committed
 
+    real_maintain = TableStore.maintain
+
+    def maintained(self, name, *args, **kwargs):
+        out = real_maintain(self, name, *args, **kwargs)
+        if armed["on"] and out.compacted:
+            raise InjectedCrash(f"killed in {stage} after compacting '{name}'")
+        return out
+
     real_filesystem = report_module._filesystem
 
     def report_filesystem(root: str):
@@ -82,6 +92,7 @@ def crash_after_first_write(monkeypatch: pytest.MonkeyPatch, stage: str) -> Iter
         patch.setattr(pipeline, "stage_function", stage_function)
         patch.setattr(TableStore, "write", then_crash(TableStore.write))
         patch.setattr(TableStore, "merge", then_crash(TableStore.merge))
+        patch.setattr(TableStore, "maintain", maintained)
         patch.setattr(report_module, "_filesystem", report_filesystem)
         yield
 

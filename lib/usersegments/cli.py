@@ -27,6 +27,7 @@ STAGE_HELP = {
     "label": "segments -> keywords, representative items, labels",
     "recommend": "segments -> segment_recommendations",
     "report": "tables -> <output>/report/index.html",
+    "maintain": "every table -> compacted, checkpointed, old files vacuumed",
 }
 
 
@@ -59,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", parents=[common], help=STAGE_HELP["ingest"])
     _add_input_args(ing)
 
-    for name in ("embed", "profile", "label", "recommend", "report"):
+    for name in ("embed", "profile", "label", "recommend", "report", "maintain"):
         sub.add_parser(name, parents=[common], help=STAGE_HELP[name])
     clu = sub.add_parser("cluster", parents=[common], help=STAGE_HELP["cluster"])
     clu.add_argument("--truth", metavar="PATH", help="planted truth to score ARI/NMI against")
 
-    run = sub.add_parser("run", parents=[common], help="ingest -> embed -> ... -> report")
+    run = sub.add_parser("run", parents=[common], help="ingest -> embed -> ... -> maintain")
     _add_input_args(run)
     run.add_argument("--truth", metavar="PATH", help="planted truth to score ARI/NMI against")
 

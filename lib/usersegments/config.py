@@ -124,6 +124,24 @@ class StoreConfig(_Section):
         description="A run lock not refreshed for this long (its run crashed) is taken over.",
     )
 
+    maintenance: bool = Field(
+        True,
+        description="End every run and update with the maintain stage: compact tables of "
+        "many small files, checkpoint their logs, vacuum files older than the retention.",
+    )
+    compact_min_files: int = Field(
+        16,
+        ge=2,
+        description="Compact a table (OPTIMIZE; delta-rs optimize.compact) once its current "
+        "version has this many data files.",
+    )
+    vacuum_retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="Files no version of the last this-many hours needs are deleted by "
+        "VACUUM; time travel reaches back this far (Delta's default: 7 days).",
+    )
+
     @field_validator("storage_options", mode="before")
     @classmethod
     def _options_as_strings(cls, value: Any) -> Any:
@@ -439,6 +457,11 @@ class PrivacyConfig(_Section):
     )
     secret_key: str = Field(
         "usersegments-pseudonym-key", description="Key name inside secret_scope."
+    )
+    drop_text_after_embedding: bool = Field(
+        False,
+        description="Once embedded, events keep only text_hash: each distinct text is kept "
+        "once in the texts table (no user id, no time) for labels and recommendations.",
     )
 
 

@@ -37,6 +37,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import DEFAULT_MODEL, Config, EmbedConfig
 from usersegments.errors import InputError, SetupError
+from usersegments.privacy import events_with_text, move_texts_out_of_events
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TEXT_EMBEDDINGS, conform
 from usersegments.store import TableStore
@@ -504,7 +505,9 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
             "rows it read (the events_rejected table gives each row's reject_reason, the ingest "
             "metrics the counts). Fix the input and rerun; no stage after ingest ran"
         )
-    events = store.read("events").filter(F.col("text").isNotNull())
+    # Texts come back from the texts table where events keep only hashes, so a new
+    # model can still embed every text.
+    events = events_with_text(store).filter(F.col("text").isNotNull())
     blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
     candidates = texts_to_embed(events, cache, spec.model_id)
@@ -578,6 +581,8 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         )
     else:
         metrics.update({"texts_embedded": 0, "rows_inserted": 0})
+    if cfg.privacy.drop_text_after_embedding:
+        metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
     run.record_all("embed", metrics)
     tables = (
         {"text_embeddings": store.version("text_embeddings")}

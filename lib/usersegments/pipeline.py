@@ -28,7 +28,16 @@ log = logging.getLogger(__name__)
 StageFn = Callable[..., StageResult]
 
 # The full run, in order (ARCHITECTURE.md, data flow).
-RUN_ORDER = ("ingest", "embed", "profile", "cluster", "label", "recommend", "report")
+RUN_ORDER = (
+    "ingest",
+    "embed",
+    "profile",
+    "cluster",
+    "label",
+    "recommend",
+    "report",
+    "maintain",
+)
 
 
 def stage_function(name: str) -> StageFn:
@@ -41,6 +50,7 @@ def stage_function(name: str) -> StageFn:
         "label": ("label", "run_label"),
         "recommend": ("recommend", "run_recommend"),
         "report": ("report", "run_report"),
+        "maintain": ("maintain", "run_maintain"),
         "evaluate": ("evaluate", "run_evaluate"),
         "update": ("dynamics", "run_update"),
     }
@@ -174,7 +184,7 @@ def _finish(ctx: Context, work: Callable[[], int]) -> int:
 
 
 def cli_run(cfg: Config, args: Any) -> int:
-    """``usersegments run``: every stage of RUN_ORDER, ingest to report, in one run."""
+    """``usersegments run``: every stage of RUN_ORDER, ingest to maintain, in one run."""
     from usersegments.console import say
 
     ctx = open_context(cfg, "run")
@@ -231,7 +241,7 @@ def print_evaluation(result: StageResult, k: int) -> None:
 
 
 # The stages of an update; label runs too when the update re-clustered.
-UPDATE_ORDER = ("ingest", "embed", "update", "recommend", "report")
+UPDATE_ORDER = ("ingest", "embed", "update", "recommend", "report", "maintain")
 
 
 def update_all(
@@ -240,7 +250,7 @@ def update_all(
     """One update run: ingest the new events, embed new texts, fold and reassign, then
     refresh labels (after a re-cluster), recommendations and the report."""
     results = run_all(ctx, events, items, stages=UPDATE_ORDER[:3], recluster=recluster)
-    after: tuple[str, ...] = ("recommend", "report")
+    after: tuple[str, ...] = UPDATE_ORDER[3:]
     if results["update"].metrics.get("reclustered"):
         after = ("label", *after)
     ctx.run.flush()
@@ -314,7 +324,8 @@ def cli_demo(cfg: Config, args: Any) -> int:
     if args.dynamic:
         return _demo_dynamic(cfg, data, input_dir, paths["truth"])
     ctx = open_context(cfg, "demo")
-    before_report = tuple(s for s in RUN_ORDER if s != "report")
+    last = ("report", "maintain")
+    before_report = tuple(s for s in RUN_ORDER if s not in last)
 
     def work() -> int:
         results = run_all(
@@ -323,7 +334,7 @@ def cli_demo(cfg: Config, args: Any) -> int:
         say("evaluate ...")
         results["evaluate"] = run_stage(ctx, "evaluate", truth=paths["truth"])
         ctx.run.flush()  # the report reads this run's metrics back
-        results.update(run_all(ctx, [], stages=("report",)))
+        results.update(run_all(ctx, [], stages=last))
         print_run_summary(ctx, results)
         print_evaluation(results["evaluate"], cfg.evaluate.k)
         print_tables(ctx.store)

@@ -20,6 +20,8 @@ from pyspark.sql import functions as F
 
 from usersegments.config import PrivacyConfig
 from usersegments.errors import ConfigError
+from usersegments.schema import EVENTS, TEXTS, conform
+from usersegments.store import TableStore
 
 KEY_VARIABLE = "USERSEGMENTS_PSEUDONYM_KEY"
 MIN_KEY_CHARS = 16
@@ -94,4 +96,38 @@ def pseudonymize_raw(raw: DataFrame, key: bytes) -> DataFrame:
     )
     return raw.withColumn("user_id", pseudonym_column(F.col("user_id"), key)).withColumn(
         "raw_record", F.when(F.col("raw_record").isNotNull(), redacted)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Texts out of the behaviour log (privacy.drop_text_after_embedding)
+
+
+def move_texts_out_of_events(store: TableStore) -> int:
+    """Keep each text of ``events`` once in ``texts`` (text_hash, text) and set it to null
+    in ``events``, which then links users to hashes only; returns the events changed.
+
+    Two idempotent merges, texts first: a crash between them leaves every text
+    findable, and the next embed finishes the move.
+    """
+    with_text = store.read("events").filter(F.col("text").isNotNull())
+    if with_text.isEmpty():
+        return 0
+    texts = with_text.select("text_hash", "text").dropDuplicates(["text_hash"])
+    store.merge(conform(texts, TEXTS), "texts", on=["text_hash"], when_matched="ignore")
+    hashed_only = conform(with_text.withColumn("text", F.lit(None).cast("string")), EVENTS)
+    moved = store.merge(hashed_only, "events", on=["event_id"], when_not_matched="ignore")
+    return moved.updated
+
+
+def events_with_text(store: TableStore) -> DataFrame:
+    """``events`` with every text in place: from ``texts`` where events keep only the hash."""
+    events = store.read("events")
+    if not store.exists("texts"):
+        return events
+    kept = store.read("texts").select("text_hash", F.col("text").alias("_kept_text"))
+    return (
+        events.join(kept, "text_hash", "left")
+        .withColumn("text", F.coalesce(F.col("text"), F.col("_kept_text")))
+        .select(*events.columns)
     )

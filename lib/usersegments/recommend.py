@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from usersegments.config import Config
 from usersegments.errors import StoreError
 from usersegments.label import item_texts
+from usersegments.privacy import events_with_text
 from usersegments.profile import event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, USER_RECOMMENDATIONS, conform
@@ -89,7 +90,7 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
     groups = store.read("user_segments").select("user_id", "segment_id", "as_of")
     as_of = groups.agg(F.max("as_of")).first()[0]
     groups = groups.join(described, "segment_id").select("user_id", "segment_id")
-    events = store.read("events")
+    events = events_with_text(store)
     top = top_per_group(
         item_scores(events, groups, "segment_id", cfg, as_of), "segment_id", cfg.recommend.top_n
     ).cache()

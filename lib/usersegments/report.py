@@ -31,6 +31,7 @@ from usersegments.config import Config
 from usersegments.embed import model_id
 from usersegments.errors import StoreError
 from usersegments.label import item_texts
+from usersegments.privacy import events_with_text
 from usersegments.runlog import RunLog, StageResult
 from usersegments.store import TableStore
 
@@ -106,7 +107,7 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
                 (str(t if t is not None else i), float(s))
                 for i, t, s in zip(group["item_id"], group["text"], group["score"], strict=True)
             ]
-    events = store.read("events")
+    events = events_with_text(store)
     texts = {
         r["item_id"]: r["text"]
         for r in item_texts(events.filter(F.col("item_id").isin(wanted))).collect()

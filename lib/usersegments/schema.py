@@ -79,6 +79,11 @@ EVENTS_REJECTED = _schema(
     ("rejected_at", TimestampType()),
 )
 
+TEXTS = _schema(
+    ("text_hash", StringType()),
+    ("text", StringType()),
+)
+
 TEXT_EMBEDDINGS = _schema(
     ("text_hash", StringType()),
     ("model_id", StringType()),
@@ -158,6 +163,7 @@ TABLES: dict[str, StructType] = {
     "run_metrics": RUN_METRICS,
     "events": EVENTS,
     "events_rejected": EVENTS_REJECTED,
+    "texts": TEXTS,
     "text_embeddings": TEXT_EMBEDDINGS,
     "user_profiles": USER_PROFILES,
     "user_segments": USER_SEGMENTS,
@@ -175,6 +181,10 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "run_metrics": ("every stage", "the figures each stage measured, per run"),
     "events": ("ingest", "accepted events, typed and deduplicated by `event_id`"),
     "events_rejected": ("ingest", "every refused row as it came, with `reject_reason`"),
+    "texts": (
+        "embed",
+        "each distinct text once, no user or time (with `privacy.drop_text_after_embedding`)",
+    ),
     "text_embeddings": ("embed", "one vector per distinct text and `model_id`"),
     "user_profiles": ("profile, update", "decayed weighted sums and the unit interest vector"),
     "user_segments": ("cluster, update", "each user's coarse cluster and segment"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -71,6 +72,17 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
+class Maintenance:
+    """What ``TableStore.maintain`` did to one table."""
+
+    table: str
+    files_before: int
+    files_after: int
+    compacted: bool
+    files_vacuumed: int
+
+
+@dataclass(frozen=True)
 class TableVersion:
     """One commit of a table, as ``TableStore.history`` reports it."""
 
@@ -104,6 +116,12 @@ class _Backend(Protocol):
     def history(self, path: str) -> list[TableVersion]: ...
 
     def schema(self, path: str) -> StructType: ...
+
+    def file_count(self, path: str) -> int: ...
+
+    def compact(self, path: str) -> None: ...
+
+    def vacuum(self, path: str, retention_hours: float) -> int: ...
 
 
 class TableStore:
@@ -242,6 +260,23 @@ class TableStore:
         """Every commit of table ``name``, newest first."""
         self._require(name)
         return self._backend.history(self.path(name))
+
+    def file_count(self, name: str) -> int:
+        """Data files in table ``name``'s current version."""
+        self._require(name)
+        return self._backend.file_count(self.path(name))
+
+    def maintain(self, name: str, compact_min_files: int, retention_hours: float) -> Maintenance:
+        """Keep table ``name`` fast to read as commits pile up: compact its small files
+        into few (a new version with the same rows) once it has ``compact_min_files``,
+        checkpoint its log, and vacuum data files that no version of the last
+        ``retention_hours`` needs (time travel beyond that is given up)."""
+        before = self.file_count(name)
+        compacted = before >= compact_min_files
+        if compacted:
+            self._backend.compact(self.path(name))
+        vacuumed = self._backend.vacuum(self.path(name), retention_hours)
+        return Maintenance(name, before, self.file_count(name), compacted, vacuumed)
 
     def tables(self) -> list[str]:
         """Names of the tables present under the root (local roots only)."""
@@ -415,6 +450,24 @@ class _DeltaSparkBackend:
     def version(self, path: str) -> int:
         return int(self._table(path).history(1).collect()[0]["version"])
 
+    def file_count(self, path: str) -> int:
+        return int(self.spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
+
+    def compact(self, path: str) -> None:
+        self._table(path).optimize().executeCompaction()
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        # Delta refuses a retention under 7 days unless its safety check is off: the
+        # setting is the user's deliberate choice, so it is honoured for this call only.
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = self.spark.conf.get(check, "true")
+        self.spark.conf.set(check, "false")
+        try:
+            removed = self._table(path).vacuum(retention_hours)
+        finally:
+            self.spark.conf.set(check, previous)
+        return int(removed.count()) if removed is not None else 0
+
     def history(self, path: str) -> list[TableVersion]:
         rows = self._table(path).history().orderBy(F.col("version").desc()).collect()
         return [
@@ -515,6 +568,24 @@ class _DeltaRsBackend:
 
     def version(self, path: str) -> int:
         return int(self._table(path).version())
+
+    def file_count(self, path: str) -> int:
+        return len(self._table(path).file_uris())
+
+    def compact(self, path: str) -> None:
+        self._table(path).optimize.compact()
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        table = self._table(path)
+        removed = table.vacuum(
+            retention_hours=math.floor(retention_hours),
+            dry_run=False,
+            enforce_retention_duration=False,
+        )
+        # A checkpoint lets readers skip replaying every JSON commit of a long history.
+        table.create_checkpoint()
+        table.cleanup_metadata()
+        return len(removed)
 
     def history(self, path: str) -> list[TableVersion]:
         entries = sorted(self._table(path).history(), key=lambda e: -int(e["version"]))
