@@ -196,22 +196,23 @@ def test_a_crash_in_any_stage_is_finished_by_rerunning(
     after_run, after_update = uninterrupted
     root = tmp_path / "store"
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
-    # Each attempt dies one stage later than the previous one, so every stage is killed
-    # once, and every stage before it re-runs over what a killed run left.
     crashes = 0
-    for stage in RUN_ORDER:
+
+    def killed_in(stage: str, name: str, window: dict[str, str]) -> None:
+        nonlocal crashes
         with crash_after_first_write(monkeypatch, stage), pytest.raises(InjectedCrash):
-            cli.main(command("run", root, windows[0]))
+            cli.main(command(name, root, window))
         crashes += 1
         assert_committed(store, failed_runs=crashes)
+
+    # Each attempt dies one stage later than the previous one, so every stage is killed
+    # once, and every stage before it re-runs over what a killed run left.
+    for stage in RUN_ORDER:
+        killed_in(stage, "run", windows[0])
     assert cli.main(command("run", root, windows[0])) == 0
     assert_same_tables(snapshot(store), after_run)
 
-    for stage in ("update",):  # its first commit folds events: the rerun must not fold twice
-        with crash_after_first_write(monkeypatch, stage), pytest.raises(InjectedCrash):
-            cli.main(command("update", root, windows[1]))
-        crashes += 1
-        assert_committed(store, failed_runs=crashes)
+    killed_in("update", "update", windows[1])  # after the fold: the rerun must not fold twice
     assert cli.main(command("update", root, windows[1])) == 0
     assert_same_tables(snapshot(store), after_update)
     report = (root / "report" / "index.html").read_text(encoding="utf-8")

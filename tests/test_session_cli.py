@@ -79,6 +79,7 @@ def test_every_command_takes_the_common_options():
         "label",
         "recommend",
         "report",
+        "maintain",
         "run",
         "update",
         "evaluate",

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 StageFn = Callable[..., StageResult]
 
-# The full run, in order (ARCHITECTURE.md, data flow).
+# The full run, in order (ARCHITECTURE.md's data flow, then table maintenance).
 RUN_ORDER = (
     "ingest",
     "embed",
@@ -248,7 +248,8 @@ def update_all(
     ctx: Context, events: list[str], items: str | None, recluster: bool
 ) -> dict[str, StageResult]:
     """One update run: ingest the new events, embed new texts, fold and reassign, then
-    refresh labels (after a re-cluster), recommendations and the report."""
+    refresh labels (after a re-cluster), recommendations and the report, and maintain
+    the tables."""
     results = run_all(ctx, events, items, stages=UPDATE_ORDER[:3], recluster=recluster)
     after: tuple[str, ...] = UPDATE_ORDER[3:]
     if results["update"].metrics.get("reclustered"):
