@@ -42,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_PER_USER = 21.3  # what the generator's defaults make on average
-STAGES = ("ingest", "embed", "profile", "cluster", "label", "recommend", "report")
+STAGES = ("ingest", "embed", "profile", "cluster", "label", "recommend", "report", "maintain")
 # The stages whose work grows with the number of events or users; embed is bounded by
 # the number of distinct texts, which a catalog caps (see the notes under the table).
 LINEAR_STAGES = ("ingest", "profile", "cluster", "label", "recommend")
@@ -391,7 +391,10 @@ def render(results: list[dict], command: str) -> str:
                 "already ran out of time or memory | | |"
             )
             continue
-        cells = [f"{b['steps'][s]:.1f} s" if s in b["steps"] else "-" for s in STAGES[:4]]
+        cells = [
+            f"{b['steps'][s]:.1f} s" if s in b["steps"] else "-"
+            for s in ("ingest", "embed", "profile", "cluster")
+        ]
         lines.append(
             f"| {r['usersegments']['rows_read']:,} | " + " | ".join(cells) + f" | {b['outcome']} "
             f"| {b['wall_s']:.1f} s | {b['peak_tree_gb']:.1f} GB |"
@@ -407,16 +410,19 @@ NOTES = [
     "time adds process start, Spark's JVM and the model's load.",
     "- **embed follows distinct texts, not events**: it embeds each distinct text once "
     "(cached by hash). The generator draws item texts from a fixed catalog and search "
-    "phrases from a combinatorial vocabulary, so distinct texts (the column above) grow "
-    "slower than events, and embed time grows with them: almost all of it is the model "
-    "running on the CPU.",
+    "phrases from a combinatorial vocabulary, so distinct texts grow slower than events "
+    "(the embed stage logs how many), and embed time grows "
+    "with them: almost all of it is the model running on the CPU.",
     "- **report** grows little: its map samples `report.map_sample` users; it still "
     "reads the tables for counts and item texts.",
+    "- **maintain** (compaction, checkpoint, vacuum) costs little on a fresh store; "
+    "`update_load.py` below shows it over many updates.",
     "- The smallest size carries fixed costs (Spark jobs of small data, the clustering's k "
     "selection on a bounded sample), so growth from it reads below 10.",
-    "- The baseline embeds every event's text, as the reference articles do, and holds "
-    "every vector in memory; the out-of-time and out-of-memory rows are the point where a "
-    "single process stops being an option on this machine.",
+    "- The baseline embeds every event's text, as the reference articles do (usersegments "
+    "embeds each distinct text once), and holds every vector in one process's memory. Its "
+    "outcome column says where it stopped under this run's limits (`--baseline-timeout`, "
+    "`--baseline-memory-gb`); a size after one it could not finish is not tried.",
 ]
 
 

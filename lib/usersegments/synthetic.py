@@ -634,7 +634,9 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
 def generated_times(events: pd.DataFrame) -> pd.Series:
     """The generator's event times as UTC timestamps (NaT for the planted garbage)."""
     raw = events["event_time"].astype("string")
-    numeric = pd.to_numeric(raw, errors="coerce")
+    # Float64 whatever the subset holds: a window of integer epochs alone would give Int64,
+    # into which the millisecond division below cannot be written back.
+    numeric = pd.to_numeric(raw, errors="coerce").astype("Float64")
     texts = raw.where(numeric.isna())
     parsed = pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601")
     seconds = numeric.where(numeric < 1e11, numeric / 1000.0)
