@@ -466,6 +466,8 @@ class _DeltaSparkBackend:
             removed = self._table(path).vacuum(retention_hours)
         finally:
             self.spark.conf.set(check, previous)
+        # delta-spark's vacuum returns an empty frame, not the files it deleted: the
+        # count is only known on delta-rs (the maintain metric reads 0 here).
         return int(removed.count()) if removed is not None else 0
 
     def history(self, path: str) -> list[TableVersion]:
