@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from scale import machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 from usersegments.config import load_config
 from usersegments.pipeline import finishing, open_context, run_all, update_all
@@ -108,7 +109,7 @@ def render(results: dict[str, list[dict]], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        f"Machine: {machine()}",
         "",
         header + " |",
         "|---:|" + "---:|---:|" * len(settings),

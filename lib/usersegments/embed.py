@@ -37,7 +37,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import DEFAULT_MODEL, Config, EmbedConfig
 from usersegments.errors import InputError, SetupError
-from usersegments.privacy import events_with_text, move_texts_out_of_events
+from usersegments.privacy import move_texts_out_of_events, with_texts
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TEXT_EMBEDDINGS, conform
 from usersegments.store import TableStore
@@ -506,8 +506,9 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
             "metrics the counts). Fix the input and rerun; no stage after ingest ran"
         )
     # Texts come back from the texts table where events keep only hashes, so a new
-    # model can still embed every text.
-    events = events_with_text(store).filter(F.col("text").isNotNull())
+    # model can still embed every text; one row per hash before that join.
+    hashes = store.read("events").select("text_hash", "text").dropDuplicates(["text_hash"])
+    events = with_texts(store, hashes).filter(F.col("text").isNotNull())
     blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
     candidates = texts_to_embed(events, cache, spec.model_id)

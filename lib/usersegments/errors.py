@@ -20,7 +20,8 @@ class ConfigError(UserSegmentsError, ValueError):
 
 
 class InputError(UserSegmentsError, ValueError):
-    """Input files or columns cannot be used as given (before anything is written)."""
+    """Input files, columns or the data in them cannot be used as given (no events to
+    profile, too few users to cluster, an option out of range on the command line)."""
 
     exit_code = 2
 
@@ -30,7 +31,14 @@ class SchemaMismatchError(UserSegmentsError, ValueError):
 
 
 class StoreError(UserSegmentsError):
-    """The table store cannot do what was asked (backend missing, table absent...)."""
+    """The table store cannot do what was asked (backend missing, unreadable table...)."""
+
+
+class MissingTableError(StoreError):
+    """A stage needs a table that an earlier stage has not written yet; the message
+    names the table and the command that writes it."""
+
+    exit_code = 2
 
 
 class StageNotAvailable(UserSegmentsError):

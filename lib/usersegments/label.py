@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from usersegments.config import Config, LabelConfig
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import ConfigError, StoreError
-from usersegments.privacy import events_with_text
+from usersegments.privacy import with_texts
 from usersegments.profile import dot, event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, conform
@@ -273,7 +273,7 @@ def label_segments(
 def member_events(store: TableStore) -> DataFrame:
     """Events of clustered users, each with the user's segment_id."""
     members = store.read("user_segments").select("user_id", "segment_id")
-    return events_with_text(store).join(members, "user_id")
+    return with_texts(store, store.read("events")).join(members, "user_id")
 
 
 def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:

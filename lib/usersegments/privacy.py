@@ -120,9 +120,9 @@ def move_texts_out_of_events(store: TableStore) -> int:
     return moved.updated
 
 
-def events_with_text(store: TableStore) -> DataFrame:
-    """``events`` with every text in place: from ``texts`` where events keep only the hash."""
-    events = store.read("events")
+def with_texts(store: TableStore, events: DataFrame) -> DataFrame:
+    """``events`` (any frame with ``text_hash`` and ``text``) with every text in place: from
+    ``texts`` where events keep only the hash. Narrow the frame first: this joins it."""
     if not store.exists("texts"):
         return events
     kept = store.read("texts").select("text_hash", F.col("text").alias("_kept_text"))

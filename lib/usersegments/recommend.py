@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from usersegments.config import Config
 from usersegments.errors import StoreError
 from usersegments.label import item_texts
-from usersegments.privacy import events_with_text
+from usersegments.privacy import with_texts
 from usersegments.profile import event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, USER_RECOMMENDATIONS, conform
@@ -90,12 +90,13 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
     groups = store.read("user_segments").select("user_id", "segment_id", "as_of")
     as_of = groups.agg(F.max("as_of")).first()[0]
     groups = groups.join(described, "segment_id").select("user_id", "segment_id")
-    events = events_with_text(store)
+    events = store.read("events")
     top = top_per_group(
         item_scores(events, groups, "segment_id", cfg, as_of), "segment_id", cfg.recommend.top_n
     ).cache()
     try:
-        texts = item_texts(events.join(top.select("item_id").distinct(), "item_id"))
+        top_events = events.join(top.select("item_id").distinct(), "item_id")
+        texts = item_texts(with_texts(store, top_events))
         recs = top.join(texts.select("item_id", "text"), "item_id", "left").withColumn(
             "run_id", F.lit(run.run_id)
         )

@@ -31,7 +31,7 @@ from usersegments.config import Config
 from usersegments.embed import model_id
 from usersegments.errors import StoreError
 from usersegments.label import item_texts
-from usersegments.privacy import events_with_text
+from usersegments.privacy import with_texts
 from usersegments.runlog import RunLog, StageResult
 from usersegments.store import TableStore
 
@@ -107,11 +107,9 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
                 (str(t if t is not None else i), float(s))
                 for i, t, s in zip(group["item_id"], group["text"], group["score"], strict=True)
             ]
-    events = events_with_text(store)
-    texts = {
-        r["item_id"]: r["text"]
-        for r in item_texts(events.filter(F.col("item_id").isin(wanted))).collect()
-    }
+    events = store.read("events")
+    shown = events.filter(F.col("item_id").isin(wanted))
+    texts = {r["item_id"]: r["text"] for r in item_texts(with_texts(store, shown)).collect()}
     metrics = store.read("run_metrics").toPandas() if store.exists("run_metrics") else None
     empty = pd.DataFrame(columns=["run_id", "stage", "metric", "value", "recorded_at"])
     metrics = metrics if metrics is not None else empty
