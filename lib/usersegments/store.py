@@ -39,7 +39,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
 from usersegments.config import Config
-from usersegments.errors import ConfigError, SchemaMismatchError, StoreError
+from usersegments.errors import ConfigError, MissingTableError, SchemaMismatchError, StoreError
 from usersegments.session import delta_classes_loaded, delta_spark_ready
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,12 @@ class TableStore:
 
     def read(self, name: str) -> DataFrame:
         """The current version of table ``name`` as a DataFrame."""
-        self._require(name)
+        self.require(name)
         return self._backend.read(self.path(name), None)
 
     def read_version(self, name: str, version: int) -> DataFrame:
         """Table ``name`` as it was at ``version`` (time travel)."""
-        self._require(name)
+        self.require(name)
         current = self.version(name)
         if not 0 <= version <= current:
             raise StoreError(
@@ -189,7 +189,7 @@ class TableStore:
 
     def schema(self, name: str) -> StructType:
         """The Spark schema of table ``name``'s current version."""
-        self._require(name)
+        self.require(name)
         return self._backend.schema(self.path(name))
 
     def write(
@@ -253,17 +253,17 @@ class TableStore:
 
     def version(self, name: str) -> int:
         """The latest committed version of table ``name`` (0 after its first write)."""
-        self._require(name)
+        self.require(name)
         return self._backend.version(self.path(name))
 
     def history(self, name: str) -> list[TableVersion]:
         """Every commit of table ``name``, newest first."""
-        self._require(name)
+        self.require(name)
         return self._backend.history(self.path(name))
 
     def file_count(self, name: str) -> int:
         """Data files in table ``name``'s current version."""
-        self._require(name)
+        self.require(name)
         return self._backend.file_count(self.path(name))
 
     def maintain(self, name: str, compact_min_files: int, retention_hours: float) -> Maintenance:
@@ -288,12 +288,15 @@ class TableStore:
             p.name for p in Path(self.root).iterdir() if p.is_dir() and self.exists(p.name)
         )
 
-    def _require(self, name: str) -> None:
-        if not self._backend.exists(self.path(name)):
-            raise StoreError(
-                f"table '{name}' does not exist under {self.root!r}; run the stage that writes "
-                f"it first (see `usersegments --help`)"
-            )
+    def require(self, *names: str, fix: str = "run the stage that writes it first") -> None:
+        """Raise ``MissingTableError`` naming the first of ``names`` that does not exist
+        yet, with ``fix`` (e.g. "run `usersegments run` first") as the way out."""
+        for name in names:
+            if not self._backend.exists(self.path(name)):
+                raise MissingTableError(
+                    f"table '{name}' does not exist under {self.root!r}: {fix} "
+                    "(see `usersegments --help` for the stages and their order)"
+                )
 
 
 def resolve_backend(spark: SparkSession, cfg: Config) -> str:
