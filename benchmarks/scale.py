@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scale.py [--events 100000 1000000 3000000]
         [--baseline-timeout 900] [--baseline-memory-gb 16] [--write benchmarks/RESULTS.md]
 
-For each size, generated events (``usersegments.synthetic``, about 21 per user, the
+For each size, generated events (``usersegments.testing.synthetic``, about 21 per user, the
 planted interest areas, 2% bad rows) are written as Parquet. Then:
 
 - **usersegments**: ``usersegments run --config conf/local.yaml`` in a fresh process
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from usersegments.synthetic import GeneratorSettings, generate, write
+    from usersegments.testing.synthetic import GeneratorSettings, generate, write
 
     command = "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="usersegments-scale-"))

@@ -26,7 +26,7 @@ import pandas as pd
 
 from usersegments.config import load_config
 from usersegments.pipeline import open_context, run_all
-from usersegments.synthetic import (
+from usersegments.testing.synthetic import (
     GeneratedData,
     GeneratorSettings,
     generate,

@@ -27,7 +27,7 @@ from scale import machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 from usersegments.config import load_config
 from usersegments.pipeline import finishing, open_context, run_all, update_all
-from usersegments.synthetic import DEFAULT_END, GeneratorSettings, generate, split_at, write
+from usersegments.testing.synthetic import DEFAULT_END, GeneratorSettings, generate, split_at, write
 
 DAYS, HISTORY_DAYS = 60, 40
 

@@ -26,9 +26,10 @@
 from datetime import datetime
 from pathlib import Path
 
+from usersegments.console import print_run_summary
 from usersegments.notebook import start
-from usersegments.pipeline import pipeline_run, print_run_summary, run_all
-from usersegments.synthetic import GeneratorSettings, generate, split_at, write
+from usersegments.pipeline import pipeline_run, run_all
+from usersegments.testing.synthetic import GeneratorSettings, generate, split_at, write
 
 nb = start(globals(), users="300", seed="7")
 cfg, params, show = nb.cfg, nb.params, nb.show

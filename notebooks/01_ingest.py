@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_stage
-from usersegments.synthetic import output_paths
+from usersegments.testing.synthetic import output_paths
 
 nb = start(globals())
 cfg, show = nb.cfg, nb.show

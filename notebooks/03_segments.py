@@ -14,8 +14,9 @@
 
 # COMMAND ----------
 
+from usersegments.console import print_run_summary
 from usersegments.notebook import start
-from usersegments.pipeline import pipeline_run, print_run_summary, run_all
+from usersegments.pipeline import pipeline_run, run_all
 from usersegments.report import gather, plot_map, plot_sizes
 
 nb = start(globals())

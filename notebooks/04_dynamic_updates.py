@@ -19,10 +19,11 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from usersegments.console import print_churn
 from usersegments.evaluate import drift_recovery
 from usersegments.notebook import start
-from usersegments.pipeline import pipeline_run, print_churn, update_all
-from usersegments.synthetic import output_paths
+from usersegments.pipeline import pipeline_run, update_all
+from usersegments.testing.synthetic import output_paths
 
 nb = start(globals())
 cfg, show = nb.cfg, nb.show

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from usersegments.console import print_evaluation
 from usersegments.notebook import start
-from usersegments.pipeline import pipeline_run, print_evaluation, run_stage
-from usersegments.synthetic import output_paths
+from usersegments.pipeline import pipeline_run, run_stage
+from usersegments.testing.synthetic import output_paths
 
 nb = start(globals(), holdout_last="2")
 cfg, params, show = nb.cfg, nb.params, nb.show

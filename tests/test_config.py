@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import REPO
@@ -86,7 +88,7 @@ def test_wrong_type_names_key_value_and_rule():
     ],
 )
 def test_out_of_range_values(override, fragment):
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config(overrides=[override])
 
 
@@ -109,11 +111,37 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(listy)
 
 
-def test_shipped_configs_load():
-    for name in ("default.yaml", "local.yaml", "cluster.yaml", "databricks.yaml"):
-        path = REPO / "conf" / name
-        if path.exists():
-            load_config(path)
+@pytest.mark.parametrize("name", ["default.yaml", "local.yaml", "cluster.yaml", "databricks.yaml"])
+def test_shipped_configs_load(name):
+    path = REPO / "conf" / name
+    assert path.is_file(), f"conf/{name} is missing"
+    assert isinstance(load_config(path), Config)
+
+
+def test_set_value_that_is_not_yaml_is_taken_as_text():
+    with pytest.raises(ConfigError, match=r"config key 'cluster.k' \(got '\[4'\)"):
+        load_config(overrides=["cluster.k=[4"])
+
+
+def test_package_keeps_the_names_importers_use():
+    import usersegments.config as config
+
+    used = {
+        "DEFAULT_MODEL",
+        "Config",
+        "EmbedConfig",
+        "InputConfig",
+        "LabelConfig",
+        "PrivacyConfig",
+        "ProfileConfig",
+        "StoreConfig",
+        "SubClusterConfig",
+        "config_reference",
+        "defaults_yaml",
+        "load_config",
+    }
+    assert used <= set(config.__all__)
+    assert all(hasattr(config, name) for name in config.__all__)
 
 
 def test_fingerprint_tracks_settings():

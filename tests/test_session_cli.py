@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -11,10 +12,19 @@ from pyspark.sql import functions as F
 
 from tests.conftest import REPO
 from usersegments import cli
+from usersegments.cli.parser import INPUT_OPTIONS
 from usersegments.config import load_config
 from usersegments.errors import StageNotAvailable
-from usersegments.pipeline import stage_function
 from usersegments.session import DELTA_EXTENSION, session_conf, wants_delta_spark
+from usersegments.stages import (
+    DEMO,
+    RUN,
+    STAGES,
+    UPDATE,
+    stage_function,
+    stages_of,
+    subcommand_stages,
+)
 
 
 def test_python_workers_use_this_interpreter(spark):
@@ -70,26 +80,47 @@ def test_cli_prints_defaults(capsys):
 
 def test_every_command_takes_the_common_options():
     parser = cli.build_parser()
-    commands = [
-        "generate",
-        "ingest",
-        "embed",
-        "profile",
-        "cluster",
-        "label",
-        "recommend",
-        "report",
-        "maintain",
-        "run",
-        "update",
-        "evaluate",
-        "demo",
-    ]
-    for command in commands:
+    stage_commands = [stage.name for stage in subcommand_stages()]
+    for command in [*stage_commands, "generate", "run", "update", "demo", "config", "tables"]:
         args = parser.parse_args(
             [command, "--config", "c.yaml", "--set", "a.b=1", "--set", "c.d=2", "--output", "out"]
         )
         assert (args.config, args.overrides, args.output) == ("c.yaml", ["a.b=1", "c.d=2"], "out")
+
+
+def test_each_stage_function_takes_the_inputs_its_registry_row_declares():
+    for stage in STAGES:
+        parameters = inspect.signature(stage.load()).parameters
+        assert list(parameters)[:4] == ["spark", "store", "cfg", "run"], stage.name
+        assert set(stage.inputs) <= set(parameters), stage.name
+        assert set(stage.inputs) <= set(INPUT_OPTIONS), stage.name
+
+
+def test_commands_run_their_registry_stages_in_pipeline_order():
+    order = [stage.name for stage in STAGES]
+    for command in (RUN, UPDATE, DEMO):
+        names = stages_of(command, reclustered=True)
+        assert list(names) == sorted(names, key=order.index)
+    assert stages_of(RUN)[0] == "ingest" and stages_of(RUN)[-1] == "maintain"
+    assert "label" in stages_of(UPDATE, reclustered=True)
+    assert "label" not in stages_of(UPDATE, reclustered=False)
+    assert "evaluate" in stages_of(DEMO) and "evaluate" not in stages_of(RUN)
+
+
+def test_help_lists_every_stage_with_its_help_line(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for stage in subcommand_stages():
+        assert f"{stage.name} {stage.help}" in out
+    assert " -> ".join(stages_of(RUN)) in out
+
+
+def test_stage_options_reach_the_stage_command():
+    args = cli.build_parser().parse_args(["evaluate", "--holdout-last", "3", "--truth", "t.pq"])
+    assert (args.holdout_last, args.truth) == (3, "t.pq")
+    args = cli.build_parser().parse_args(["update", "--events", "a.csv", "--recluster"])
+    assert (args.events, args.recluster_now) == (["a.csv"], True)
 
 
 def test_module_entry_point_runs():

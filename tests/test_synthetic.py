@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import datetime, timezone
+from importlib import resources
+
 import pandas as pd
 
-from usersegments.synthetic import (
+from usersegments.testing.synthetic import (
     AREAS,
     GeneratorSettings,
     area_names,
     distinctive_words,
     generate,
+    split_at,
     write,
 )
+
+# sha256 of the CSV text of events, items and truth for users=60, seed=5. Any change to
+# the vocabulary or to the order of the random draws changes every figure downstream;
+# update this only on purpose.
+GOLDEN_60_USERS_SEED_5 = "d6fea6ce764c2543231577eeb0ac8384af3de6c8bdf197ed387812bedc90bfe1"
 
 
 def test_deterministic_for_a_seed():
@@ -20,7 +30,20 @@ def test_deterministic_for_a_seed():
     c = generate(GeneratorSettings(users=150, seed=4))
     pd.testing.assert_frame_equal(a.events, b.events)
     pd.testing.assert_frame_equal(a.truth, b.truth)
+    assert a.manifest == b.manifest
     assert not a.events.equals(c.events)
+
+
+def test_data_for_a_seed_is_pinned():
+    data = generate(GeneratorSettings(users=60, seed=5))
+    digest = hashlib.sha256()
+    for frame in (data.events, data.items, data.truth):
+        digest.update(frame.to_csv(index=False).encode())
+    assert digest.hexdigest() == GOLDEN_60_USERS_SEED_5
+
+
+def test_vocabulary_ships_as_package_data():
+    assert resources.files("usersegments.testing").joinpath("vocabulary.json").is_file()
 
 
 def test_areas_are_distinct_and_rich():
@@ -58,3 +81,12 @@ def test_written_files_and_manifest(tmp_path):
     raw = (tmp_path / "events.csv").read_bytes()
     assert b"\xff\xfe" in raw  # invalid UTF-8 planted in the CSV
     assert pd.read_parquet(paths["events_parquet"]).shape[0] == data.manifest["rows"]
+
+
+def test_split_at_partitions_the_events():
+    data = generate(GeneratorSettings(users=80, seed=6))
+    before, after = split_at(data, datetime(2026, 9, 10, tzinfo=timezone.utc))
+    assert len(before.events) > 0 and len(after.events) > 0
+    assert len(before.events) + len(after.events) == len(data.events)
+    assert before.manifest["rows"] == len(before.events)
+    assert after.manifest["window"] == "after"

@@ -1,15 +1,35 @@
-"""What commands print for people: table listings and run summaries (rich)."""
+"""What commands print for people: progress lines, table listings and run summaries.
+
+Everything a command shows on the terminal is formatted here (with rich), so the
+stages and the orchestration stay free of printing. Figures that a run did not
+measure (ARI/NMI without a truth table) are left out, never shown as "nan".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
+from usersegments.runlog import StageResult
 from usersegments.store import TableStore
 
+if TYPE_CHECKING:
+    from usersegments.pipeline import Context
+
 _console = Console(highlight=False)
+
+LARGEST_SEGMENTS_SHOWN = 12
+KEYWORDS_SHOWN = 5
+
+
+def say(message: str) -> None:
+    """Print one line for the user."""
+    _console.print(message)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -34,9 +54,171 @@ def print_tables(store: TableStore) -> None:
     )
 
 
-def say(message: str) -> None:
-    """Print one line for the user."""
-    _console.print(message)
+def print_run_summary(ctx: Context, results: Mapping[str, StageResult]) -> None:
+    """Summary tables of a run: ingest counts, embedding, segments and their labels."""
+    if "ingest" in results:
+        _print_ingest(results["ingest"])
+    if "embed" in results:
+        _print_embed(results["embed"], ctx.run.model_id)
+    if "cluster" in results:
+        _print_segments(results["cluster"])
+    if "label" in results:
+        _print_largest_segments(ctx.store)
+
+
+def _print_ingest(ingest: StageResult) -> None:
+    m = ingest.metrics
+    print_table(
+        f"ingest ({ingest.seconds:.1f}s)",
+        ["rows read", "accepted", "rejected", "duplicates"],
+        [(int(m["rows_read"]), int(m["accepted"]), int(m["rejected"]), int(m["duplicates"]))],
+    )
+    print_table(
+        "rejected by reason",
+        ["reason", "rows"],
+        [(k.split(".", 1)[1], int(v)) for k, v in m.items() if k.startswith("rejected.") and v],
+    )
+
+
+def _print_embed(embed: StageResult, model_id: str | None) -> None:
+    e = embed.metrics
+    print_table(
+        f"embed ({embed.seconds:.1f}s, model {model_id})",
+        ["distinct texts", "cached", "embedded", "texts/s"],
+        [
+            (
+                int(e["distinct_texts"]),
+                int(e["cached_hits"]),
+                int(e["texts_embedded"]),
+                round(e.get("texts_per_second", 0.0)),
+            )
+        ],
+    )
+
+
+def _print_segments(cluster: StageResult) -> None:
+    c = cluster.metrics
+    columns = ["users", "k", "segments", "sizes min/median/max", "silhouette"]
+    row: list[object] = [
+        int(c["users_clustered"]),
+        int(c["k"]),
+        int(c["segments"]),
+        f"{int(c['segment_size_min'])}/{int(c['segment_size_median'])}/"
+        f"{int(c['segment_size_max'])}",
+        round(c["silhouette_cosine"], 3),
+    ]
+    truth_columns = {
+        "ari_cluster_vs_area": "ARI vs planted area",
+        "nmi_segment_vs_substyle": "NMI vs sub-style",
+    }
+    for metric, title in truth_columns.items():
+        if _measured(c.get(metric)):
+            columns.append(title)
+            row.append(round(c[metric], 3))
+    print_table(f"segments ({cluster.seconds:.1f}s)", columns, [row])
+
+
+def _print_largest_segments(store: TableStore) -> None:
+    largest = (
+        store.read("segments")
+        .orderBy(F.desc("size"), "segment_id")
+        .limit(LARGEST_SEGMENTS_SHOWN)
+        .select("segment_id", "size", "label", "keywords")
+        .collect()
+    )
+    print_table(
+        "largest segments",
+        ["segment", "users", "label", "keywords"],
+        [
+            (r["segment_id"], r["size"], r["label"], ", ".join(r["keywords"][:KEYWORDS_SHOWN]))
+            for r in largest
+        ],
+    )
+
+
+def print_evaluation(result: StageResult, k: int) -> None:
+    """The evaluation table: hit rate and recall at K per recommender, ARI/NMI if scored."""
+    m = result.metrics
+    print_table(
+        f"evaluate ({result.seconds:.1f}s): last {int(m['holdout_last'])} events of "
+        f"{int(m['users_tested'])} users held out",
+        ["recommender", f"hit rate@{k}", f"recall@{k}"],
+        [
+            (s, round(m[f"hit_rate@{k}.{s}"], 3), round(m[f"recall@{k}.{s}"], 3))
+            for s in ("segment", "cluster", "popularity")
+        ],
+    )
+    truth = {
+        "ari_cluster_vs_area": "ARI cluster/area",
+        "nmi_cluster_vs_area": "NMI cluster/area",
+        "nmi_segment_vs_substyle": "NMI segment/sub-style",
+    }
+    scored = {title: m[key] for key, title in truth.items() if _measured(m.get(key))}
+    if scored:
+        print_table(
+            "training clustering vs planted truth",
+            list(scored),
+            [[round(v, 3) for v in scored.values()]],
+        )
+
+
+def print_churn(update: StageResult) -> None:
+    """The churn summary of an update: users folded, moved and new; segments born/ended."""
+    m = update.metrics
+    print_table(
+        f"update ({update.seconds:.1f}s)",
+        ["events folded", "users reassigned", "moved", "new users", "moved share", "novel texts"],
+        [
+            (
+                int(m.get("events_folded", 0)),
+                int(m.get("users_reassigned", 0)),
+                int(m.get("users_moved", 0)),
+                int(m.get("users_new", 0)),
+                round(m.get("moved_share", 0.0), 3),
+                round(m.get("novel_text_share", 0.0), 3),
+            )
+        ],
+    )
+    if m.get("reclustered"):
+        print_table(
+            "re-clustered: segment lineage",
+            ["continued", "born", "split", "merged", "ended", "ids kept"],
+            [
+                (
+                    int(m["segments_continued"]),
+                    int(m["segments_born"]),
+                    int(m["segments_split"]),
+                    int(m["segments_merged"]),
+                    int(m["segments_ended"]),
+                    f"{m['segment_ids_kept_share']:.0%}",
+                )
+            ],
+        )
+
+
+def print_drift_recovery(recovery: Mapping[str, float]) -> None:
+    """Where the planted drifted users are after an update (the dynamic demo)."""
+    print_table(
+        "planted drift: where users are after the update",
+        [
+            "drifted users",
+            "in a segment of their new area",
+            "other users moved",
+            "of which away from their area",
+        ],
+        [
+            (
+                int(recovery["drifted_users"]),
+                f"{recovery['drifted_in_new_area_share']:.0%}",
+                f"{recovery['stable_moved_share']:.1%}",
+                f"{recovery['stable_moved_away_share']:.1%}",
+            )
+        ],
+    )
+
+
+def _measured(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
 
 
 def _fmt(value: object) -> str:

@@ -1,0 +1,156 @@
+"""The argument parser of every command, built from the stage registry so that
+``--help`` always lists the stages that exist, in pipeline order."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+
+from usersegments.stages import RUN, STAGES, UPDATE, subcommand_stages
+
+DEFAULT_USERS = 2000
+DEFAULT_SEED = 7
+DEFAULT_DAYS = 60
+INPUT_FORMATS = ("auto", "parquet", "csv", "jsonl", "delta")
+
+
+def _add_events(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--events",
+        nargs="+",
+        metavar="PATH",
+        default=[],
+        help="event files, folders or globs (parquet, csv, jsonl, delta)",
+    )
+    parser.add_argument(
+        "--format", choices=INPUT_FORMATS, help="input format (overrides input.format)"
+    )
+
+
+def _add_items(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--items", metavar="PATH", help="item catalog (item_id, text, category)")
+
+
+def _add_truth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", metavar="PATH", help="planted truth to score ARI/NMI against")
+
+
+def _add_recluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recluster",
+        dest="recluster_now",
+        action="store_true",
+        help="re-cluster whatever the drift",
+    )
+
+
+def _add_holdout_last(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--holdout-last",
+        dest="holdout_last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="hold out each user's last N events (default: evaluate.holdout_last)",
+    )
+
+
+# One command-line option per stage input (``Stage.inputs``); the option's ``dest``
+# is the input's name, so a command passes ``getattr(args, input)`` to the stage.
+INPUT_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "events": _add_events,
+    "items": _add_items,
+    "truth": _add_truth,
+    "recluster_now": _add_recluster,
+    "holdout_last": _add_holdout_last,
+}
+
+
+def inputs_of(command: str) -> tuple[str, ...]:
+    """The inputs of every stage ``command`` runs, each once, in pipeline order."""
+    seen: dict[str, None] = {}
+    for stage in STAGES:
+        if command in stage.commands:
+            seen.update(dict.fromkeys(stage.inputs))
+    return tuple(seen)
+
+
+def _add_inputs(parser: argparse.ArgumentParser, inputs: Iterable[str]) -> None:
+    for name in inputs:
+        INPUT_OPTIONS[name](parser)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="YAML config merged over the defaults")
+    common.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one setting, e.g. --set cluster.k=12 (repeatable)",
+    )
+    common.add_argument("--output", metavar="DIR", help="store root (overrides store.root)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (kept in one place so --help stays true)."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="usersegments",
+        description="Dynamic interest segments from user behaviour logs, as Delta tables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", parents=[common], help="write synthetic events with truth")
+    gen.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")
+    gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    gen.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of activity")
+
+    for stage in subcommand_stages():
+        _add_inputs(sub.add_parser(stage.name, parents=[common], help=stage.help), stage.inputs)
+
+    run = sub.add_parser("run", parents=[common], help=_flow(RUN))
+    _add_inputs(run, inputs_of(RUN))
+    upd = sub.add_parser(
+        "update", parents=[common], help="fold new events into the segments: " + _flow(UPDATE)
+    )
+    _add_inputs(upd, inputs_of(UPDATE))
+
+    demo = sub.add_parser("demo", parents=[common], help="generate + run on a small dataset")
+    demo.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    demo.add_argument("--dynamic", action="store_true", help="also run an update window")
+
+    cfg = sub.add_parser("config", parents=[common], help="print the effective config as YAML")
+    cfg.add_argument(
+        "--defaults", action="store_true", help="print the defaults (the text of conf/default.yaml)"
+    )
+    cfg.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every setting with its default and meaning as Markdown (the README's "
+        "configuration reference)",
+    )
+
+    tab = sub.add_parser("tables", parents=[common], help="list the tables under the store root")
+    tab.add_argument(
+        "--contracts",
+        action="store_true",
+        help="print every table's columns and types as Markdown instead (no Spark needed)",
+    )
+    return parser
+
+
+def _flow(command: str) -> str:
+    names = [
+        f"({stage.name} after a re-cluster)"
+        if stage.after_recluster and command == UPDATE
+        else stage.name
+        for stage in STAGES
+        if command in stage.commands
+    ]
+    return " -> ".join(names)

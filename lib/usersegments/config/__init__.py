@@ -1,0 +1,68 @@
+"""Typed, validated configuration: one place for every setting and its default.
+
+The defaults are the field defaults of the section models; ``conf/default.yaml`` is
+generated from them (``usersegments config --defaults``) and a test keeps the two
+equal. A run's config is the defaults, merged with the YAML file given by
+``--config``, then the repeated ``--set dotted.key=value`` overrides, then
+``--output`` (which sets ``store.root``). Unknown keys, wrong types and
+out-of-range values fail before any work starts, naming the key, the value
+given, what is allowed and where the value came from.
+
+Modules:
+
+- ``section``: the base of every section (unknown keys rejected) and shared field checks;
+- ``models``: the spark, store, input and embed sections and ``Config``, the whole;
+- ``stages``: the profile, cluster, label, recommend, evaluate, update, report and
+  privacy sections;
+- ``loader``: ``load_config`` and ``config_from_dict`` (YAML, ``--set``, merging);
+- ``messages``: validation errors as one-line ``ConfigError`` messages;
+- ``reference``: ``defaults_yaml`` and ``config_reference``, generated from the model.
+"""
+
+from usersegments.config.loader import config_from_dict, load_config
+from usersegments.config.models import (
+    DEFAULT_MODEL,
+    ColumnMapping,
+    Config,
+    EmbedConfig,
+    InputConfig,
+    ItemColumnMapping,
+    SparkConfig,
+    StoreConfig,
+)
+from usersegments.config.reference import config_reference, defaults_yaml
+from usersegments.config.stages import (
+    ClusterConfig,
+    EvaluateConfig,
+    LabelConfig,
+    PrivacyConfig,
+    ProfileConfig,
+    RecommendConfig,
+    ReportConfig,
+    SubClusterConfig,
+    UpdateConfig,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ClusterConfig",
+    "ColumnMapping",
+    "Config",
+    "EmbedConfig",
+    "EvaluateConfig",
+    "InputConfig",
+    "ItemColumnMapping",
+    "LabelConfig",
+    "PrivacyConfig",
+    "ProfileConfig",
+    "RecommendConfig",
+    "ReportConfig",
+    "SparkConfig",
+    "StoreConfig",
+    "SubClusterConfig",
+    "UpdateConfig",
+    "config_from_dict",
+    "config_reference",
+    "defaults_yaml",
+    "load_config",
+]

