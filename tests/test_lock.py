@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import _TEST_OVERRIDES
 from usersegments.cli import main
 from usersegments.config import StoreConfig
-from usersegments.lock import LOCK_FILE, RunLock, RunLocked, read_holder
+from usersegments.lock import LOCK_FILE, RunLock, RunLocked, lock_path, read_holder
 
 
 def foreign_lock(root, host="another-host", age_seconds=0.0):
@@ -73,6 +73,12 @@ def test_object_store_roots_take_no_lock():
     lock = RunLock("s3://bucket/usersegments", "run-a", "run", StoreConfig()).acquire()
     assert lock.path is None
     lock.release()
+
+
+def test_lock_path_of_local_and_object_store_roots(tmp_path):
+    assert lock_path(str(tmp_path)) == tmp_path / LOCK_FILE
+    assert lock_path(f"file://{tmp_path}") == tmp_path / LOCK_FILE
+    assert lock_path("abfss://c@acct.dfs.core.windows.net/segments") is None
 
 
 def test_a_command_on_a_locked_root_stops_before_writing(spark, tmp_path, capsys):

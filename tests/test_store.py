@@ -11,7 +11,7 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from usersegments.errors import SchemaMismatchError, StoreError
+from usersegments.errors import InputError, SchemaMismatchError, StoreError
 from usersegments.store import TableStore, resolve_backend
 
 SCHEMA = "id string, ts timestamp, day date, score double, vec array<float>, n int"
@@ -214,3 +214,9 @@ def test_row_objects_survive(spark, store):
     df = spark.createDataFrame([Row(id="q", n=1)])
     store.write(df, "r")
     assert store.read("r").collect() == [Row(id="q", n=1)]
+
+
+def test_read_path_of_a_folder_without_delta_log_names_the_fix(rs_store, tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="is not a Delta table .* set its format"):
+        rs_store.read_path(str(tmp_path / "plain"))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from usersegments.config import StoreConfig
 from usersegments.errors import UserSegmentsError
+from usersegments.paths import is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,9 @@ class RunLock:
 
 def lock_path(root: str) -> Path | None:
     """The lock file of a store root; None for object-store roots (no atomic create)."""
-    if "://" in root and not root.startswith("file://"):
+    if not is_local(root):
         return None
-    local = root[len("file://") :] if root.startswith("file://") else root
-    return Path(local) / LOCK_FILE
+    return local_path(root) / LOCK_FILE
 
 
 def read_holder(path: Path) -> dict:
@@ -164,6 +164,7 @@ def read_holder(path: Path) -> dict:
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,47 @@
+"""TableStore: every table of a run is a Delta table under one root.
+
+Two real Delta backends sit behind one interface:
+
+- ``delta-spark``: ``format("delta")`` and ``DeltaTable.forPath(...).merge``, for
+  clusters and Databricks (the Delta jars on the JVM classpath).
+- ``delta-rs`` (the ``deltalake`` package): the embedded default in local mode,
+  where no Delta jars can be had. Spark computes; the DataFrame is staged as
+  Parquet and streamed as Arrow batches into delta-rs.
+
+Modules:
+
+- ``table_store``: ``TableStore``, ``Maintenance`` and ``resolve_backend`` (which backend).
+- ``backend``: the ``Backend`` protocol, ``MergeResult``, ``TableVersion``, mode literals.
+- ``checks``: option, column, merge-key and schema-compatibility checks before a commit.
+- ``delta_rs``: the delta-rs backend and ``StagedRows`` (Spark -> Parquet -> Arrow stream).
+- ``delta_spark``: the delta-spark backend and ``DELTA_SPARK_PACKAGE`` (its jars).
+
+>>> store = TableStore.from_config(spark, cfg)          # doctest: +SKIP
+>>> store.write(df, "events", mode="append", partition_by=["event_date"])  # doctest: +SKIP
+>>> store.merge(df, "events", on=["event_id"])           # doctest: +SKIP
+"""
+
+from usersegments.store.backend import (
+    MatchedAction,
+    MergeResult,
+    NotMatchedAction,
+    TableVersion,
+    WriteMode,
+)
+from usersegments.store.checks import check_schema_compatible
+from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, delta_spark_package
+from usersegments.store.table_store import Maintenance, TableStore, resolve_backend
+
+__all__ = [
+    "DELTA_SPARK_PACKAGE",
+    "Maintenance",
+    "MatchedAction",
+    "MergeResult",
+    "NotMatchedAction",
+    "TableStore",
+    "TableVersion",
+    "WriteMode",
+    "check_schema_compatible",
+    "delta_spark_package",
+    "resolve_backend",
+]

@@ -1,0 +1,67 @@
+"""The interface every Delta backend implements, and the values it hands back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
+
+WriteMode = Literal["append", "overwrite"]
+MatchedAction = Literal["update", "ignore"]
+NotMatchedAction = Literal["insert", "ignore"]
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Rows a merge inserted into and updated in its target table."""
+
+    inserted: int
+    updated: int
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """One commit of a table, as ``TableStore.history`` reports it."""
+
+    version: int
+    timestamp: datetime
+    operation: str
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class Backend(Protocol):
+    """One way to reach Delta tables by path; ``TableStore`` does the checks around it."""
+
+    name: str
+
+    def exists(self, path: str) -> bool: ...
+
+    def read(self, path: str, version: int | None) -> DataFrame: ...
+
+    def write(self, df: DataFrame, path: str, mode: WriteMode, partition_by: list[str]) -> None: ...
+
+    def merge(
+        self,
+        df: DataFrame,
+        path: str,
+        on: Sequence[str],
+        when_matched: MatchedAction,
+        when_not_matched: NotMatchedAction,
+    ) -> MergeResult: ...
+
+    def version(self, path: str) -> int: ...
+
+    def history(self, path: str) -> list[TableVersion]: ...
+
+    def schema(self, path: str) -> StructType: ...
+
+    def file_count(self, path: str) -> int: ...
+
+    def compact(self, path: str) -> None: ...
+
+    def vacuum(self, path: str, retention_hours: float) -> int: ...

@@ -1,0 +1,225 @@
+"""The delta-rs backend (the ``deltalake`` package), embedded for local mode.
+
+Spark computes; a DataFrame to commit is staged as Parquet by Spark (distributed,
+bounded memory) and streamed from there as Arrow batches into ``write_deltalake`` /
+``DeltaTable.merge`` (``StagedRows``). Reads come back into Spark from the files the
+Delta log names for the wanted version (never a directory listing).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+from pyspark.sql.types import StructType
+
+from usersegments.errors import StoreError
+from usersegments.store.backend import (
+    MatchedAction,
+    MergeResult,
+    NotMatchedAction,
+    TableVersion,
+    WriteMode,
+)
+
+
+class DeltaRsBackend:
+    """Delta tables through delta-rs, with Spark doing the computing (local mode)."""
+
+    name = "delta-rs"
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        batch_rows: int,
+        staging_dir: str | None,
+        storage_options: dict[str, str],
+    ) -> None:
+        self.spark = spark
+        self.batch_rows = batch_rows
+        self.staging_dir = staging_dir
+        self.storage_options = dict(storage_options) or None
+
+    def _table(self, path: str, version: int | None = None) -> Any:
+        from deltalake import DeltaTable
+
+        return DeltaTable(path, version=version, storage_options=self.storage_options)
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` holds a Delta table."""
+        from deltalake import DeltaTable
+
+        return bool(DeltaTable.is_deltatable(path, storage_options=self.storage_options))
+
+    def schema(self, path: str) -> StructType:
+        """The Spark schema of the table's latest version."""
+        return _spark_schema(self._table(path))
+
+    def read(self, path: str, version: int | None) -> DataFrame:
+        """The table at ``path``, at ``version`` or the latest, read by Spark."""
+        table = self._table(path, version)
+        _check_readable(table, path)
+        schema = _spark_schema(table)
+        files = table.file_uris()
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        # A user-given schema makes Spark take partition column types from it, not
+        # infer them from the folder names; basePath makes it read those folders.
+        df = self.spark.read.schema(schema).option("basePath", path).parquet(*files)
+        return df.select(*[F.col(f"`{c}`") for c in schema.fieldNames()])
+
+    def write(self, df: DataFrame, path: str, mode: WriteMode, partition_by: list[str]) -> None:
+        """Append or overwrite (schema included) the table at ``path``."""
+        from deltalake import write_deltalake
+
+        with self._staged(df) as reader:
+            write_deltalake(
+                path,
+                reader,
+                mode=mode,
+                partition_by=partition_by or None,
+                schema_mode="overwrite" if mode == "overwrite" else None,
+                storage_options=self.storage_options,
+            )
+
+    def merge(
+        self,
+        df: DataFrame,
+        path: str,
+        on: Sequence[str],
+        when_matched: MatchedAction,
+        when_not_matched: NotMatchedAction,
+    ) -> MergeResult:
+        """Upsert ``df`` on the keys ``on`` with a streamed delta-rs merge."""
+        predicate = " AND ".join(f't."{k}" = s."{k}"' for k in on)
+        # The target's column order, so that insert_all/update_all line up by name and type.
+        target_columns = self.schema(path).fieldNames()
+        with self._staged(df.select(*[F.col(f"`{c}`") for c in target_columns])) as reader:
+            merger = self._table(path).merge(
+                source=reader,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                streamed_exec=True,
+            )
+            if when_matched == "update":
+                merger = merger.when_matched_update_all()
+            if when_not_matched == "insert":
+                merger = merger.when_not_matched_insert_all()
+            metrics = merger.execute()
+        return MergeResult(
+            inserted=int(metrics.get("num_target_rows_inserted", 0)),
+            updated=int(metrics.get("num_target_rows_updated", 0)),
+        )
+
+    def version(self, path: str) -> int:
+        """The latest committed version."""
+        return int(self._table(path).version())
+
+    def file_count(self, path: str) -> int:
+        """Data files in the latest version."""
+        return len(self._table(path).file_uris())
+
+    def compact(self, path: str) -> None:
+        """Rewrite small files into few (OPTIMIZE)."""
+        self._table(path).optimize.compact()
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        """Delete files no version of the last ``retention_hours`` needs, checkpoint the
+        log and drop its expired entries; returns the number of files deleted."""
+        table = self._table(path)
+        removed = table.vacuum(
+            retention_hours=math.floor(retention_hours),
+            dry_run=False,
+            enforce_retention_duration=False,
+        )
+        # A checkpoint lets readers skip replaying every JSON commit of a long history.
+        table.create_checkpoint()
+        table.cleanup_metadata()
+        return len(removed)
+
+    def history(self, path: str) -> list[TableVersion]:
+        """Every commit, newest first."""
+        entries = sorted(self._table(path).history(), key=lambda e: -int(e["version"]))
+        return [
+            TableVersion(
+                version=int(e["version"]),
+                timestamp=datetime.fromtimestamp(int(e["timestamp"]) / 1000, tz=timezone.utc),
+                operation=str(e.get("operation", "")),
+                parameters=dict(e.get("operationParameters") or {}),
+                metrics=dict(e.get("operationMetrics") or {}),
+            )
+            for e in entries
+        ]
+
+    def _staged(self, df: DataFrame) -> StagedRows:
+        return StagedRows(df, self.staging_dir, self.batch_rows)
+
+
+class StagedRows:
+    """Context manager: Spark writes ``df`` as Parquet; yields an Arrow stream over it.
+
+    Memory stays bounded by ``batch_rows`` whatever the size of ``df``; the staging
+    folder is removed on exit, also when the commit fails.
+    """
+
+    def __init__(self, df: DataFrame, staging_dir: str | None, batch_rows: int) -> None:
+        self.df = df
+        self.batch_rows = batch_rows
+        base = staging_dir or tempfile.gettempdir()
+        self.folder = os.path.join(base, f"usersegments-stage-{uuid.uuid4().hex}")
+
+    def __enter__(self) -> pa.RecordBatchReader:
+        self.df.write.mode("overwrite").parquet(self.folder)
+        schema = _all_nullable(to_arrow_schema(self.df.schema, timezone="UTC"))
+        files = sorted(str(p) for p in Path(self.folder).glob("*.parquet"))
+        return pa.RecordBatchReader.from_batches(schema, self._batches(files, schema))
+
+    def _batches(self, files: list[str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        if not files:
+            return
+        dataset = pads.dataset(files, format="parquet")
+        for batch in dataset.to_batches(batch_size=self.batch_rows):
+            if batch.num_rows:
+                yield _conform_batch(batch, schema)
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _conform_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    columns = [batch.column(field.name).cast(field.type) for field in schema]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _all_nullable(schema: pa.Schema) -> pa.Schema:
+    # Spark's nullability flags are not stable across plans; Delta tables keep columns
+    # nullable so an append never fails on a flag alone.
+    return pa.schema([field.with_nullable(True) for field in schema])
+
+
+def _spark_schema(table: Any) -> StructType:
+    arrow_schema = pa.schema(table.schema().to_arrow())
+    return from_arrow_schema(arrow_schema)
+
+
+def _check_readable(table: Any, path: str) -> None:
+    features = set(table.protocol().reader_features or [])
+    unsupported = features & {"deletionVectors", "columnMapping"}
+    if unsupported:
+        raise StoreError(
+            f"Delta table {path!r} uses {sorted(unsupported)}, which the delta-rs backend "
+            "cannot hand to Spark file by file; read it with store.backend=delta-spark"
+        )

@@ -1,0 +1,262 @@
+"""``TableStore``: every table of a run is a Delta table under one root; and
+``resolve_backend``, which picks the Delta backend behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from usersegments.config import Config
+from usersegments.errors import ConfigError, InputError, MissingTableError, StoreError
+from usersegments.paths import is_local, local_path
+from usersegments.session import delta_classes_loaded, delta_spark_ready
+from usersegments.store.backend import (
+    Backend,
+    MatchedAction,
+    MergeResult,
+    NotMatchedAction,
+    TableVersion,
+    WriteMode,
+)
+from usersegments.store.checks import (
+    check_choice,
+    check_columns_exist,
+    check_schema_compatible,
+    check_unique_keys,
+)
+from usersegments.store.delta_rs import DeltaRsBackend
+from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, DeltaSparkBackend
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What ``TableStore.maintain`` did to one table."""
+
+    table: str
+    files_before: int
+    files_after: int
+    compacted: bool
+    files_vacuumed: int
+
+
+class TableStore:
+    """Read, write, merge, version and time-travel the Delta tables under ``root``."""
+
+    def __init__(self, spark: SparkSession, root: str, backend: Backend) -> None:
+        self.spark = spark
+        self.root = root
+        self._backend = backend
+
+    @classmethod
+    def from_config(cls, spark: SparkSession, cfg: Config) -> TableStore:
+        """Build the store for ``cfg.store`` with the backend ``resolve_backend`` picks."""
+        backend_name = resolve_backend(spark, cfg)
+        root = _normalise_root(cfg.store.root)
+        backend: Backend
+        if backend_name == "delta-spark":
+            backend = DeltaSparkBackend(spark)
+        else:
+            backend = DeltaRsBackend(
+                spark,
+                batch_rows=cfg.store.write_batch_rows,
+                staging_dir=cfg.store.staging_dir,
+                storage_options=cfg.store.storage_options,
+            )
+        if is_local(root):
+            local_path(root).mkdir(parents=True, exist_ok=True)
+        return cls(spark, root, backend)
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: ``delta-spark`` or ``delta-rs``."""
+        return self._backend.name
+
+    def path(self, name: str) -> str:
+        """Where table ``name`` lives: one folder per table under the root."""
+        if not name or "/" in name or name.startswith((".", "_")):
+            raise ValueError(f"table name {name!r} must be a plain folder name")
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def exists(self, name: str) -> bool:
+        """Whether table ``name`` has at least one commit."""
+        return self._backend.exists(self.path(name))
+
+    def read(self, name: str) -> DataFrame:
+        """The current version of table ``name`` as a DataFrame."""
+        self.require(name)
+        return self._backend.read(self.path(name), None)
+
+    def read_version(self, name: str, version: int) -> DataFrame:
+        """Table ``name`` as it was at ``version`` (time travel)."""
+        self.require(name)
+        current = self.version(name)
+        if not 0 <= version <= current:
+            raise StoreError(
+                f"table '{name}' has versions 0..{current}; version {version} does not exist"
+            )
+        return self._backend.read(self.path(name), version)
+
+    def read_path(self, path: str) -> DataFrame:
+        """Any Delta table by its path (an input, not one of this store's tables)."""
+        if not self._backend.exists(path):
+            raise InputError(
+                f"{path!r} is not a Delta table (no _delta_log with commits): point the "
+                "source at a Delta table's folder, or set its format to the files' format"
+            )
+        return self._backend.read(path, None)
+
+    def schema(self, name: str) -> StructType:
+        """The Spark schema of table ``name``'s current version."""
+        self.require(name)
+        return self._backend.schema(self.path(name))
+
+    def write(
+        self,
+        df: DataFrame,
+        name: str,
+        mode: WriteMode = "append",
+        partition_by: Sequence[str] | None = None,
+    ) -> None:
+        """Append ``df`` to table ``name`` (creating it) or overwrite it, schema included.
+
+        Appending rows whose columns or types differ from the table's raises
+        ``SchemaMismatchError`` before anything is written.
+        """
+        check_choice("mode", mode, ("append", "overwrite"))
+        partitions = list(partition_by or [])
+        check_columns_exist(df, partitions, "partition_by")
+        path = self.path(name)
+        if mode == "append" and self._backend.exists(path):
+            check_schema_compatible(self._backend.schema(path), df.schema, name)
+        self._backend.write(df, path, mode, partitions)
+
+    def merge(
+        self,
+        df: DataFrame,
+        name: str,
+        on: Sequence[str],
+        when_matched: MatchedAction = "update",
+        when_not_matched: NotMatchedAction = "insert",
+        partition_by: Sequence[str] | None = None,
+    ) -> MergeResult:
+        """Upsert ``df`` into table ``name`` on the key columns ``on``.
+
+        Matched rows are updated (or left alone with ``when_matched="ignore"``);
+        new keys are inserted (or dropped with ``when_not_matched="ignore"``).
+        A table that does not exist yet is created (``partition_by`` applies then).
+        Keys must be non-null and unique in ``df``: merging the same rows twice
+        changes nothing the second time.
+        """
+        check_choice("when_matched", when_matched, ("update", "ignore"))
+        check_choice("when_not_matched", when_not_matched, ("insert", "ignore"))
+        keys = list(on)
+        if not keys:
+            raise ValueError("merge needs at least one key column in 'on'")
+        check_columns_exist(df, keys, "on")
+        check_unique_keys(df, keys, name)
+        path = self.path(name)
+        if not self._backend.exists(path):
+            if when_not_matched == "ignore":
+                return MergeResult(inserted=0, updated=0)
+            count = df.count()
+            self.write(df, name, mode="append", partition_by=partition_by)
+            return MergeResult(inserted=count, updated=0)
+        check_schema_compatible(self._backend.schema(path), df.schema, name)
+        return self._backend.merge(df, path, keys, when_matched, when_not_matched)
+
+    def version(self, name: str) -> int:
+        """The latest committed version of table ``name`` (0 after its first write)."""
+        self.require(name)
+        return self._backend.version(self.path(name))
+
+    def history(self, name: str) -> list[TableVersion]:
+        """Every commit of table ``name``, newest first."""
+        self.require(name)
+        return self._backend.history(self.path(name))
+
+    def file_count(self, name: str) -> int:
+        """Data files in table ``name``'s current version."""
+        self.require(name)
+        return self._backend.file_count(self.path(name))
+
+    def maintain(self, name: str, compact_min_files: int, retention_hours: float) -> Maintenance:
+        """Keep table ``name`` fast to read as commits pile up: compact its small files
+        into few (a new version with the same rows) once it has ``compact_min_files``,
+        checkpoint its log, and vacuum data files that no version of the last
+        ``retention_hours`` needs (time travel beyond that is given up)."""
+        before = self.file_count(name)
+        if before >= compact_min_files:
+            self._backend.compact(self.path(name))
+        after = self.file_count(name)
+        vacuumed = self._backend.vacuum(self.path(name), retention_hours)
+        # Compacted means fewer files: a table already at one file per partition (events
+        # by day) is left as it is by the backend.
+        return Maintenance(name, before, after, after < before, vacuumed)
+
+    def tables(self) -> list[str]:
+        """Names of the tables present under the root (local roots only)."""
+        if not is_local(self.root) or not local_path(self.root).is_dir():
+            return []
+        return sorted(
+            p.name for p in local_path(self.root).iterdir() if p.is_dir() and self.exists(p.name)
+        )
+
+    def require(self, *names: str, fix: str = "run the stage that writes it first") -> None:
+        """Raise ``MissingTableError`` naming the first of ``names`` that does not exist
+        yet, with ``fix`` (e.g. "run `usersegments run` first") as the way out."""
+        for name in names:
+            if not self._backend.exists(self.path(name)):
+                raise MissingTableError(
+                    f"table '{name}' does not exist under {self.root!r}: {fix} "
+                    "(see `usersegments --help` for the stages and their order)"
+                )
+
+
+def resolve_backend(spark: SparkSession, cfg: Config) -> str:
+    """Pick the Delta backend for ``cfg.store.backend`` on this session.
+
+    ``auto`` takes delta-spark when the session has Delta (classes and extension),
+    else delta-rs when Spark runs in local mode, else fails naming the fix.
+    """
+    wanted = cfg.store.backend
+    if wanted == "delta-spark":
+        _require_delta_spark(spark)
+        return "delta-spark"
+    if wanted == "delta-rs":
+        return "delta-rs"
+    if cfg.spark.mode == "databricks" or delta_spark_ready(spark):
+        return "delta-spark"
+    master = spark.sparkContext.master if getattr(spark, "_jvm", None) is not None else ""
+    if master.startswith("local"):
+        return "delta-rs"
+    raise ConfigError(
+        f"store.backend is 'auto' and Spark runs on {master!r} without Delta: add --packages "
+        f"{DELTA_SPARK_PACKAGE} with the Delta extension settings (see conf/cluster.yaml), or "
+        "set store.backend explicitly"
+    )
+
+
+def _require_delta_spark(spark: SparkSession) -> None:
+    """Raise ``StoreError`` naming the fix when the session cannot use delta-spark."""
+    if not delta_classes_loaded(spark):
+        raise StoreError(
+            "store.backend is 'delta-spark' but the Delta jars are not on the classpath: "
+            f"start Spark with --packages {DELTA_SPARK_PACKAGE} (or run on Databricks), "
+            "or set store.backend to delta-rs in local mode"
+        )
+    if not delta_spark_ready(spark):
+        raise StoreError(
+            "store.backend is 'delta-spark' but the session lacks Delta's extension: add "
+            "--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension --conf "
+            "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
+
+
+def _normalise_root(root: str) -> str:
+    """An absolute, ``~``-expanded path for a local root; an object-store URI unchanged."""
+    if is_local(root):
+        return str(local_path(root).resolve())
+    return root
