@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from usersegments.config import load_config  # noqa: E402
 from usersegments.embed import EmbedderSpec, TextEmbedder, resolve_model_path  # noqa: E402
-from usersegments.synthetic import GeneratorSettings, generate  # noqa: E402
+from usersegments.testing.synthetic import GeneratorSettings, generate  # noqa: E402
 
 
 def realistic_texts(n: int, seed: int = 5) -> list[str]:

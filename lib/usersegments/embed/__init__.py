@@ -1,0 +1,31 @@
+"""Embed: distinct texts of ``events`` -> ``text_embeddings``, each text once per model.
+
+Modules:
+
+- ``model``: ``resolve_model_path``, ``weights_digest``, ``model_id`` and the
+  picklable ``EmbedderSpec`` (which model, and every setting that changes vectors).
+- ``embedder``: ``TextEmbedder`` on torch (length-sorted micro-batches, pooling,
+  int8), device resolution and the per-process embedder cache ``get_embedder``.
+- ``onnx``: ONNX export, ONNX Runtime int8 quantization and CPU sessions.
+- ``udf``: the Spark iterator pandas UDF and the task's GPU address.
+- ``stage``: the ``embed`` stage ``run_embed``, ``texts_to_embed`` and
+  ``model_vectors`` (the cached vectors later stages read).
+"""
+
+from __future__ import annotations
+
+from usersegments.config import DEFAULT_MODEL
+from usersegments.embed.embedder import TextEmbedder, get_embedder
+from usersegments.embed.model import EmbedderSpec, model_id, resolve_model_path
+from usersegments.embed.stage import model_vectors, run_embed
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EmbedderSpec",
+    "TextEmbedder",
+    "get_embedder",
+    "model_id",
+    "model_vectors",
+    "resolve_model_path",
+    "run_embed",
+]

