@@ -27,6 +27,7 @@ from usersegments.ingest import (
     run_ingest,
 )
 from usersegments.store import TableStore
+from usersegments.times import collected_utc, setting_utc
 
 GOOD = pd.DataFrame(
     {
@@ -123,9 +124,7 @@ def test_schema_drift_between_parquet_files(spark, tmp_path):
     rows = {r["user_id"]: r for r in store.read("events").collect()}
     assert sorted(rows) == ["3", "u1", "u2", "u5"]
     assert rows["3"]["value"] == 4.5 and rows["u5"]["value"] is None
-    assert rows["3"]["event_time"].astimezone(timezone.utc) == datetime(
-        2026, 1, 1, tzinfo=timezone.utc
-    )
+    assert collected_utc(rows["3"]["event_time"]) == datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +225,7 @@ def test_fuzzed_rows_are_each_accepted_clean_or_rejected_with_a_reason(spark, tm
     finally:
         classified.unpersist()
     assert len(accepted) <= reasons.count(None)
-    earliest = cfg.input.min_time.replace(tzinfo=timezone.utc)
+    earliest = setting_utc(cfg.input.min_time)
     latest = NOW + timedelta(hours=cfg.input.future_tolerance_hours)
     for row in accepted:
         text = row["text"]
@@ -235,6 +234,6 @@ def test_fuzzed_rows_are_each_accepted_clean_or_rejected_with_a_reason(spark, tm
         assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text)
         assert "\u202e" not in text and "\ufffd" not in text
         assert row["user_id"].strip() == row["user_id"] != ""
-        assert earliest <= row["event_time"].astimezone(timezone.utc) <= latest
+        assert earliest <= collected_utc(row["event_time"]) <= latest
         value = row["value"]
         assert value is None or abs(value) < float("inf")

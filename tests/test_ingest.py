@@ -26,14 +26,10 @@ from usersegments.ingest import (
     run_ingest,
 )
 from usersegments.store import TableStore
-from usersegments.synthetic import GeneratorSettings, generate, write
+from usersegments.testing.synthetic import GeneratorSettings, generate, write
+from usersegments.times import collected_utc
 
 NOW = datetime(2026, 10, 1, tzinfo=timezone.utc)
-
-
-def utc(value: datetime) -> datetime:
-    """PySpark returns naive datetimes in the machine's zone; make them aware UTC."""
-    return value.astimezone(timezone.utc)
 
 
 @pytest.fixture
@@ -97,7 +93,9 @@ def test_every_reject_reason_comes_from_its_row(spark, ingest, tmp_path):
     assert events["u1"]["text"] == 'Trail shoes, size 42 "wide"'
     assert events["u2"]["text"] == "multi line query"
     assert events["u2"]["event_time"] == events["u3"]["event_time"]  # s and ms agree
-    assert utc(events["u2"]["event_time"]) == datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+    assert collected_utc(events["u2"]["event_time"]) == datetime(
+        2026, 1, 5, 10, 0, tzinfo=timezone.utc
+    )
     assert events["u10"]["text"] == "Caf\u00e9 au lait"
     assert events["u10"]["event_type"] == "view"  # the default type
     assert events["u10"]["value"] == 4.0
@@ -185,7 +183,7 @@ def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
     assert rows["review"]["text"] == "Carbon Plate Marathon Shoes | works great"
     assert rows["purchase"]["category"] == "running"
     # zone-less times are Paris time: 08:00 in March is 07:00 UTC
-    assert utc(rows["purchase"]["event_time"]).hour == 7
+    assert collected_utc(rows["purchase"]["event_time"]).hour == 7
 
 
 def test_parquet_typed_columns_and_delta_input(spark, ingest, tmp_path):
@@ -206,7 +204,7 @@ def test_parquet_typed_columns_and_delta_input(spark, ingest, tmp_path):
     store, m = ingest(tmp_path / "typed.parquet")
     assert m["accepted"] == 1 and m["rejected.bad_value"] == 1  # NaN is not a value
     got = store.read("events").first()
-    assert utc(got["event_time"]) == datetime(2026, 2, 1, 10, 0, tzinfo=timezone.utc)
+    assert collected_utc(got["event_time"]) == datetime(2026, 2, 1, 10, 0, tzinfo=timezone.utc)
     # A Delta table is an input too: the events table itself re-ingests to nothing new.
     source = tmp_path / "delta-in"
     source_store = TableStore.from_config(spark, make_config(source))
@@ -325,7 +323,7 @@ def test_parse_event_time(spark):
     for text, expected in cases.items():
         actual = got[text]
         if actual is not None:
-            actual = utc(actual).replace(tzinfo=None)
+            actual = collected_utc(actual).replace(tzinfo=None)
         assert actual == expected, text
 
 

@@ -1,0 +1,73 @@
+"""Ingest: raw event files -> ``events`` (clean, typed, deduplicated) + ``events_rejected``.
+
+Nothing is lost: every row read is accepted, rejected with a stable reason
+code, or counted as a duplicate, and ``rows read = accepted + rejected +
+duplicates`` is checked at the end of every run.
+
+Every input format first becomes one *raw* frame of strings (the columns of
+the input contract, the reader's corrupt-record text and the source file), so
+one parser serves CSV, JSON lines, Parquet and Delta alike and a rejected row
+keeps exactly the values that arrived.
+
+Modules:
+
+- ``sources``: ``InputSource`` and ``resolve_inputs`` (globs, folders, formats, layouts).
+- ``unreadable``: corrupt or half-written input files as one ``InputError`` naming them.
+- ``readers``: event files and the item catalog read into the raw frame of strings.
+- ``parsing``: event time parsing (ISO-8601, epoch by magnitude) and text normalisation.
+- ``cleaning``: reject reasons, classify/accept, dedupe, heavy users, quarantine rows.
+- ``stage``: ``run_ingest``, writing both tables, the figures and the invariant check.
+"""
+
+from __future__ import annotations
+
+from usersegments.ingest.cleaning import (
+    BAD_EVENT_TIME,
+    BAD_VALUE,
+    EMPTY_TEXT,
+    INVALID_ENCODING,
+    MALFORMED_ROW,
+    MISSING_USER_ID,
+    REJECT_REASONS,
+    USER_EVENT_CAP,
+    classify_events,
+    deduplicate,
+    finish_accepted,
+    split_heavy_users,
+    to_events,
+    to_rejected,
+)
+from usersegments.ingest.parsing import normalize_text_column, normalize_texts, parse_event_time
+from usersegments.ingest.readers import RAW_COLUMNS, read_items, read_raw_events
+from usersegments.ingest.sources import InputSource, resolve_inputs
+from usersegments.ingest.stage import check_invariant, run_ingest
+from usersegments.ingest.unreadable import reading, unreadable_input
+
+__all__ = [
+    "BAD_EVENT_TIME",
+    "BAD_VALUE",
+    "EMPTY_TEXT",
+    "INVALID_ENCODING",
+    "MALFORMED_ROW",
+    "MISSING_USER_ID",
+    "RAW_COLUMNS",
+    "REJECT_REASONS",
+    "USER_EVENT_CAP",
+    "InputSource",
+    "check_invariant",
+    "classify_events",
+    "deduplicate",
+    "finish_accepted",
+    "normalize_text_column",
+    "normalize_texts",
+    "parse_event_time",
+    "reading",
+    "read_items",
+    "read_raw_events",
+    "resolve_inputs",
+    "run_ingest",
+    "split_heavy_users",
+    "to_events",
+    "to_rejected",
+    "unreadable_input",
+]
