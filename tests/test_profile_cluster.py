@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 
 from tests.helpers import metrics_of
@@ -20,7 +19,10 @@ from usersegments.cluster import (
     subcluster_group,
 )
 from usersegments.config import load_config
-from usersegments.profile import event_weight, profiles_from_sums, weighted_sums
+from usersegments.errors import InputError
+from usersegments.evaluate import holdout_count
+from usersegments.maintain import remove_legacy_models
+from usersegments.profile import event_weight, profiles_from_sums, resolve_as_of, weighted_sums
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
 EVENTS = "user_id string, event_time timestamp, event_type string, value double, text_hash string"
@@ -69,6 +71,37 @@ def test_weighted_mean_mixes_by_weight(spark):
     row = profiles_from_sums(sums, AS_OF, "r").first()
     expected = np.array([2.0, 6.0]) / np.linalg.norm([2.0, 6.0])  # rate weight 2 x value
     assert np.allclose(row["embedding"], expected, atol=1e-6)
+
+
+def test_as_of_from_setting_or_latest_event_and_empty_events_is_input_error(spark):
+    naive = datetime(2026, 2, 1, 12)
+    cfg = load_config().profile
+    assert resolve_as_of(None, cfg.model_copy(update={"as_of": naive})) == naive.replace(
+        tzinfo=timezone.utc
+    )
+    events = spark.createDataFrame([("u", AS_OF, "view", None, "h")], EVENTS)
+    assert resolve_as_of(events, cfg) == AS_OF
+    with pytest.raises(InputError, match="events table is empty"):
+        resolve_as_of(events.limit(0), cfg)
+
+
+def test_holdout_below_one_names_the_option():
+    cfg = load_config()
+    assert holdout_count(None, cfg) == cfg.evaluate.holdout_last
+    with pytest.raises(InputError, match=r"--holdout-last \(evaluate.holdout_last\).*got 0"):
+        holdout_count(0, cfg)
+
+
+def test_maintain_deletes_coarse_models_of_earlier_versions(tmp_path):
+    models = tmp_path / "models"
+    (models / "r1" / "coarse_bisecting_kmeans" / "leaf_to_cluster").mkdir(parents=True)
+    (models / "r2" / "coarse_bisecting_kmeans").mkdir(parents=True)
+    (models / "r2" / "keep.txt").write_text("not ours")
+    assert remove_legacy_models(None, str(tmp_path)) == 2
+    assert sorted(p.name for p in models.iterdir()) == ["r2"]
+    assert [p.name for p in (models / "r2").iterdir()] == ["keep.txt"]
+    assert remove_legacy_models(None, f"file://{tmp_path}") == 0
+    assert remove_legacy_models(None, str(tmp_path / "no-store-yet")) == 0
 
 
 def blobs(n_per, centers, noise, seed=0):
@@ -147,26 +180,6 @@ def test_every_profiled_user_once_and_no_small_segment(planted):
     per_segment = segs.groupBy("segment_id").count()
     mismatched = per_segment.join(segments, "segment_id").filter("count != size").count()
     assert mismatched == 0
-
-
-def test_saved_model_reassigns_every_user(spark, planted):
-    from usersegments.cluster import FEATURES, load_coarse
-
-    store = planted.store
-    path = store.root + f"/models/{planted.run_id}/coarse_bisecting_kmeans"
-    coarse = load_coarse(spark, path)
-    assert len(coarse.leaf_to_cluster) == coarse.model.getK()
-    assert coarse.k == metrics_of(store, planted.run_id, "cluster")["k"]
-    users = store.read("user_profiles").select(
-        "user_id", array_to_vector("embedding").alias(FEATURES)
-    )
-    again = coarse.assign(users).select("user_id", F.col("cluster_id").alias("again"))
-    stored = store.read("user_segments").select("user_id", "cluster_id")
-    both = stored.join(again, "user_id")
-    assert both.count() == stored.count()
-    # The stored membership is settled to the nearest segment (settle_to_nearest); the
-    # tree's own descent disagrees only for the few users near a boundary.
-    assert both.filter("again != cluster_id").count() <= 0.05 * stored.count()
 
 
 def test_every_user_sits_at_the_segment_an_update_would_keep(planted):

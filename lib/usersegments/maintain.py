@@ -13,15 +13,21 @@ down with the number of files and of log entries. At the end of ``run`` and
 
 Each step is one Delta commit or a deletion of unreferenced files: a crash between
 steps leaves every table readable, and the next run's maintain finishes the work.
+
+It also deletes the ``<root>/models/<run_id>/coarse*`` folders earlier versions
+saved with every full run (coarse MLlib models nothing ever read back).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from usersegments.config import Config
+from usersegments.paths import is_local, local_path
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TABLES
 from usersegments.store import TableStore
@@ -35,6 +41,7 @@ def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLo
     if not scfg.maintenance:
         log.info("maintain: off (store.maintenance=false)")
         return StageResult(stage="maintain", metrics={"tables_maintained": 0})
+    remove_legacy_models(spark, store.root)
     done = [
         store.maintain(name, scfg.compact_min_files, scfg.vacuum_retention_hours)
         for name in TABLES
@@ -59,3 +66,44 @@ def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLo
     )
     tables = {d.table: store.version(d.table) for d in compacted}
     return StageResult(stage="maintain", tables=tables, metrics=metrics)
+
+
+def remove_legacy_models(spark: SparkSession | None, root: str) -> int:
+    """Delete the ``<root>/models/*/coarse*`` folders left by earlier versions; the number
+    deleted. Object-store roots go through Spark's Hadoop FileSystem; where that is not
+    reachable (Spark Connect) they are left, with a log line, as they harm nothing."""
+    if is_local(root):
+        return _remove_local_models(local_path(root) / "models")
+    try:
+        jvm = spark._jvm  # type: ignore[union-attr]
+        pattern = jvm.org.apache.hadoop.fs.Path(f"{root.rstrip('/')}/models/*/coarse*")
+        fs = pattern.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+        found = list(fs.globStatus(pattern) or [])
+        for status in found:
+            fs.delete(status.getPath(), True)
+    except Exception as exc:  # leftovers are harmless: never fail maintain over them
+        log.info("maintain: old coarse models under %s/models left in place (%s)", root, exc)
+        return 0
+    if found:
+        log.info("maintain: deleted %d old coarse model folders under %s", len(found), root)
+    return len(found)
+
+
+def _remove_local_models(models: Path) -> int:
+    """Delete ``models/*/coarse*``, then the run folders and ``models`` left empty."""
+    if not models.is_dir():
+        return 0
+    found = sorted(models.glob("*/coarse*"))
+    for folder in found:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
+    for run_folder in {folder.parent for folder in found}:
+        if not any(run_folder.iterdir()):
+            run_folder.rmdir()
+    if found and not any(models.iterdir()):
+        models.rmdir()
+    if found:
+        log.info("maintain: deleted %d old coarse model folders under %s", len(found), models)
+    return len(found)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -24,10 +24,12 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config, ProfileConfig
 from usersegments.embed import model_id, model_vectors
-from usersegments.errors import StoreError
+from usersegments.errors import InputError
+from usersegments.frames import literal_map
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_PROFILES, conform
 from usersegments.store import TableStore
+from usersegments.times import max_time, setting_utc
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ SECONDS_PER_DAY = 86_400.0
 
 def event_weight(cfg: ProfileConfig, as_of: datetime) -> Column:
     """The weight of each event row: type weight x time decay x value transform."""
-    weights = F.create_map(*[F.lit(x) for kv in cfg.event_weights.items() for x in kv])
-    type_weight = F.coalesce(weights[F.col("event_type")], F.lit(cfg.default_event_weight))
+    type_weight = F.coalesce(
+        literal_map(cfg.event_weights)[F.col("event_type")], F.lit(cfg.default_event_weight)
+    )
     age_days = (F.lit(as_of).cast("double") - F.col("event_time").cast("double")) / SECONDS_PER_DAY
     # Events after as_of (an explicit as_of in the past) count as fresh, not as amplified.
     decay = F.exp(F.lit(-LN2 / cfg.half_life_days) * F.greatest(age_days, F.lit(0.0)))
@@ -125,13 +128,16 @@ def profiles_from_sums(sums: DataFrame, as_of: datetime, run_id: str) -> DataFra
 
 
 def resolve_as_of(events: DataFrame, cfg: ProfileConfig) -> datetime:
-    """``profile.as_of``, or the latest event time."""
+    """``profile.as_of`` (UTC when given without a zone), or the latest event time."""
     if cfg.as_of is not None:
-        return cfg.as_of if cfg.as_of.tzinfo else cfg.as_of.replace(tzinfo=timezone.utc)
-    latest = events.agg(F.max("event_time")).first()[0]
+        return setting_utc(cfg.as_of)
+    latest = max_time(events, "event_time")
     if latest is None:
-        raise StoreError("events is empty: ingest events before building profiles")
-    return latest if latest.tzinfo else latest.astimezone(timezone.utc)
+        raise InputError(
+            "the events table is empty: ingest events before building profiles "
+            "(`usersegments ingest`)"
+        )
+    return latest
 
 
 def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
@@ -141,8 +147,7 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     events = store.read("events").select(
         "user_id", "event_time", "event_type", "value", "text_hash", "run_id"
     )
-    if not store.exists("text_embeddings"):
-        raise StoreError("text_embeddings does not exist: run `usersegments embed` first")
+    store.require("text_embeddings", fix="run `usersegments embed` first")
     vectors = model_vectors(store, mid)
     as_of = resolve_as_of(events, cfg.profile)
     sums = weighted_sums(events, vectors, cfg.profile, as_of)

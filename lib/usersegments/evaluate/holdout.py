@@ -1,0 +1,82 @@
+"""The time-based holdout split and hit rate / recall of each recommender on it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from usersegments.config import Config
+from usersegments.recommend import item_scores, top_per_group, without_seen
+
+STRATEGIES = ("segment", "cluster", "popularity")
+
+
+def holdout_split(events: DataFrame, holdout_last: int, min_train_events: int) -> DataFrame:
+    """``events`` with a boolean ``held_out``: the user's last ``holdout_last`` events,
+    for users who keep at least ``min_train_events`` events (ties by event_id)."""
+    latest_first = Window.partitionBy("user_id").orderBy(F.desc("event_time"), F.desc("event_id"))
+    per_user = Window.partitionBy("user_id")
+    return (
+        events.withColumn("_pos", F.row_number().over(latest_first))
+        .withColumn("_n", F.count(F.lit(1)).over(per_user))
+        .withColumn(
+            "held_out",
+            (F.col("_pos") <= holdout_last) & (F.col("_n") >= min_train_events + holdout_last),
+        )
+        .drop("_pos", "_n")
+    )
+
+
+def hit_and_recall(recommended: DataFrame, held_out: DataFrame, users: DataFrame) -> dict:
+    """Mean hit rate and recall over ``users`` (user_id) of ``recommended`` lists
+    (user_id, item_id) against their ``held_out`` items (user_id, item_id)."""
+    targets = held_out.groupBy("user_id").agg(F.countDistinct("item_id").alias("_targets"))
+    hits = (
+        recommended.select("user_id", "item_id")
+        .join(held_out.select("user_id", "item_id").distinct(), ["user_id", "item_id"])
+        .groupBy("user_id")
+        .agg(F.count(F.lit(1)).alias("_hits"))
+    )
+    per_user = (
+        users.join(targets, "user_id").join(hits, "user_id", "left").fillna(0, subset=["_hits"])
+    )
+    row = per_user.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.avg((F.col("_hits") > 0).cast("double")).alias("hit_rate"),
+        F.avg(F.col("_hits") / F.col("_targets")).alias("recall"),
+    ).first()
+    return {
+        "users": row["users"],
+        "hit_rate": row["hit_rate"] or 0.0,
+        "recall": row["recall"] or 0.0,
+    }
+
+
+def score_strategies(
+    user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg: Config, as_of: datetime
+) -> dict[str, float]:
+    """``hit_rate@K.<strategy>``, ``recall@K.<strategy>`` for each of ``STRATEGIES`` and
+    ``users_tested``: recommendations built from ``train``, scored on ``held_out``."""
+    ecfg = cfg.evaluate
+    groups = user_segments.select(
+        "user_id", "segment_id", F.col("cluster_id").cast("string").alias("cluster_id")
+    ).withColumn("everyone", F.lit("all"))
+    tested = groups.select("user_id").join(held_out.select("user_id").distinct(), "user_id")
+    seen = train.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
+    if not ecfg.exclude_seen:
+        seen = seen.limit(0)
+    metrics: dict[str, float] = {}
+    for strategy, column in zip(STRATEGIES, ("segment_id", "cluster_id", "everyone"), strict=True):
+        candidates = top_per_group(
+            item_scores(train, groups, column, cfg, as_of), column, ecfg.candidates
+        )
+        recommended = without_seen(
+            candidates, groups.select("user_id", column), seen, column, ecfg.k
+        )
+        figures = hit_and_recall(recommended, held_out, tested)
+        metrics[f"hit_rate@{ecfg.k}.{strategy}"] = figures["hit_rate"]
+        metrics[f"recall@{ecfg.k}.{strategy}"] = figures["recall"]
+        metrics["users_tested"] = figures["users"]
+    return metrics
