@@ -18,7 +18,7 @@ from usersegments.evaluate import drift_recovery
 from usersegments.ingest import run_ingest
 from usersegments.profile import run_profile, weighted_sums
 from usersegments.store import TableStore
-from usersegments.synthetic import GeneratorSettings, generate, split_at, write
+from usersegments.testing.synthetic import GeneratorSettings, generate, split_at, write
 
 STATE_TABLES = ("user_profiles", "user_segments", "segments", "segment_history")
 

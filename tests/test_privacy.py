@@ -11,7 +11,7 @@ from usersegments.errors import ConfigError
 from usersegments.ingest import run_ingest
 from usersegments.privacy import KEY_VARIABLE, pseudonym, pseudonym_key
 from usersegments.store import TableStore
-from usersegments.synthetic import GeneratorSettings, generate, write
+from usersegments.testing.synthetic import GeneratorSettings, generate, write
 
 KEY = "k" * 32
 

@@ -19,8 +19,9 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,14 +32,14 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config, LabelConfig
 from usersegments.embed import model_id, model_vectors
-from usersegments.errors import ConfigError, StoreError
+from usersegments.errors import ConfigError
+from usersegments.frames import to_spark
 from usersegments.privacy import with_texts
 from usersegments.profile import dot, event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, conform
 from usersegments.store import TableStore
-
-log = logging.getLogger(__name__)
+from usersegments.times import max_time
 
 # Letters and digits make tokens; everything else separates them.
 TOKEN_GAPS = r"[^\p{L}\p{N}]+"
@@ -110,7 +111,9 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
     )
 
 
-def segment_keywords(member_events: DataFrame, cfg: Config, as_of: Any) -> dict[str, list[str]]:
+def segment_keywords(
+    member_events: DataFrame, cfg: Config, as_of: datetime
+) -> dict[str, list[str]]:
     """segment_id -> its keywords, best first, from its members' weighted events.
 
     ``member_events``: segment_id plus the events columns (text, event_type,
@@ -206,8 +209,6 @@ class LabelGenerator:
     """Phrases labels with a local transformers text-generation model (``label.generator``)."""
 
     def __init__(self, path: str, max_new_tokens: int) -> None:
-        from pathlib import Path
-
         if not Path(path).is_dir():
             raise ConfigError(
                 f"label.generator {path!r} is not a folder; set it to a local transformers "
@@ -278,13 +279,17 @@ def member_events(store: TableStore) -> DataFrame:
 
 def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Fill ``segments``' keywords, top_items and label from its members' events."""
-    for table in ("segments", "user_segments", "events", "text_embeddings"):
-        if not store.exists(table):
-            raise StoreError(f"{table} does not exist: run `usersegments run` (or cluster) first")
+    store.require(
+        "segments",
+        "user_segments",
+        "events",
+        "text_embeddings",
+        fix="run `usersegments run` (or `usersegments cluster`) first",
+    )
     mid = model_id(cfg.embed)
     run.model_id = run.model_id or mid
     segments = store.read("segments")
-    as_of = store.read("user_segments").agg(F.max("as_of")).first()[0]
+    as_of = max_time(store.read("user_segments"), "as_of")
     events = member_events(store).cache()
     try:
         keywords = segment_keywords(events, cfg, as_of)
@@ -305,7 +310,7 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     top_items = {s: i for s, i in top_items.items() if s not in small}
     described, generated = label_segments(rows, keywords, top_items, texts, cfg.label)
     described["run_id"] = run.run_id  # every row carries the run that last wrote it
-    frame = spark.createDataFrame(described[[f.name for f in SEGMENTS.fields]], SEGMENTS)
+    frame = to_spark(spark, described, SEGMENTS)
     store.write(conform(frame, SEGMENTS), "segments", mode="overwrite")
     metrics = {
         "segments_labelled": int((described["keywords"].map(len) > 0).sum()),

@@ -50,6 +50,8 @@ def pseudonym_key(cfg: PrivacyConfig, spark: SparkSession | None = None) -> byte
 
 
 def _databricks_secret(spark: SparkSession | None, scope: str, name: str) -> str:
+    """Secret ``name`` of Databricks scope ``scope``; ConfigError naming the fix when it
+    cannot be read (outside Databricks, or no such secret)."""
     try:
         from pyspark.dbutils import DBUtils  # type: ignore[import-not-found]
     except ImportError:

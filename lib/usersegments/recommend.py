@@ -11,22 +11,19 @@ items they already touched, in ``user_recommendations``.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config
-from usersegments.errors import StoreError
 from usersegments.label import item_texts
 from usersegments.privacy import with_texts
 from usersegments.profile import event_weight
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, USER_RECOMMENDATIONS, conform
 from usersegments.store import TableStore
-
-log = logging.getLogger(__name__)
+from usersegments.times import max_time
 
 
 def popularity_weight(cfg: Config, as_of: datetime) -> Column:
@@ -82,13 +79,16 @@ def without_seen(
 
 def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Write ``segment_recommendations`` (and ``user_recommendations`` when configured)."""
-    for table in ("user_segments", "segments", "events"):
-        if not store.exists(table):
-            raise StoreError(f"{table} does not exist: run `usersegments run` (or cluster) first")
+    store.require(
+        "user_segments",
+        "segments",
+        "events",
+        fix="run `usersegments run` (or `usersegments cluster`) first",
+    )
     min_size = cfg.privacy.min_segment_size
     described = store.read("segments").filter(F.col("size") >= min_size).select("segment_id")
     groups = store.read("user_segments").select("user_id", "segment_id", "as_of")
-    as_of = groups.agg(F.max("as_of")).first()[0]
+    as_of = max_time(groups, "as_of")
     groups = groups.join(described, "segment_id").select("user_id", "segment_id")
     events = store.read("events")
     top = top_per_group(

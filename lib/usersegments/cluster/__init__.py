@@ -46,13 +46,6 @@ from usersegments.cluster.local import (
 from usersegments.cluster.segments import merge_undersized
 from usersegments.cluster.stage import ClusterOutput, cluster_users, run_cluster
 
-
-def coarse_model_path(store: object, run_id: str) -> None:
-    """Transitional no-op: the coarse model is no longer saved. Kept only until
-    ``dynamics.recluster`` stops asking for a path; then delete it."""
-    return None
-
-
 __all__ = [
     "ASSIGNMENT_SCHEMA",
     "FEATURES",
@@ -63,7 +56,6 @@ __all__ = [
     "cluster_centroids",
     "cluster_users",
     "clusterable_users",
-    "coarse_model_path",
     "fine_segments",
     "fit_coarse",
     "fit_subgroups",

@@ -71,14 +71,9 @@ def cluster_users(
     profiles: DataFrame,
     cfg: Config,
     run_id: str,
-    model_path: str | None = None,
 ) -> ClusterOutput:
-    """Coarse clusters and fine segments of every profile with enough events.
-
-    ``profiles`` follows the ``user_profiles`` contract. ``model_path`` is ignored (the
-    coarse model is no longer saved); it is accepted only until ``dynamics.recluster``
-    stops passing one.
-    """
+    """Coarse clusters and fine segments of every profile with enough events
+    (``profiles`` follows the ``user_profiles`` contract)."""
     as_of = max_time(profiles, "as_of")
     users, total = _users_to_cluster(profiles, cfg)
     users = users.cache()

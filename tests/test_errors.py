@@ -1,0 +1,63 @@
+"""Errors a user can fix get the right type, exit code and a message naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_config, set_args
+from usersegments import cli
+from usersegments.errors import (
+    ConfigError,
+    InputError,
+    MissingTableError,
+    SetupError,
+    StoreError,
+)
+from usersegments.schema import EVENTS, TEXT_EMBEDDINGS
+from usersegments.store import TableStore
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_user_fixable_errors_exit_2_and_the_others_1():
+    assert {ConfigError.exit_code, InputError.exit_code, MissingTableError.exit_code} == {2}
+    assert StoreError.exit_code == SetupError.exit_code == 1
+    assert issubclass(MissingTableError, StoreError)
+
+
+def test_a_stage_before_its_tables_exist_names_the_table_and_the_command(tmp_path, capsys):
+    code, err = _run(capsys, "label", "--output", str(tmp_path / "store"), *set_args())
+    assert code == 2
+    assert err.startswith("usersegments label: table 'segments' does not exist")
+    assert "usersegments run" in err
+    assert err.count("\n") == 1  # one line, no stack trace
+
+
+def test_holdout_below_one_names_the_option_before_touching_tables(tmp_path, capsys):
+    root = str(tmp_path / "store")
+    code, err = _run(capsys, "evaluate", "--holdout-last", "0", "--output", root, *set_args())
+    assert code == 2
+    assert "--holdout-last" in err and "got 0" in err
+
+
+def test_profiles_of_an_empty_events_table_is_an_input_error(spark, tmp_path, capsys):
+    root = tmp_path / "store"
+    store = TableStore.from_config(spark, make_config(root))
+    store.write(spark.createDataFrame([], EVENTS), "events")
+    store.write(spark.createDataFrame([], TEXT_EMBEDDINGS), "text_embeddings")
+    code, err = _run(capsys, "profile", "--output", str(root), *set_args())
+    assert code == 2
+    assert "events table is empty" in err and "usersegments ingest" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("cluster.k=0", "cluster.k"), ("store.backend=nope", "store.backend")],
+)
+def test_a_bad_setting_is_a_config_error_naming_the_key(override, named, capsys):
+    code, err = _run(capsys, "config", "--set", override)
+    assert code == 2
+    assert named in err and err.count("\n") == 1
