@@ -1,8 +1,10 @@
 """Shared fixtures: one local-mode SparkSession for the whole test session.
 
-Spark UI off, two cores, few shuffle partitions. The delta-spark backend is
-tested only when its jars are on the classpath: set USERSEGMENTS_DELTA_JARS to
-a comma-separated list of jar paths (delta-spark and delta-storage) to wire them.
+Spark UI off, two cores, few shuffle partitions. The session carries the
+delta-spark jars that ``make`` fetched (``usersegments.delta_jars``), so every
+store-parametrised test runs on both backends. Without those jars the
+delta-spark cases skip, naming the fix, except under CI (``CI`` set), where they
+fail: CI must prove both backends.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from usersegments import delta_jars  # noqa: E402
 from usersegments.config import Config, load_config  # noqa: E402
 from usersegments.session import build_session, delta_spark_ready  # noqa: E402
 from usersegments.store import TableStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DELTA_JARS_SKIP = (
-    "Delta jars not on the classpath (set USERSEGMENTS_DELTA_JARS to test delta-spark)"
-)
 
 
 _TEST_OVERRIDES = (
@@ -41,16 +41,7 @@ _TEST_OVERRIDES = (
 
 def make_config(root: str | os.PathLike[str], *overrides: str) -> Config:
     """A test config: local[2], small shuffles, UI off, tables under ``root``."""
-    base = list(_TEST_OVERRIDES)
-    jars = os.environ.get("USERSEGMENTS_DELTA_JARS")
-    if jars:
-        base.append(f"spark.conf.spark.jars={jars}")
-        base.append("spark.conf.spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension")
-        base.append(
-            "spark.conf.spark.sql.catalog.spark_catalog="
-            "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-        )
-    return load_config(overrides=[*base, *overrides], output=str(root))
+    return load_config(overrides=[*_TEST_OVERRIDES, *overrides], output=str(root))
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +60,25 @@ def cfg(tmp_path) -> Config:
     return make_config(tmp_path / "store")
 
 
-@pytest.fixture(params=["delta-rs", "delta-spark"])
+def require_delta_spark(spark) -> None:
+    """Skip (fail under CI) unless ``spark`` has the delta-spark jars and extension."""
+    if delta_spark_ready(spark):
+        return
+    if delta_jars.fetched_jars():
+        why = f"the jars in {delta_jars.JARS_DIR} were not loaded (session started elsewhere?)"
+    else:
+        why = delta_jars.missing_reason()
+    reason = f"delta-spark not on the test session: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must test both backends)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
 def store(request, spark, tmp_path) -> TableStore:
-    """A TableStore on each backend; delta-spark skips without its jars."""
-    if request.param == "delta-spark" and not delta_spark_ready(spark):
-        pytest.skip(DELTA_JARS_SKIP)
+    """A TableStore on each backend; delta-spark needs its jars (``require_delta_spark``)."""
+    if request.param == "delta-spark":
+        require_delta_spark(spark)
     cfg = make_config(tmp_path / "store", f"store.backend={request.param}")
     return TableStore.from_config(spark, cfg)
 
@@ -101,7 +106,7 @@ def planted(spark, tmp_path_factory):
     and report. Returns the store, the config, the run id and the generated data
     with its file paths.
     """
-    from usersegments.synthetic import GeneratorSettings, generate, write
+    from usersegments.testing.synthetic import GeneratorSettings, generate, write
 
     root = tmp_path_factory.mktemp("planted")
     data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
@@ -183,3 +188,15 @@ def run_job(job: str, *args: str) -> int:
     finally:
         sys.argv = argv
     raise AssertionError(f"jobs/{job} ended without sys.exit")
+
+
+# Fixtures that run the pipeline end to end: a test that uses one is slow wherever
+# it lives, so the unit lane (``make test-fast``, ``-m "not slow"``) leaves it out.
+END_TO_END_FIXTURES = frozenset({"planted"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses an end-to-end fixture as ``slow``."""
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

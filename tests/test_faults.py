@@ -20,10 +20,10 @@ import pytest
 
 from tests.conftest import make_config, set_args
 from usersegments import cli, pipeline
-from usersegments import report as report_module
-from usersegments.pipeline import RUN_ORDER
+from usersegments.report import publish as report_module
+from usersegments.stages import RUN, stages_of
 from usersegments.store import TableStore
-from usersegments.synthetic import GeneratorSettings, generate, split_at, write
+from usersegments.testing.synthetic import GeneratorSettings, generate, split_at, write
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +207,7 @@ def test_a_crash_in_any_stage_is_finished_by_rerunning(
 
     # Each attempt dies one stage later than the previous one, so every stage is killed
     # once, and every stage before it re-runs over what a killed run left.
-    for stage in RUN_ORDER:
+    for stage in stages_of(RUN):
         killed_in(stage, "run", windows[0])
     assert cli.main(command("run", root, windows[0])) == 0
     assert_same_tables(snapshot(store), after_run)

@@ -37,6 +37,7 @@ def test_python_workers_use_this_interpreter(spark):
 
 
 def test_local_conf(monkeypatch):
+    monkeypatch.setattr("usersegments.delta_jars.fetched_jars", lambda jars_dir=None: [])
     monkeypatch.setenv("CI", "true")
     conf = session_conf(load_config(overrides=["spark.shuffle_partitions=3"]))
     assert conf["spark.pyspark.python"] == sys.executable
@@ -52,7 +53,8 @@ def test_cluster_conf_never_sets_master_or_driver_memory():
     assert conf["spark.sql.extensions"] == DELTA_EXTENSION
 
 
-def test_delta_wiring_follows_backend_and_jars():
+def test_delta_wiring_follows_backend_and_jars(monkeypatch):
+    monkeypatch.setattr("usersegments.delta_jars.fetched_jars", lambda jars_dir=None: [])
     assert wants_delta_spark(load_config(overrides=["store.backend=delta-spark"]))
     assert not wants_delta_spark(load_config(overrides=["store.backend=delta-rs"]))
     jars = "spark.conf.spark.jars.packages=io.delta:delta-spark_2.13:4.0.0"

@@ -200,7 +200,7 @@ def test_explicit_delta_spark_without_jars_names_the_fix(spark, cfg):
     if delta_spark_ready(spark):
         pytest.skip("Delta jars are on the classpath")
     wanted = load_config(overrides=["store.backend=delta-spark"], output=cfg.store.root)
-    with pytest.raises(StoreError, match="--packages io.delta:delta-spark_2.13"):
+    with pytest.raises(StoreError, match="Delta jars are not on the classpath: run `make install`"):
         resolve_backend(spark, wanted)
 
 

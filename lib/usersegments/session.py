@@ -2,8 +2,12 @@
 
 The mode comes from ``spark.mode`` in the config, never guessed from the
 environment. Delta Lake's session extension and catalog are wired only when
-the delta-spark backend is asked for (or its jars are configured), since
-naming the catalog without its jars breaks every catalog call.
+the session will have Delta's jars (naming the catalog without them breaks
+every catalog call): off local mode whenever the store may use delta-spark
+(spark-submit's ``--packages`` or the Databricks runtime bring them); in local
+mode when the jars ``make`` fetched (``usersegments.delta_jars``) are there, which
+the session then puts on its classpath, or when the settings name Delta jars.
+delta-rs writes from the driver alone, so it is refused off local mode.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from usersegments import delta_jars
 from usersegments.config import Config
 from usersegments.errors import ConfigError, SetupError
 
@@ -43,6 +48,7 @@ def build_session(cfg: Config) -> SparkSession:
       and resources are never overridden.
     - databricks: the notebook's or job's active session, unchanged.
     """
+    check_backend_for_mode(cfg)
     mode = cfg.spark.mode
     if mode == "databricks":
         active = SparkSession.getActiveSession()
@@ -98,21 +104,62 @@ def session_conf(cfg: Config) -> dict[str, str]:
         )
         if not launched_by_spark_submit():  # the JVM is up already under spark-submit
             conf["spark.driver.memory"] = cfg.spark.driver_memory
-    if wants_delta_spark(cfg):
-        conf["spark.sql.extensions"] = DELTA_EXTENSION
-        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    delta = delta_conf(cfg)
+    conf.update(delta)
     conf.update(cfg.spark.conf)
+    if "spark.jars" in delta and cfg.spark.conf.get("spark.jars"):
+        # Jars the settings name join the fetched Delta jars instead of replacing them.
+        conf["spark.jars"] = f"{delta['spark.jars']},{cfg.spark.conf['spark.jars']}"
+    return conf
+
+
+def delta_conf(cfg: Config) -> dict[str, str]:
+    """Delta's extension and catalog when ``wants_delta_spark``; in a local session that
+    Python starts, also the fetched jars (``spark.jars``), unless the settings bring
+    Delta's jars themselves."""
+    if not wants_delta_spark(cfg):
+        return {}
+    conf = {
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    }
+    if cfg.spark.mode == "local" and not launched_by_spark_submit() and not names_delta_jars(cfg):
+        jars = delta_jars.fetched_jars()
+        if jars:
+            conf["spark.jars"] = ",".join(jars)
     return conf
 
 
 def wants_delta_spark(cfg: Config) -> bool:
-    """Whether the session should be wired for delta-spark (asked for, or its jars configured)."""
-    if cfg.store.backend == "delta-spark":
-        return True
+    """Whether the session should be wired for delta-spark: asked for; or the settings
+    name Delta jars; or ``auto`` off local mode (where it picks delta-spark); or ``auto``
+    in a local session that Python starts, when the fetched jars are there."""
     if cfg.store.backend == "delta-rs":
         return False
+    if cfg.store.backend == "delta-spark" or names_delta_jars(cfg):
+        return True
+    if cfg.spark.mode != "local":
+        return True
+    # Under spark-submit the JVM is up: only its own --jars/--packages can bring Delta.
+    return not launched_by_spark_submit() and bool(delta_jars.fetched_jars())
+
+
+def names_delta_jars(cfg: Config) -> bool:
+    """Whether ``spark.conf`` brings Delta's jars itself (``spark.jars`` or ``--packages``)."""
     jars = " ".join(cfg.spark.conf.get(key, "") for key in ("spark.jars", "spark.jars.packages"))
     return "delta-spark" in jars or "io.delta" in jars
+
+
+def check_backend_for_mode(cfg: Config) -> None:
+    """Refuse ``store.backend: delta-rs`` off local mode: delta-rs commits from the driver
+    alone, so on a cluster or Databricks the tables go through delta-spark."""
+    if cfg.store.backend == "delta-rs" and cfg.spark.mode != "local":
+        raise ConfigError(
+            f"store.backend is 'delta-rs' but spark.mode is '{cfg.spark.mode}': delta-rs "
+            "writes from the driver alone and runs in local mode only; set store.backend to "
+            f"delta-spark (or auto) and give Spark the Delta jars (--packages "
+            f"{delta_jars.package()}; Databricks runtimes include them)"
+        )
 
 
 def delta_spark_ready(spark: SparkSession) -> bool:

@@ -4,8 +4,8 @@ Two real Delta backends sit behind one interface:
 
 - ``delta-spark``: ``format("delta")`` and ``DeltaTable.forPath(...).merge``, for
   clusters and Databricks (the Delta jars on the JVM classpath).
-- ``delta-rs`` (the ``deltalake`` package): the embedded default in local mode,
-  where no Delta jars can be had. Spark computes; the DataFrame is staged as
+- ``delta-rs`` (the ``deltalake`` package): the embedded default in local mode
+  (no jars needed; refused elsewhere). Spark computes; the DataFrame is staged as
   Parquet and streamed as Arrow batches into delta-rs.
 
 Modules:

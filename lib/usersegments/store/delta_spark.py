@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from usersegments import delta_jars
 from usersegments.store.backend import (
     MatchedAction,
     MergeResult,
@@ -21,14 +21,9 @@ from usersegments.store.backend import (
 
 
 def delta_spark_package() -> str:
-    """The ``--packages`` coordinate of the Delta release that matches this pyspark: the
-    version of the ``delta-spark`` pip package installed next to it (pip resolves it
-    against pyspark), else Delta 4.0.0 for Spark 4.0."""
-    try:
-        version = importlib.metadata.version("delta-spark")
-    except importlib.metadata.PackageNotFoundError:
-        version = "4.0.0"
-    return f"io.delta:delta-spark_2.13:{version}"
+    """The ``--packages`` coordinate of the Delta jars for the installed pyspark and
+    delta-spark (``delta_jars.package``: e.g. ``io.delta:delta-spark_4.2_2.13:4.4.0``)."""
+    return delta_jars.package()
 
 
 DELTA_SPARK_PACKAGE = delta_spark_package()
@@ -82,19 +77,22 @@ class DeltaSparkBackend:
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
     ) -> MergeResult:
-        """Upsert ``df`` on the keys ``on``; the counts come from the commit's metrics."""
+        """Upsert ``df`` on the keys ``on``; the counts are the merge's own metrics."""
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in on)
         builder = self._table(path).alias("t").merge(df.alias("s"), condition)
         if when_matched == "update":
             builder = builder.whenMatchedUpdateAll()
         if when_not_matched == "insert":
             builder = builder.whenNotMatchedInsertAll()
-        builder.execute()
-        last = self._table(path).history(1).collect()[0]
-        metrics = last["operationMetrics"] or {}
+        # execute() returns this merge's metrics row. The table's latest history entry
+        # is not a substitute: a merge with nothing to write may commit nothing, and
+        # that entry is then an earlier commit's.
+        metrics = builder.execute().first()
+        if metrics is None:
+            return MergeResult(inserted=0, updated=0)
         return MergeResult(
-            inserted=int(metrics.get("numTargetRowsInserted", 0)),
-            updated=int(metrics.get("numTargetRowsUpdated", 0)),
+            inserted=int(metrics["num_inserted_rows"] or 0),
+            updated=int(metrics["num_updated_rows"] or 0),
         )
 
     def version(self, path: str) -> int:
