@@ -16,7 +16,7 @@ from tests.conftest import REPO, SMALL, make_config, run_job
 from usersegments.config import config_reference
 from usersegments.notebook import notebook_cells, run_notebook
 from usersegments.schema import tables_reference
-from usersegments.synthetic import DEFAULT_END, GeneratorSettings, generate, write
+from usersegments.testing.synthetic import DEFAULT_END, GeneratorSettings, generate, write
 
 NOTEBOOKS = (
     "00_quickstart",

@@ -23,7 +23,7 @@ from usersegments.label import (
 )
 from usersegments.recommend import without_seen
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, SEGMENTS
-from usersegments.synthetic import area_names, distinctive_words
+from usersegments.testing.synthetic import area_names, distinctive_words
 
 
 def test_label_from_keywords_prefers_phrases_and_skips_repeats():
