@@ -135,11 +135,11 @@ def test_update_and_evaluate_notebooks(notebook_runs):
     assert churn["events_folded"] > 0 and churn["users_reassigned"] > 0
     history = table(root, "segment_history")
     assert history["valid_to"].notna().sum() == churn["users_moved"] > 0
-    assert 0.0 <= ns["04_dynamic_updates"]["recovery"]["drifted_in_new_area_share"] <= 1.0
+    assert ns["04_dynamic_updates"]["recovery"]["drifted_in_new_area_share"] > 0
     evaluation = ns["05_evaluate"]["evaluation"]
     k = ns["05_evaluate"]["cfg"].evaluate.k
     assert evaluation["users_tested"] > 0
-    assert 0.0 <= evaluation[f"hit_rate@{k}.segment"] <= 1.0
+    assert evaluation[f"hit_rate@{k}.segment"] > evaluation[f"hit_rate@{k}.popularity"]
 
 
 def test_update_job_folds_a_new_window(notebook_runs, monkeypatch, capsys):

@@ -92,7 +92,8 @@ def test_update_folds_events_ingested_by_a_crashed_run(dynamic):
     assert m["reclustered"] == 0
     recorded = metrics_of(store, dynamic["update"], "update")
     assert recorded["events_folded"] == m["events_folded"]
-    assert 0 <= m["moved_share"] <= 1 and 0 <= m["novel_text_share"] <= 1
+    known_before = m["users_reassigned"] - m["users_new"]
+    assert m["moved_share"] == pytest.approx(m["users_moved"] / known_before)
 
 
 def test_incremental_profiles_equal_a_full_recomputation(dynamic):
