@@ -73,8 +73,8 @@ class StoreConfig(Section):
     )
     backend: Literal["auto", "delta-spark", "delta-rs"] = Field(
         "auto",
-        description="auto: delta-spark when the session has Delta, else delta-rs in local "
-        "mode, else an error naming the fix.",
+        description="auto: delta-rs in local mode, delta-spark on clusters and Databricks; "
+        "delta-rs is refused off local mode.",
     )
     write_batch_rows: int = Field(
         65536, ge=1, description="delta-rs backend: rows per Arrow batch streamed to a write."
