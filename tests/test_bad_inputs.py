@@ -86,6 +86,17 @@ def test_empty_and_half_written_files(spark, tmp_path):
     assert cut["rejected.malformed_row"] == 2  # each row cut short by the dead writer
     assert sorted(r["text"] for r in store.read("events").collect()) == ["kept", "kept too"]
 
+    # No line parses (a lone surrogate's bytes, a pretty-printed object): each is quarantined.
+    (tmp_path / "unreadable.jsonl").write_bytes(
+        '{"user_id": "u5", "text": "\ud800"}\n{\n"user_id": "u6"\n}\n'.encode(
+            "utf-8", "surrogatepass"
+        )
+    )
+    with pytest.raises(InputError) as err:
+        ingest(spark, tmp_path / "none-store", tmp_path / "unreadable.jsonl", tmp_path / "cut.csv")
+    assert "ingest rejected 5 of the 6 rows read" in str(err.value)
+    assert "malformed_row: 5 rows" in str(err.value) and "not a JSON array" in str(err.value)
+
 
 def test_only_bad_rows_are_quarantined_and_the_run_stops_clearly(spark, tmp_path, capsys):
     events = tmp_path / "bad.csv"
@@ -94,11 +105,85 @@ def test_only_bad_rows_are_quarantined_and_the_run_stops_clearly(spark, tmp_path
     code = cli.main(["run", "--output", str(root), *set_args(), "--events", str(events)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "holds no event: ingest accepted none of the rows" in err and "events_rejected" in err
+    assert "ingest rejected 2 of the 2 rows read (100.0%)" in err
+    assert "  - bad_event_time: 1 row, e.g. user_id='u1', event_time='yesterday'" in err
+    assert "  - missing_user_id: 1 row" in err and "input.columns.user_id" in err
+    assert "Traceback" not in err and "java" not in err.lower()
     store = TableStore.from_config(spark, make_config(root))
     reasons = sorted(r["reject_reason"] for r in store.read("events_rejected").collect())
     assert reasons == ["bad_event_time", "missing_user_id"]
+    assert not store.exists("events")  # a failed ingest writes no event
     assert store.read("runs").first()["status"] == "failed"
+    # Told only to warn, ingest keeps nothing; the next stage stops, naming the reasons.
+    warn = set_args("input.on_rejections=warn")
+    code = cli.main(["run", "--output", str(root), *warn, "--events", str(events)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds no event: ingest accepted none of the rows" in err
+    assert "  - bad_event_time: 1 row" in err and "unparseable" in err
+
+
+def test_columns_spark_refuses_are_input_errors_naming_the_file(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Two keys that differ only in case, which Spark takes for one column name.
+    cased = tmp_path / "cased.jsonl"
+    cased.write_text('{"user_id": "a", "USER_ID": "b", "event_time": "2026-01-01", "text": "x"}\n')
+    # A TIME column, a type Spark has no counterpart for.
+    clock = tmp_path / "clock.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["a"],
+                "event_time": ["2026-01-01"],
+                "text": ["x"],
+                "at": pa.array([10], pa.time64("us")),
+            }
+        ),
+        clock,
+    )
+    for path, fix in ((cased, "differ only in case"), (clock, "a type Spark cannot read")):
+        with pytest.raises(InputError) as err:
+            ingest(spark, tmp_path / "store", path)
+        message = str(err.value)
+        assert str(path) in message and fix in message and "nothing was written" in message
+    # A UTF-16 CSV: its header cannot match, and the message says why.
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes("user_id,event_time,text\na,2026-01-01,x\n".encode("utf-16"))
+    with pytest.raises(InputError, match="looks UTF-16, save it as UTF-8"):
+        ingest(spark, tmp_path / "store", utf16)
+    store = TableStore.from_config(spark, make_config(tmp_path / "store"))
+    assert not store.exists("events") and not store.exists("events_rejected")
+
+
+def test_binary_text_and_odd_column_names_are_read(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Text as Parquet bytes (no UTF-8 annotation), one value not UTF-8; a backtick and a
+    # dot in the mapped column names.
+    path = tmp_path / "binary.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user`id": ["a", "b"],
+                "event.time": ["2026-01-01", "2026-01-02"],
+                "text": pa.array([b"trail shoes", b"\xff\xfe broken"], pa.binary()),
+            }
+        ),
+        path,
+    )
+    cfg = make_config(
+        tmp_path / "store", "input.columns.user_id=user`id", "input.columns.event_time=event.time"
+    )
+    store = TableStore.from_config(spark, cfg)
+    run = new_run(spark, store, cfg)
+    run_ingest(spark, store, cfg, run, events=[str(path)])
+    assert [(r["user_id"], r["text"]) for r in store.read("events").collect()] == [
+        ("a", "trail shoes")
+    ]
+    assert store.read("events_rejected").first()["reject_reason"] == "invalid_encoding"
 
 
 def test_schema_drift_between_parquet_files(spark, tmp_path):

@@ -192,3 +192,29 @@ def test_cuda_requested_without_gpu_is_clear():
     spec = EmbedderSpec.from_config(load_config(overrides=["embed.device=cuda"]).embed)
     with pytest.raises(SetupError, match="torch sees no GPU"):
         TextEmbedder(spec).load()
+
+
+def test_truncation_is_counted_without_the_tokenizer_warning():
+    import logging
+
+    class Grab(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    spec = EmbedderSpec.from_config(load_config().embed, 1)
+    embedder = TextEmbedder(spec).load()
+    grab = Grab()
+    hf = logging.getLogger("transformers")  # its loggers do not propagate to the root
+    hf.addHandler(grab)
+    try:
+        # "the" is one token; [CLS] and [SEP] make 128 tokens (fits) and 129 (cut);
+        # 700 tokens pass the model's 512 positions, where the tokenizer used to warn.
+        vectors = embedder.embed(["the " * 126, "the " * 127, "the " * 700, "short"])
+    finally:
+        hf.removeHandler(grab)
+    assert embedder.truncated_ == 2 and vectors.shape == (4, 384)
+    assert not [m for m in grab.messages if "sequence length is longer" in m], grab.messages

@@ -68,11 +68,14 @@ NASTY_CSV = (
     "u9,2026-01-05T10:00:00Z,view,i1,too,many,fields,here\n"  # malformed
     "u10,2026-01-05T10:00:00Z,,i4,  Caf\u00e9\u200b  \u0007 au   lait ,4\n"  # normalised
 )
+# 8 of its 13 rows are rejected (u5 only under a year-2000 lower bound), more than the
+# default input.max_rejected_share: the rejection report is tested in test_real_logs.py.
+NASTY = ("input.min_time=2000-01-01", "input.on_rejections=warn")
 
 
 def test_every_reject_reason_comes_from_its_row(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
-    store, m = ingest(csv, overrides=["input.min_time=2000-01-01"])
+    store, m = ingest(csv, overrides=NASTY)
     assert m["rows_read"] == 13
     assert m["accepted"] == 4 and m["duplicates"] == 1 and m["rejected"] == 8
     rejected = {(r["user_id"], r["reject_reason"]) for r in store.read("events_rejected").collect()}
@@ -103,7 +106,7 @@ def test_every_reject_reason_comes_from_its_row(spark, ingest, tmp_path):
 
 def test_rejected_rows_are_counted_not_lost(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
-    store, m = ingest(csv)
+    store, m = ingest(csv, overrides=NASTY)
     total = store.read("events_rejected").agg(F.sum("occurrences")).first()[0]
     assert total == m["rejected"] == 8
     assert m["rows_read"] == m["accepted"] + m["rejected"] + m["duplicates"]
@@ -112,10 +115,10 @@ def test_rejected_rows_are_counted_not_lost(spark, ingest, tmp_path):
 def test_reingest_adds_nothing(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
     root = tmp_path / "same-store"
-    store, first = ingest(csv, store_root=root)
+    store, first = ingest(csv, store_root=root, overrides=NASTY)
     events_before = store.read("events").count()
     rejects_before = store.read("events_rejected").count()
-    store, again = ingest(csv, store_root=root)
+    store, again = ingest(csv, store_root=root, overrides=NASTY)
     assert again["accepted"] == 0
     assert again["already_present"] == first["accepted"]
     assert again["rejects_inserted"] == 0
@@ -160,6 +163,14 @@ def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
             "body": "works great",
         },
         {"customer": "c2", "ts": 1772352000000, "kind": "view", "sku": "s-unknown"},
+        # The event repeats its item's text (case apart): the text says it once.
+        {
+            "customer": "c3",
+            "ts": "2026-03-01T10:00:00",
+            "kind": "question",
+            "sku": "s1",
+            "body": " carbon plate  MARATHON shoes",
+        },
     ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json at all\n")
@@ -177,10 +188,11 @@ def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
         "input.timezone=Europe/Paris",
     ]
     store, m = ingest(path, items=str(items), overrides=overrides)
-    assert (m["accepted"], m["rejected.empty_text"], m["rejected.malformed_row"]) == (2, 1, 1)
+    assert (m["accepted"], m["rejected.empty_text"], m["rejected.malformed_row"]) == (3, 1, 1)
     rows = {r["event_type"]: r for r in store.read("events").collect()}
     assert rows["purchase"]["text"] == "Carbon Plate Marathon Shoes"
     assert rows["review"]["text"] == "Carbon Plate Marathon Shoes | works great"
+    assert rows["question"]["text"] == "Carbon Plate Marathon Shoes"
     assert rows["purchase"]["category"] == "running"
     # zone-less times are Paris time: 08:00 in March is 07:00 UTC
     assert collected_utc(rows["purchase"]["event_time"]).hour == 7
@@ -267,7 +279,13 @@ def test_heavy_users_are_flagged_and_capped(spark, ingest, tmp_path):
     rows = "".join(f"bot,2026-01-01T00:{i:02d}:00Z,view,,page {i:02d}\n" for i in range(12))
     rows += "human,2026-01-01T00:00:00Z,view,,hello\n"
     path = write_text(tmp_path / "e.csv", "user_id,event_time,event_type,item_id,text\n" + rows)
-    store, m = ingest(path, overrides=["input.max_events_per_user=5", "input.cap_heavy_users=true"])
+    # 7 of 13 rows capped: past input.max_rejected_share, so warn to keep the rest.
+    overrides = [
+        "input.max_events_per_user=5",
+        "input.cap_heavy_users=true",
+        "input.on_rejections=warn",
+    ]
+    store, m = ingest(path, overrides=overrides)
     assert m["heavy_users"] == 1 and m["capped_events"] == 7
     bot = store.read("events").filter("user_id = 'bot'")
     assert bot.count() == 5

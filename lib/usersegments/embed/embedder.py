@@ -151,8 +151,10 @@ class TextEmbedder:
         candidates = [texts[i] for i, ids in enumerate(encoded) if len(ids) >= limit]
         if not candidates:
             return 0
-        full = self.tokenizer_(candidates, truncation=False, padding=False)["input_ids"]
-        return sum(len(ids) > limit for ids in full)
+        # One token past the limit tells a longer text apart; a length cap also keeps the
+        # tokenizer's "sequence length is longer than the maximum" warning from users.
+        longer = self.tokenizer_(candidates, truncation=True, max_length=limit + 1, padding=False)
+        return sum(len(ids) > limit for ids in longer["input_ids"])
 
 
 def pad_batch(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,11 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from usersegments.config import Config, EmbedConfig
+from usersegments.config import Config, EmbedConfig, InputConfig
 from usersegments.embed.model import EmbedderSpec
 from usersegments.embed.udf import make_embed_udf
 from usersegments.errors import InputError
+from usersegments.ingest.rejections import summarize_rejections
 from usersegments.privacy import move_texts_out_of_events, with_texts
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TEXT_EMBEDDINGS, conform
@@ -52,7 +53,7 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
     spec = EmbedderSpec.from_config(cfg.embed, cpu_threads=threads)
     run.model_id = spec.model_id
-    _require_events(store)
+    _require_events(store, cfg.input)
     events = _event_texts(store)
     blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
@@ -81,15 +82,29 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     return StageResult(stage="embed", tables=tables, metrics=metrics)
 
 
-def _require_events(store: TableStore) -> None:
-    """Fail with the fix when ``events`` is missing or holds no row."""
+def _require_events(store: TableStore, cfg_input: InputConfig) -> None:
+    """Fail with the reasons and the fix when ``events`` is missing or holds no row."""
     store.require("events", fix="run `usersegments ingest` first")
-    if store.read("events").isEmpty():
+    if not store.read("events").isEmpty():
+        return
+    empty = f"the events table under {store.root} holds no event"
+    now = datetime.now(timezone.utc)
+    summaries = (
+        summarize_rejections(store.read("events_rejected"), cfg_input, now)
+        if store.exists("events_rejected")
+        else []
+    )
+    if not summaries:
         raise InputError(
-            f"the events table under {store.root} holds no event: ingest accepted none of the "
-            "rows it read (the events_rejected table gives each row's reject_reason, the ingest "
-            "metrics the counts). Fix the input and rerun; no stage after ingest ran"
+            f"{empty}: the inputs ingested so far held no row. Ingest a log with events in it; "
+            "no stage after ingest ran"
         )
+    reasons = "".join(f"\n{s.line()}" for s in summaries)
+    raise InputError(
+        f"{empty}: ingest accepted none of the rows it read (every one is in the "
+        f"events_rejected table). By reason:{reasons}\nFix the input or the settings named "
+        "and rerun; no stage after ingest ran"
+    )
 
 
 def _event_texts(store: TableStore) -> DataFrame:

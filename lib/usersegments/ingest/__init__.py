@@ -2,7 +2,10 @@
 
 Nothing is lost: every row read is accepted, rejected with a stable reason
 code, or counted as a duplicate, and ``rows read = accepted + rejected +
-duplicates`` is checked at the end of every run.
+duplicates`` is checked at the end of every run. A run that rejects more than
+``input.max_rejected_share`` of its rows stops once the rejects are quarantined,
+naming each reason and the setting that changes it (or only warns, by
+``input.on_rejections``).
 
 Every input format first becomes one *raw* frame of strings (the columns of
 the input contract, the reader's corrupt-record text and the source file), so
@@ -12,10 +15,13 @@ keeps exactly the values that arrived.
 Modules:
 
 - ``sources``: ``InputSource`` and ``resolve_inputs`` (globs, folders, formats, layouts).
-- ``unreadable``: corrupt or half-written input files as one ``InputError`` naming them.
+- ``unreadable``: input Spark cannot read (corrupt, half-written, columns it refuses) as
+  one ``InputError`` naming the file and the fix.
 - ``readers``: event files and the item catalog read into the raw frame of strings.
 - ``parsing``: event time parsing (ISO-8601, epoch by magnitude) and text normalisation.
 - ``cleaning``: reject reasons, classify/accept, dedupe, heavy users, quarantine rows.
+- ``rejections``: the report (count, example, fix per reason) when most rows are rejected,
+  and the ``input.max_rejected_share`` / ``input.on_rejections`` decision.
 - ``stage``: ``run_ingest``, writing both tables, the figures and the invariant check.
 """
 

@@ -114,7 +114,10 @@ def _combine_text(item_text: Column, event_text: Column, source: str) -> Column:
     first, second = (
         (item_text, event_text) if source == "item_then_event" else (event_text, item_text)
     )
-    return F.when(first.isNull() | second.isNull(), F.coalesce(first, second)).otherwise(
+    # An event that repeats its item's text (a review titled as the product) says it once;
+    # case apart, as the uncased default model reads both the same.
+    same = F.lower(first) == F.lower(second)
+    return F.when(first.isNull() | second.isNull() | same, F.coalesce(first, second)).otherwise(
         F.concat_ws(" | ", first, second)
     )
 

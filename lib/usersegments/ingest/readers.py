@@ -98,11 +98,14 @@ def _to_raw(df: DataFrame, source: InputSource, cfg: InputConfig, items_given: b
         else f"{source.paths[0]} (+{len(source.paths) - 1} more)"
     )
     present = [c for c in df.columns if c not in (CORRUPT, "source")]
+    if not present and CORRUPT in df.columns:
+        return _unparsed_lines(df.sparkSession, source.paths)
     for required in ("user_id", "event_time"):
         if mapping[required] not in df.columns:
             raise InputError(
                 f"events in {where} have no column {mapping[required]!r} for {required}: map it "
                 f"with input.columns.{required} (columns found: {present})"
+                + _layout_hint(present, source.format)
             )
     if mapping["text"] not in df.columns and not (items_given and mapping["item_id"] in df.columns):
         raise InputError(
@@ -121,20 +124,61 @@ def _to_raw(df: DataFrame, source: InputSource, cfg: InputConfig, items_given: b
     return df.select(*columns, corrupt.alias("raw_record"), F.col("source").cast("string"))
 
 
+def _unparsed_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """Every non-blank line of files in which no line parsed (invalid UTF-8 bytes, not JSON
+    lines) as a malformed row, so the rejection report says why instead of losing them.
+
+    Read again as text: Spark refuses a query of the corrupt-record column alone.
+    """
+    nothing = F.lit(None).cast("string")
+    return (
+        spark.read.text(paths)
+        .where(F.trim("value") != "")
+        .select(
+            *[nothing.alias(name) for name in RAW_COLUMNS],
+            F.col("value").alias("raw_record"),
+            F.col("_metadata.file_path").alias("source"),
+        )
+    )
+
+
+def _layout_hint(present: list[str], fmt: str) -> str:
+    """Why a required column may be missing when the file's layout, not the mapping, is off."""
+    if any("\x00" in name for name in present):
+        return "; the header holds NUL characters: the file looks UTF-16, save it as UTF-8"
+    if fmt == "csv" and len(present) == 1 and any(sep in present[0] for sep in "\t;|"):
+        return (
+            f"; the header {present[0]!r} is one column: the file is not comma-separated, "
+            "write it with commas"
+        )
+    return ""
+
+
+def _column(name: str) -> Column:
+    """The column called ``name``, whatever characters (dots, backticks) the name holds."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def _as_string(df: DataFrame, name: str) -> Column:
-    """A column as text that parses back to the same value (times with their zone)."""
+    """A column as text that parses back to the same value (times with their zone).
+
+    Bytes that are not UTF-8 (a Parquet binary column) become U+FFFD, so the row is
+    rejected as invalid_encoding, as a CSV reader's replacement characters are.
+    """
     dtype = df.schema[name].dataType
-    col = F.col(f"`{name}`")
+    col = _column(name)
     if isinstance(dtype, T.TimestampType):
         return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
     if isinstance(dtype, T.TimestampNTZType):
         return F.date_format(col, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
-    return col.cast("string")
+    return F.make_valid_utf8(col.cast("string"))
 
 
 def read_items(spark: SparkSession, path: str, cfg: InputConfig) -> DataFrame:
     """The item catalog as (item_id, item_text, category), one row per item id."""
-    frames = [_read_source(spark, source, None) for source in resolve_inputs([path], "auto")]
+    sources = resolve_inputs([path], "auto")
+    with reading([p for source in sources for p in source.paths]):
+        frames = [_read_source(spark, source, None) for source in sources]
     if not frames:
         raise InputError(
             f"item catalog {path!r} holds no rows (its files are empty): pass a catalog with "
@@ -153,15 +197,13 @@ def read_items(spark: SparkSession, path: str, cfg: InputConfig) -> DataFrame:
                 f"input.item_columns.{key} (columns found: {found})"
             )
     category = (
-        F.col(f"`{mapping.category}`").cast("string")
+        _as_string(df, mapping.category)
         if mapping.category in df.columns
         else F.lit(None).cast("string")
     )
     items = df.select(
-        F.trim(F.col(f"`{mapping.item_id}`").cast("string")).alias("item_id"),
-        normalize_text_column(F.col(f"`{mapping.text}`").cast("string"), cfg.lowercase).alias(
-            "item_text"
-        ),
+        F.trim(_as_string(df, mapping.item_id)).alias("item_id"),
+        normalize_text_column(_as_string(df, mapping.text), cfg.lowercase).alias("item_text"),
         category.alias("category"),
     ).filter(F.col("item_id").isNotNull() & (F.col("item_id") != ""))
     # One row per item: the catalog may repeat an id; keep a deterministic choice.

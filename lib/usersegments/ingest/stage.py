@@ -25,6 +25,7 @@ from usersegments.ingest.cleaning import (
     to_rejected,
 )
 from usersegments.ingest.readers import read_items, read_raw_events
+from usersegments.ingest.rejections import check_rejections
 from usersegments.ingest.sources import resolve_inputs
 from usersegments.ingest.unreadable import reading
 from usersegments.privacy import pseudonym_key, pseudonymize_raw
@@ -92,7 +93,7 @@ def _ingest(
             r["reject_reason"]: r["count"]
             for r in classified.groupBy("reject_reason").count().collect()
         }
-        written = _write(store, cfg.input, run.run_id, classified, by_reason, now)
+        written = _write(store, cfg.input, run.run_id, classified, rows_read, by_reason, now)
     finally:
         classified.unpersist()
     metrics = _metrics(rows_read, by_reason, written)
@@ -114,10 +115,13 @@ def _write(
     icfg: InputConfig,
     run_id: str,
     classified: DataFrame,
+    rows_read: int,
     by_reason: dict[str | None, int],
     now: datetime,
 ) -> _Written:
-    """Deduplicate and cap the accepted rows, then merge rejects and events into the store."""
+    """Deduplicate and cap the accepted rows, merge the rejects into the quarantine, check
+    the rejected share (``check_rejections`` may stop the run there), then merge the events.
+    """
     unique = deduplicate(finish_accepted(classified, icfg.max_text_chars))
     kept, capped = split_heavy_users(unique, icfg.max_events_per_user, icfg.cap_heavy_users)
     kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
@@ -133,12 +137,12 @@ def _write(
             rejected = rejected.unionByName(
                 capped.select(*rejected.columns), allowMissingColumns=False
             )
+        quarantine = to_rejected(rejected, run_id, now)
         merged_rejects = store.merge(
-            to_rejected(rejected, run_id, now),
-            "events_rejected",
-            on=["reject_id"],
-            when_matched="ignore",
+            quarantine, "events_rejected", on=["reject_id"], when_matched="ignore"
         )
+        rejected_rows = sum(v for k, v in by_reason.items() if k is not None) + capped_rows
+        check_rejections(rows_read, rejected_rows, quarantine, icfg, now)
         merged_events = store.merge(
             to_events(kept, run_id),
             "events",
