@@ -14,10 +14,12 @@
 
 # COMMAND ----------
 
+from datetime import datetime, timezone
+
 from usersegments.console import print_run_summary
 from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_all
-from usersegments.report import gather, plot_map, plot_sizes
+from usersegments.report import gather, item_title, render_html, report_figures
 
 nb = start(globals())
 cfg, show = nb.cfg, nb.show
@@ -40,16 +42,21 @@ store = ctx.store
 
 # MAGIC %md
 # MAGIC ## Explore
-# MAGIC The 2-D map places users on the first two principal components of their profiles,
-# MAGIC coloured by coarse cluster, with each segment's label at its centre. Look for segments
-# MAGIC that overlap (a candidate for a smaller `cluster.sub.distance_threshold`) and for very
-# MAGIC large ones (a larger `cluster.k`).
+# MAGIC The segment explorer (the same page as `<output>/report/index.html`): the map places a
+# MAGIC sample of users in 2-D (UMAP when `umap-learn` is installed, else PCA), coloured by coarse
+# MAGIC cluster, with each segment's label, size and top items on hover; the hierarchy shows
+# MAGIC clusters and their segments by size. Look for segments that overlap (a candidate for a
+# MAGIC smaller `cluster.sub.distance_threshold`) and for very large ones (a larger `cluster.k`).
 
 # COMMAND ----------
 
 data = gather(store.spark, store, cfg)
-show(plot_map(data.map_points, data.segments), "map of users")
-show(plot_sizes(data.segments), "users per segment")
+if "displayHTML" in globals():
+    # plotly.js inlined: the cell's frame cannot reach the report's assets/ folder.
+    displayHTML(render_html(data, datetime.now(timezone.utc), plotly_src=None).html)  # noqa: F821
+else:
+    for name, figure in report_figures(data, cfg.cluster.seed).items():
+        print(f"[figure {name}: {len(figure['data'])} traces; drawn by displayHTML on Databricks]")
 
 # COMMAND ----------
 
@@ -62,12 +69,10 @@ show(plot_sizes(data.segments), "users per segment")
 segments = data.segments.sort_values("size", ascending=False)
 cards = segments.assign(
     items=segments["top_items"].map(
-        lambda ids: "; ".join(data.item_text.get(i, i)[:40] for i in list(ids)[:3])
+        lambda ids: "; ".join(item_title(data.item_text.get(i, i), 40) for i in list(ids)[:3])
     ),
     recommended=segments["segment_id"].map(
-        lambda s: "; ".join(
-            data.item_text.get(i, i)[:40] for i, _ in data.recommendations.get(s, [])[:3]
-        )
+        lambda s: "; ".join(item_title(text, 40) for text, _ in data.recommendations.get(s, [])[:3])
     ),
 )[["segment_id", "size", "label", "keywords", "items", "recommended"]]
 show(cards, "segment cards")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -156,52 +157,177 @@ def test_segments_beat_popularity_offline(planted, capsys):
 
 
 class _Page(HTMLParser):
+    """The ids, script sources, links, representative items and JSON payload of a page."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.images: list[str] = []
         self.ids: list[str] = []
+        self.scripts: list[str] = []
+        self.links: list[str] = []
+        self.items: list[str] = []
+        self.payload: dict | None = None
+        self._in: str | None = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "img":
-            self.images.append(attrs["src"])
+        if tag == "script" and attrs.get("src"):
+            self.scripts.append(attrs["src"])
+        if tag == "script" and attrs.get("id") == "report-data":
+            self._in = "payload"
+        if tag == "li" and self._in is None:
+            self._in, self._text = "li", ""
+        if tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
         if "id" in attrs:
             self.ids.append(attrs["id"])
 
+    def handle_data(self, data):
+        if self._in == "payload":
+            self.payload = json.loads(data)
+        elif self._in == "li":
+            self._text += data
 
-def test_report_renders_every_image_and_segment_card(planted):
-    store = planted.store
-    index = Path(store.root) / "report" / "index.html"
+    def handle_endtag(self, tag):
+        if tag == "script" and self._in == "payload":
+            self._in = None
+        if tag == "li" and self._in == "li":
+            self.items.append(self._text.strip())
+            self._in = None
+
+
+def _render(data):
+    from datetime import datetime, timezone
+
+    from usersegments.report import render_html
+
     page = _Page()
-    page.feed(index.read_text(encoding="utf-8"))
-    plots = {image.rsplit("-", 1)[0] for image in page.images}
-    assert {"map", "sizes", "k_selection", "ingest"} <= plots
-    # Every image is named by its content and nothing else is left beside the page.
-    assert sorted(p.name for p in index.parent.glob("*.png")) == sorted(page.images)
-    for image in page.images:
-        path = index.parent / image
-        assert path.is_file() and path.stat().st_size > 1000, image
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page.feed(render_html(data, datetime.now(timezone.utc), "assets/plotly.min.js").html)
+    return page
+
+
+def test_report_is_an_offline_explorer_with_a_page_per_segment(planted):
+    store = planted.store
+    folder = Path(store.root) / "report"
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(html)
+    # plotly.js bundled once beside the page, and nothing else left in the folder.
+    assert len(page.scripts) == 1 and re.fullmatch(
+        r"assets/plotly-[\w.]+-\w{12}\.min\.js", page.scripts[0]
+    )
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files == sorted(["index.html", page.scripts[0]])
+    assert not re.search(r"(src|href)=['\"]https?://", html)  # nothing from the network
+    assert {"map", "hierarchy", "ingest", "k_selection"} <= set(page.payload["figures"])
+    assert {f"page-{p}" for p in ("overview", "map", "hierarchy", "segments", "movement")} <= set(
+        page.ids
+    )
     segments = {r["segment_id"] for r in store.read("segments").select("segment_id").collect()}
     assert {f"seg-{s}" for s in segments} <= set(page.ids)
-    text = index.read_text(encoding="utf-8")
-    assert not re.search(r"(src|href)=['\"]https?://", text)  # nothing from the network
+    assert {f"#segment/{s}" for s in segments} <= set(page.links)
+    # Each item's text once (never "X | X"), and no unmeasured figure shown as "nan".
+    assert page.items and all(len(set(i.split(" | "))) == len(i.split(" | ")) for i in page.items)
+    assert not re.search(r"\bnan\b", html, re.IGNORECASE)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 15 * 2**20, size
 
 
 def test_report_describes_no_segment_below_the_privacy_floor(spark, planted):
-    from datetime import datetime, timezone
-
-    from usersegments.report import gather, render_html
+    from usersegments.report import gather
 
     data = gather(spark, planted.store, planted.cfg)
     sizes = data.segments["size"].sort_values().to_numpy()
     data.min_segment_size = int(sizes[len(sizes) // 2]) + 1  # half the segments too small
-    page = _Page()
-    images = {name: f"{name}.png" for name in ("map", "sizes", "ingest")}
-    page.feed(render_html(data, images, datetime.now(timezone.utc)))
+    page = _render(data)
     shown = {i[len("seg-") :] for i in page.ids if i.startswith("seg-")}
     large = set(data.segments.loc[data.segments["size"] >= data.min_segment_size, "segment_id"])
     assert shown == large and 0 < len(large) < len(data.segments)
+    assert set(page.payload["segments"]) == large
+
+
+def _tiny_report_data(label: str, keyword: str, item: str, rec: str):
+    from usersegments.report import ReportData
+
+    segments = pd.DataFrame(
+        {
+            "segment_id": ["c0_s0"],
+            "label": [label],
+            "cluster_id": [0],
+            "size": [12],
+            "cohesion": [0.5],
+            "keywords": [[keyword]],
+            "top_items": [["i1", "i2"]],
+        }
+    )
+    return ReportData(
+        segments=segments,
+        map_points=pd.DataFrame(),
+        item_text={"i1": item, "i2": "Trail Kit | Trail Kit"},
+        recommendations={"c0_s0": [(rec, 0.5)]},
+        cluster_metrics={"silhouette_cosine": 0.31, "ari_cluster_vs_area": float("nan")},
+        ingest_metrics={},
+        rejected_by_reason={},
+        evaluate_metrics={},
+        run_row={"config_json": '{"a": "</pre><script>"}'},
+        model="m",
+    )
+
+
+def test_report_escapes_markup_in_labels_keywords_and_item_texts():
+    data = _tiny_report_data(
+        "<script>alert(1)</script>", "<b>bold</b>", "<img src=x onerror=alert(1)>", "<i>rec</i>"
+    )
+    from datetime import datetime, timezone
+
+    from usersegments.report import render_html
+
+    html = render_html(data, datetime.now(timezone.utc), "assets/plotly.min.js").html
+    for markup in ("<script>alert", "<b>bold", "<img src=x", "<i>rec", "</pre><script>"):
+        assert markup not in html, markup
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    page = _Page()
+    page.feed(html)
+    assert page.scripts == ["assets/plotly.min.js"] and "seg-c0_s0" in page.ids
+    assert "Trail Kit" in page.items  # "A | A" shown once
+    assert not re.search(r"\bnan\b", html, re.IGNORECASE)
+
+
+def test_item_titles_show_each_text_once():
+    from usersegments.report import item_title
+
+    assert item_title("Trail Kit | Trail Kit") == "Trail Kit"
+    assert item_title("Trail Kit | trail kit | Great shoes") == "Trail Kit | Great shoes"
+    assert item_title("First sentence. Second one") == "First sentence"
+    assert item_title("x" * 200, 10) == "x" * 9 + "…"
+
+
+def test_changes_name_big_growth_new_and_ended_segments_and_moves():
+    from datetime import datetime, timezone
+
+    from usersegments.report import History, RunPoint, changes
+
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    runs = [RunPoint(f"r{i}", "run", at, {}) for i in range(2)]
+    rows = [
+        (0, "a", 100, "trail running"),
+        (0, "b", 100, "baking"),
+        (0, "c", 50, "chess"),
+        (1, "a", 118, "trail running"),
+        (1, "b", 101, "baking"),
+        (1, "d", 31, "kayak"),
+    ]
+    snapshots = pd.DataFrame(rows, columns=["run", "segment_id", "size", "label"])
+    paths = [(("a", "a"), 100), (("b", "b"), 100), (("c", "a"), 18), (("c", "d"), 31)]
+    paths += [(("c", "b"), 1), ((None, "d"), 0)]
+    history = History(runs=runs, snapshots=snapshots, paths=paths, path_runs=[0, 1])
+    found = [c.text for c in changes(history, {"a", "b", "c", "d"}, 0.1)]
+    assert "segment a 'trail running' grew 18% (100 → 118 users)" in found
+    assert "segment c 'chess' ended (50 users before)" in found
+    assert "new segment d 'kayak' with 31 users" in found
+    assert "50 users (20.0%) changed segment" in found
+    assert not any("baking" in text for text in found)  # +1% is no news
+    assert changes(History(runs=runs[:1], snapshots=snapshots), set(), 0.1) == []
 
 
 def test_label_generator_phrases_labels_with_a_local_model(tmp_path):

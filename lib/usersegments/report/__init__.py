@@ -1,45 +1,60 @@
-"""Report: ``<output>/report/index.html``, a self-contained page with its plots beside it.
+"""Report: ``<output>/report/``, an interactive segment explorer that opens from ``file://``.
 
-Sections: run summary and config; segment sizes; a 2-D map of users (PCA of
-a sample of profiles) coloured by coarse cluster with segment labels at their
-centroids; one card per segment (label, keywords, top items, recommendations,
-size, cohesion); clustering quality with the k-selection curve; ingest
-quality (accepted and rejected by reason); offline evaluation when one ran;
-movement between segments and the latest re-clustering after updates.
-The page loads nothing from the network.
+One page, hash-routed (``#overview``, ``#map``, ``#hierarchy``, ``#segments``,
+``#movement``, ``#quality``, ``#segment/<id>``), its Plotly figures drawn by the
+plotly.js bundled once per folder under ``assets/``; nothing is loaded from the
+network. Spark aggregates; only per-segment and per-run figures, per-user segment
+paths counted per distinct path, and a sample of users for the map reach the driver.
 
 Modules:
-    gather   -- ``ReportData`` and ``gather``: what the page shows, read from the tables
-    plots    -- the matplotlib figures (map, sizes, k selection, ingest, evaluation) as PNG bytes
-    render   -- the HTML, rendered from ``templates/report.html.j2`` with autoescaping
-    publish  -- writing ``<root>/report/``: content-named images, the page replaced in one step
+    gather   -- ``ReportData`` and ``gather``: the current state, read from the tables
+    history  -- segments over runs through Delta time travel: run timeline, snapshots, user paths
+    changes  -- what changed since the previous run, one sentence per big change
+    figures  -- the Plotly figures: map, hierarchy, sizes over runs, Sankey, per segment, quality
+    sections -- the overview's figures and tables (key figures, quality, ingest)
+    text     -- item texts shown once and short, figures formatted without "nan"
+    render   -- the HTML from ``templates/report.html.j2`` (autoescaped) with the figures as JSON
+    publish  -- writing ``<root>/report/``: plotly.js once, the page replaced in one step
     stage    -- ``run_report``, the stage
 """
 
-from usersegments.report.gather import ReportData, gather
-from usersegments.report.plots import (
-    plot_evaluation,
-    plot_ingest,
-    plot_k_selection,
-    plot_map,
-    plot_sizes,
+from usersegments.report.changes import Change, changes
+from usersegments.report.figures import (
+    hierarchy_figure,
+    map_figure,
+    movement_figure,
     project_2d,
+    segment_figures,
+    sizes_over_runs_figure,
 )
-from usersegments.report.publish import write_report
-from usersegments.report.render import render_html, short_text
+from usersegments.report.gather import ReportData, gather
+from usersegments.report.history import History, RunPoint, gather_history
+from usersegments.report.publish import plotly_bundle, write_report
+from usersegments.report.render import Rendered, render_html
+from usersegments.report.sections import report_figures
 from usersegments.report.stage import run_report
+from usersegments.report.text import item_title, short_text
 
 __all__ = [
+    "Change",
+    "History",
+    "Rendered",
     "ReportData",
+    "RunPoint",
+    "changes",
     "gather",
-    "plot_evaluation",
-    "plot_ingest",
-    "plot_k_selection",
-    "plot_map",
-    "plot_sizes",
+    "gather_history",
+    "hierarchy_figure",
+    "item_title",
+    "map_figure",
+    "movement_figure",
+    "plotly_bundle",
     "project_2d",
     "render_html",
+    "report_figures",
     "run_report",
+    "segment_figures",
     "short_text",
+    "sizes_over_runs_figure",
     "write_report",
 ]

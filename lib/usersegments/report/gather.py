@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,11 @@ from usersegments.config import Config
 from usersegments.embed import model_id
 from usersegments.label import item_texts
 from usersegments.privacy import with_texts
+from usersegments.report.history import History, gather_history
 from usersegments.store import TableStore
 from usersegments.times import max_time
 
 CARD_RECOMMENDATIONS = 5  # recommendations shown per card; the table holds recommend.top_n
-MOVEMENT_ROWS = 20  # largest flows between segments shown
 METRIC_COLUMNS = ["run_id", "stage", "metric", "value", "recorded_at"]
 
 
@@ -35,10 +36,13 @@ class ReportData:
     evaluate_metrics: dict[str, float]
     run_row: dict[str, Any]
     model: str
-    movements: list[tuple[str, str, int]] = field(default_factory=list)
     lineage: list[tuple[str, str, str, float | None]] = field(default_factory=list)
     min_segment_size: int = 1
     table_rows: dict[str, int] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    runs_total: int = 0
+    projection: str = "pca"
+    change_min_share: float = 0.1
 
 
 def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
@@ -48,8 +52,8 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
     )
     segments = store.read("segments").toPandas().sort_values("segment_id")
     user_segments = store.read("user_segments")
-    latest_run = user_segments.agg(F.max("run_id")).first()[0]  # run ids sort by time
-    total = user_segments.count()
+    # Run ids sort by time: the latest names the run that last segmented users.
+    latest_run, total = user_segments.agg(F.max("run_id"), F.count(F.lit(1))).first()
     events = store.read("events")
     metrics = (
         store.read("run_metrics").toPandas()
@@ -57,10 +61,12 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         else pd.DataFrame(columns=METRIC_COLUMNS)
     )
     run_row = _run_row(store, latest_run)
-    labels = dict(zip(segments["segment_id"], segments["label"], strict=True))
     return ReportData(
-        movements=_movements(store, labels),
         lineage=_lineage(store),
+        history=gather_history(store, cfg.report.history_runs),
+        runs_total=_runs_so_far(store),
+        projection=cfg.report.projection,
+        change_min_share=cfg.report.change_min_share,
         segments=segments,
         map_points=_map_sample(store, user_segments, total, cfg),
         item_text=_top_item_texts(store, events, segments),
@@ -150,33 +156,23 @@ def _latest_metrics(metrics: pd.DataFrame, stage: str, having: str | None = None
         return {}
     latest = rows.sort_values("recorded_at")["run_id"].iloc[-1]
     rows = rows[rows["run_id"] == latest]
-    return dict(zip(rows["metric"], rows["value"], strict=True))
+    # A figure that could not be measured (ARI without a truth table) is left out,
+    # never shown as "nan".
+    return {
+        m: v
+        for m, v in zip(rows["metric"], rows["value"], strict=True)
+        if v is not None and math.isfinite(v)
+    }
 
 
-def _movements(store: TableStore, labels: dict[str, str]) -> list[tuple[str, str, int]]:
-    """The largest flows between segments recorded in segment_history (closed rows)."""
-    if not store.exists("segment_history"):
-        return []
-    history = store.read("segment_history")
-    closed = history.filter(F.col("valid_to").isNotNull()).select(
-        "user_id", F.col("segment_id").alias("from_segment"), F.col("valid_to").alias("at")
-    )
-    following = history.select(
-        "user_id", F.col("segment_id").alias("to_segment"), F.col("valid_from").alias("at")
-    )
-    flows = (
-        closed.join(following, ["user_id", "at"])
-        .groupBy("from_segment", "to_segment")
-        .agg(F.count(F.lit(1)).alias("users"))
-        .orderBy(F.desc("users"), "from_segment", "to_segment")
-        .limit(MOVEMENT_ROWS)
-        .collect()
-    )
-
-    def name(seg: str) -> str:
-        return f"{seg} {labels[seg]}" if labels.get(seg) else seg
-
-    return [(name(r["from_segment"]), name(r["to_segment"]), int(r["users"])) for r in flows]
+def _runs_so_far(store: TableStore) -> int:
+    """Runs that succeeded, every command counted, plus the run in progress (the one
+    writing this report, when the report is a stage of it)."""
+    if not store.exists("runs"):
+        return 0
+    rows = store.read("runs").select("status", "started_at").orderBy("started_at").collect()
+    done = sum(r["status"] == "succeeded" for r in rows)
+    return done + int(bool(rows) and rows[-1]["status"] == "running")
 
 
 def _lineage(store: TableStore) -> list[tuple[str, str, str, float | None]]:

@@ -1,5 +1,5 @@
-"""Writing ``<root>/report/``: content-named images, the page swapped in one step, then
-the images no page names any more removed.
+"""Writing ``<root>/report/``: the bundled plotly.js under ``assets/``, the page swapped in
+one step, then the files no page names any more removed.
 
 Files go through ``pyarrow.fs``, so the root may be a local folder or an object-store URI.
 """
@@ -13,42 +13,47 @@ from typing import Any
 
 from usersegments.paths import is_local, local_path
 from usersegments.report.gather import ReportData
-from usersegments.report.plots import report_plots
-from usersegments.report.render import render_html
+from usersegments.report.render import Rendered, render_html
 from usersegments.store import TableStore
 
 REPORT_DIR = "report"
 PAGE = "index.html"
+ASSETS = "assets"
 
 
-def write_report(store: TableStore, data: ReportData) -> str:
-    """Render the plots and the page under ``<root>/report/``; returns the page's path.
+def write_report(store: TableStore, data: ReportData, seed: int = 0) -> tuple[str, Rendered]:
+    """Write the explorer under ``<root>/report/``; returns the page's path and what it shows.
 
-    A crash half-way never leaves a page pointing at the wrong plots: images are named
-    by their content and written first, the page replaces the old one in one step
-    (a rename on local disks, a single object PUT on object stores), and only then
-    are the images no page names any more removed.
+    A crash half-way never leaves a page pointing at a missing or partial script: the
+    script is named by its content and written (completely, then renamed) before the
+    page, the page replaces the old one in one step (a rename on local disks, a single
+    object PUT on object stores), and only then are files no page names removed.
     """
-    plots = {name: png for name, png in report_plots(data).items() if png}
-    images = {name: image_name(name, png) for name, png in plots.items()}
-    page = render_html(data, images, datetime.now(timezone.utc))
+    script, script_name = plotly_bundle()
+    rendered = render_html(data, datetime.now(timezone.utc), f"{ASSETS}/{script_name}", seed)
     filesystem, root = _filesystem(store.root)
     folder = f"{root.rstrip('/')}/{REPORT_DIR}"
-    filesystem.create_dir(folder, recursive=True)
-    for name, png in plots.items():
-        with filesystem.open_output_stream(f"{folder}/{images[name]}") as out:
-            out.write(png)
-    _replace_page(filesystem, folder, page.encode("utf-8"), rename=is_local(store.root))
-    _remove_unused_images(filesystem, folder, set(images.values()))
-    if is_local(store.root):
-        return f"{folder}/{PAGE}"
-    return f"{store.root.rstrip('/')}/{REPORT_DIR}/{PAGE}"
+    local = is_local(store.root)
+    filesystem.create_dir(f"{folder}/{ASSETS}", recursive=True)
+    asset = f"{folder}/{ASSETS}/{script_name}"
+    if filesystem.get_file_info(asset).size != len(script):  # written once per folder
+        _put(filesystem, asset, script, rename=local)
+    _put(filesystem, f"{folder}/{PAGE}", rendered.html.encode("utf-8"), rename=local)
+    _remove_unused(filesystem, folder, {PAGE, f"{ASSETS}/{script_name}"})
+    if local:
+        return f"{folder}/{PAGE}", rendered
+    return f"{store.root.rstrip('/')}/{REPORT_DIR}/{PAGE}", rendered
 
 
-def image_name(plot: str, png: bytes) -> str:
-    """``<plot>-<first 12 hex digits of the PNG's SHA-256>.png``: a new figure never
-    overwrites one an older page still shows."""
-    return f"{plot}-{hashlib.sha256(png).hexdigest()[:12]}.png"
+def plotly_bundle() -> tuple[bytes, str]:
+    """plotly.js from the installed plotly package and its file name,
+    ``plotly-<version>-<first 12 hex digits of its SHA-256>.min.js``."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    script = get_plotlyjs().encode("utf-8")
+    digest = hashlib.sha256(script).hexdigest()[:12]
+    return script, f"plotly-{plotly.__version__}-{digest}.min.js"
 
 
 def _filesystem(root: str) -> tuple[Any, str]:
@@ -60,24 +65,26 @@ def _filesystem(root: str) -> tuple[Any, str]:
     return fs.FileSystem.from_uri(root)
 
 
-def _replace_page(filesystem: Any, folder: str, page: bytes, rename: bool) -> None:
-    """Put ``page`` at ``<folder>/index.html`` so readers see the old page or the new one.
+def _put(filesystem: Any, path: str, content: bytes, rename: bool) -> None:
+    """Put ``content`` at ``path`` so readers see the old file or the new one, whole.
 
-    Local disks write a temporary file and rename it over the page; an object store's
+    Local disks write a temporary file beside it and rename it over; an object store's
     single PUT is already all or nothing.
     """
-    index = f"{folder}/{PAGE}"
-    target = f"{folder}/.{PAGE}.{os.getpid()}.tmp" if rename else index
+    folder, name = path.rsplit("/", 1)
+    target = f"{folder}/.{name}.{os.getpid()}.tmp" if rename else path
     with filesystem.open_output_stream(target) as out:
-        out.write(page)
+        out.write(content)
     if rename:
-        filesystem.move(target, index)
+        filesystem.move(target, path)
 
 
-def _remove_unused_images(filesystem: Any, folder: str, used: set[str]) -> None:
-    """Delete the PNGs in ``folder`` that the current page does not show."""
+def _remove_unused(filesystem: Any, folder: str, used: set[str]) -> None:
+    """Delete what the current page does not use: older scripts, the PNG images of
+    earlier reports, temporary files of a crashed write."""
     from pyarrow import fs
 
-    for info in filesystem.get_file_info(fs.FileSelector(folder)):
-        if info.base_name.endswith(".png") and info.base_name not in used:
+    for info in filesystem.get_file_info(fs.FileSelector(folder, recursive=True)):
+        relative = info.path[len(folder) + 1 :]
+        if info.type == fs.FileType.File and relative not in used:
             filesystem.delete_file(info.path)

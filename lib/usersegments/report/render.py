@@ -1,13 +1,17 @@
-"""The page's HTML: figures formatted here, markup in ``templates/report.html.j2``.
+"""The page's HTML: figures and texts prepared here, markup in ``templates/report.html.j2``.
 
 Jinja2 autoescapes every value, so labels, keywords and item texts taken from user
-data cannot inject markup into the page.
+data cannot inject markup into the page; the figures and the movement paths travel as
+one JSON block (``tojson`` escapes ``<``, ``>``, ``&`` and quotes) that the page's script
+draws with plotly.js.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,30 +19,37 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from usersegments.report.changes import changes
+from usersegments.report.figures import cluster_color, segment_figures
 from usersegments.report.gather import ReportData
-from usersegments.times import collected_utc
+from usersegments.report.history import flows
+from usersegments.report.sections import (
+    ingest_rows,
+    overview_figures,
+    quality_rows,
+    run_details,
+    summary_rows,
+)
+from usersegments.report.text import fmt, item_title
 
 TEMPLATE = "report.html.j2"
+TEMPLATE_NAME = "plotly_white"  # the figures' Plotly template, sent once with the page
+FLOW_ROWS = 8  # inflow and outflow rows on a segment page
 STRATEGIES = ("segment", "cluster", "popularity")  # recommenders the evaluation compares
-QUALITY_METRICS = (
-    "silhouette_cosine",
-    "davies_bouldin",
-    "calinski_harabasz",
-    "segment_size_min",
-    "segment_size_median",
-    "segment_size_max",
-    "ari_cluster_vs_area",
-    "nmi_cluster_vs_area",
-    "ari_segment_vs_substyle",
-    "nmi_segment_vs_substyle",
-)
-INGEST_METRICS = ("rows_read", "accepted", "rejected", "duplicates")
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+
+
+@dataclass
+class Rendered:
+    """The page's HTML and what it shows (the tests and the stage read the counts)."""
+
+    html: str
+    map_points: int
+    figures: list[str]
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    # Built on first render, not at import: notebooks import the plots without it.
+    # Built on first render, not at import: notebooks import the figures without it.
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True,
@@ -48,60 +59,171 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_html(data: ReportData, images: dict[str, str], generated_at: datetime) -> str:
-    """The page's HTML; ``images`` maps a plot name to its file name beside the page."""
+def render_html(
+    data: ReportData, generated_at: datetime, plotly_src: str | None, seed: int = 0
+) -> Rendered:
+    """The page; ``plotly_src`` is the bundled plotly.js beside it (None: the script is
+    inlined, for a page shown without its folder, e.g. ``displayHTML`` on Databricks)."""
+    from threadpoolctl import threadpool_limits
+
+    # Small matrices only: BLAS threads competing with a local Spark's cores made the
+    # page ten times slower to build on a busy driver.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _render(data, generated_at, plotly_src, seed)
+
+
+def _render(
+    data: ReportData, generated_at: datetime, plotly_src: str | None, seed: int
+) -> Rendered:
+    figures, map_points = overview_figures(data, seed)
     described = data.segments[data.segments["size"] >= data.min_segment_size]
-    return (
+    names = set(described["segment_id"])
+    pages = _segment_pages(data, described)
+    payload = {
+        "figures": figures,
+        "segments": {p["segment_id"]: {"figures": p.pop("figures")} for p in pages},
+        "movement": _movement_payload(data, names),
+        "template": _template_json(),
+    }
+    html = (
         _environment()
         .get_template(TEMPLATE)
         .render(
-            segment_count=len(data.segments),
-            k=int(data.cluster_metrics.get("k", 0)) or "?",
-            summary=_summary_rows(data, generated_at),
-            config_json=_pretty_config(data.run_row),
-            images=images,
-            cards=[_card(row, data) for _, row in described.iterrows()],
+            plotly_src=plotly_src,
+            plotly_inline=None if plotly_src else _plotly_js(),
+            payload=payload,
+            generated=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+            kpis=summary_rows(data),
+            changes=changes(data.history, names, data.change_min_share),
+            first_run=len(data.history.runs) < 2,
+            run_rows=_run_rows(data),
+            pages=pages,
             undescribed=len(data.segments) - len(described),
             min_segment_size=data.min_segment_size,
-            quality=[
-                (n, _fmt(data.cluster_metrics[n]))
-                for n in QUALITY_METRICS
-                if n in data.cluster_metrics
-            ],
-            ingest=[
-                (n, _fmt(int(data.ingest_metrics[n])))
-                for n in INGEST_METRICS
-                if n in data.ingest_metrics
-            ],
-            rejected=sorted(
-                (f"rejected: {k}", f"{v:,}") for k, v in data.rejected_by_reason.items()
-            ),
-            evaluation=_evaluation(data.evaluate_metrics) if "evaluation" in images else None,
-            movements=[(a, b, f"{n:,}") for a, b, n in data.movements],
+            map_points=map_points,
+            quality=quality_rows(data.cluster_metrics),
+            ingest=ingest_rows(data),
+            evaluation=_evaluation(data.evaluate_metrics),
             lineage=[
                 (old, new, event, "" if sim is None else f"{sim:.3f}")
                 for old, new, event, sim in data.lineage
             ],
+            config_json=_pretty_config(data.run_row),
+            run_details=run_details(data),
         )
     )
+    return Rendered(html=html, map_points=map_points, figures=sorted(figures))
 
 
-def _summary_rows(data: ReportData, generated_at: datetime) -> list[tuple[str, Any]]:
-    """The run summary table: the latest run, the model, table sizes, k and segments."""
-    run, cm = data.run_row, data.cluster_metrics
-    started = run.get("started_at", "?")
-    if isinstance(started, datetime):
-        started = collected_utc(started).strftime(TIME_FORMAT)
-    return [
-        ("run", run.get("run_id", "?")),
-        ("command", run.get("command", "?")),
-        ("started", started),
-        ("model", data.model),
-        ("report generated", generated_at.strftime(TIME_FORMAT)),
-        *[(k, _fmt(v)) for k, v in data.table_rows.items()],
-        ("coarse clusters (k)", _fmt(int(cm["k"])) if "k" in cm else "?"),
-        ("segments", len(data.segments)),
+@functools.cache
+def _template_json() -> Any:
+    """The Plotly template every figure uses, as plotly ships it (read, not built:
+    building it through graph_objects takes seconds)."""
+    from importlib.resources import files
+
+    path = files("plotly") / "package_data" / "templates" / f"{TEMPLATE_NAME}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().replace("</script", "<\\/script")  # inlined: cannot end the tag
+
+
+def _segment_pages(data: ReportData, described: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every described segment's page; what they share (moves, snapshots) computed once."""
+    history = data.history
+    moved = _latest_moves(data)
+    labels = dict(zip(data.segments["segment_id"], data.segments["label"], strict=True))
+    snapshots = dict(tuple(history.snapshots.groupby("segment_id")))
+    inflow = dict(tuple(moved.groupby("target")))
+    outflow = dict(tuple(moved.groupby("source")))
+    empty = moved.iloc[0:0]
+
+    def flow_rows(frame: pd.DataFrame, column: str) -> list[tuple]:
+        top = sorted(zip(frame[column], frame["users"], strict=True), key=lambda r: -r[1])
+        return [
+            (s, labels.get(s) or "", fmt(int(u))) if isinstance(s, str) else (None, "", fmt(int(u)))
+            for s, u in top[:FLOW_ROWS]
+        ]
+
+    pages = []
+    for _, row in described.iterrows():
+        seg = row["segment_id"]
+        rows = snapshots.get(seg, history.snapshots.iloc[0:0])
+        page = _segment_page(row, data)
+        sizes = rows["size"].tolist()
+        page["size_trend"] = " → ".join(fmt(int(s)) for s in sizes[-4:]) if len(sizes) > 1 else ""
+        page["inflow"] = flow_rows(inflow.get(seg, empty), "source")
+        page["outflow"] = flow_rows(outflow.get(seg, empty), "target")
+        page["figures"] = segment_figures(history, seg, rows)
+        pages.append(page)
+    return pages
+
+
+def _segment_page(row: pd.Series, data: ReportData) -> dict[str, Any]:
+    """One segment's texts: label, keywords, representative items, recommendations."""
+    seg = row["segment_id"]
+    items = [item_title(data.item_text.get(i, i)) for i in row["top_items"]]
+    return {
+        "segment_id": seg,
+        "title": row["label"] or seg,
+        "cluster_id": int(row["cluster_id"]),
+        "color": cluster_color(int(row["cluster_id"])),
+        "size": fmt(int(row["size"])),
+        "cohesion": f"{float(row['cohesion']):.3f}",
+        "keywords": list(row["keywords"]),
+        "top_items": list(dict.fromkeys(items)),
+        "recommendations": [
+            (item_title(text), f"{score:.3g}") for text, score in data.recommendations.get(seg, [])
+        ],
+        "search": " ".join([seg, row["label"] or "", *row["keywords"], *items]).casefold(),
+    }
+
+
+def _latest_moves(data: ReportData) -> pd.DataFrame:
+    """Users who changed segment from the previous run to the latest: source, target,
+    users (source None = not segmented before)."""
+    history = data.history
+    last = len(history.runs) - 1
+    if last < 1 or last - 1 not in history.path_runs:
+        return pd.DataFrame({"source": [], "target": [], "users": []})
+    moved = flows(history, last - 1, last)
+    return moved[moved["source"].astype(str) != moved["target"].astype(str)]
+
+
+def _movement_payload(data: ReportData, described: set[str]) -> dict[str, Any]:
+    """The paths the page's Sankey is drawn from: segment index per run (-1 = absent)."""
+    history = data.history
+    segs = sorted({s for path, _ in history.paths for s in path if s is not None})
+    index = {s: i for i, s in enumerate(segs)}
+    labels = dict(zip(history.snapshots["segment_id"], history.snapshots["label"], strict=False))
+    clusters = dict(
+        zip(history.snapshots["segment_id"], history.snapshots["cluster_id"], strict=False)
+    )
+    return {
+        "runs": history.names,
+        "path_runs": history.path_runs,
+        "segments": segs,
+        "names": [
+            html.escape(f"{s} {labels.get(s) or ''}".strip() if s in described else s) for s in segs
+        ],
+        "colors": [cluster_color(int(clusters.get(s, 0))) for s in segs],
+        "paths": [[index[s] if s is not None else -1 for s in p] + [n] for p, n in history.paths],
+    }
+
+
+def _run_rows(data: ReportData) -> list[tuple[str, str, str]]:
+    """The runs on the timeline, newest first: name, run id, segments."""
+    snaps = data.history.snapshots
+    history = data.history
+    rows = [
+        (name, run.run_id, fmt(int((snaps["run"] == i).sum())))
+        for i, (name, run) in enumerate(zip(history.names, history.runs, strict=True))
     ]
+    return rows[::-1]
 
 
 def _pretty_config(run: dict[str, Any]) -> str | None:
@@ -111,44 +233,17 @@ def _pretty_config(run: dict[str, Any]) -> str | None:
     return json.dumps(json.loads(run["config_json"]), indent=2, sort_keys=True)
 
 
-def _card(row: pd.Series, data: ReportData) -> dict[str, Any]:
-    """One segment's card: label, size, cohesion, keywords, top items, recommendations."""
-    seg = row["segment_id"]
-    return {
-        "segment_id": seg,
-        "title": row["label"] or seg,
-        "cluster_id": int(row["cluster_id"]),
-        "size": f"{int(row['size']):,}",
-        "cohesion": f"{float(row['cohesion']):.3f}",
-        "keywords": list(row["keywords"]),
-        "top_items": [short_text(data.item_text.get(i, i)) for i in row["top_items"]],
-        "recommendations": [
-            (short_text(text), f"{score:.3g}") for text, score in data.recommendations.get(seg, [])
-        ],
-    }
-
-
-def _evaluation(em: dict[str, float]) -> dict[str, Any]:
-    """The offline evaluation section: K, the holdout and hit rate and recall per recommender."""
+def _evaluation(em: dict[str, float]) -> dict[str, Any] | None:
+    """The offline evaluation: K, the holdout and hit rate and recall per recommender."""
+    if "k" not in em:
+        return None
     k = int(em["k"])
     return {
         "k": k,
         "holdout_last": int(em.get("holdout_last", 0)),
-        "users_tested": f"{int(em.get('users_tested', 0)):,}",
+        "users_tested": fmt(int(em.get("users_tested", 0))),
         "rows": [
             (s, f"{em.get(f'hit_rate@{k}.{s}', 0):.3f}", f"{em.get(f'recall@{k}.{s}', 0):.3f}")
             for s in STRATEGIES
         ],
     }
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
-def short_text(text: str, limit: int = 90) -> str:
-    """An item's title: its first sentence, cut at ``limit`` characters."""
-    first = text.split(". ", 1)[0]
-    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"

@@ -1,4 +1,4 @@
-"""The ``report`` stage: gather from the tables, write the page, record what it showed."""
+"""The ``report`` stage: gather from the tables, write the explorer, record what it showed."""
 
 from __future__ import annotations
 
@@ -16,21 +16,17 @@ log = logging.getLogger(__name__)
 
 
 def run_report(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
-    """Write ``<output>/report/index.html`` from the current tables."""
+    """Write ``<output>/report/index.html`` (and its ``assets/``) from the current tables."""
     if not cfg.report.enabled:
         log.info("report: disabled (report.enabled=false)")
         return StageResult(stage="report", metrics={"report_written": 0})
-    import matplotlib
-
-    # PNG files only: a headless driver has no display, and a notebook's backend is
-    # left alone until the stage runs.
-    matplotlib.use("Agg")
     data = gather(spark, store, cfg)
-    path = write_report(store, data)
+    path, rendered = write_report(store, data, seed=cfg.cluster.seed)
     metrics = {
         "report_written": 1,
         "segments_shown": len(data.segments),
-        "map_users": len(data.map_points),
+        "map_users": rendered.map_points,
+        "runs_shown": len(data.history.runs),
     }
     run.record_all("report", metrics)
     log.info("report: %s", path)

@@ -1,0 +1,334 @@
+"""The report's Plotly figures, built from ``ReportData`` on the driver.
+
+Each function returns a figure as Plotly's JSON structure (a dict of ``data`` and
+``layout``): the page embeds them and draws them with the bundled plotly.js, and a
+notebook can show one with ``plotly.graph_objects.Figure(spec)``. Plain dicts, because
+validating hundreds of traces through ``graph_objects`` takes seconds. Text taken from
+user data (labels, keywords, item texts) is HTML-escaped before it reaches a hover label
+or a legend, and passed as trace text, never into a hover template.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from plotly.colors import qualitative
+
+from usersegments.errors import ConfigError
+from usersegments.report.gather import ReportData
+from usersegments.report.history import History, centroid_drift, flows
+from usersegments.report.text import item_title
+
+Figure = dict[str, Any]  # Plotly's figure JSON: {"data": [...], "layout": {...}}
+PALETTE = qualitative.Dark24 + qualitative.Light24
+FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+HOVER_ITEMS = 3  # top items named in a map point's hover label
+MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+RED, GREEN = "#d62728", "#2ca02c"
+
+
+def cluster_color(cluster_id: int) -> str:
+    """The colour of a coarse cluster, the same in every figure."""
+    return PALETTE[int(cluster_id) % len(PALETTE)]
+
+
+def figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
+    """A figure with the report's title style, font and margins (the page adds the
+    ``plotly_white`` template once for all figures)."""
+    return {
+        "data": data,
+        "layout": {
+            "title": {"text": title, "x": 0.01, "font": {"size": 15}},
+            "font": {"family": FONT, "size": 12},
+            "margin": MARGIN,
+            **layout,
+        },
+    }
+
+
+def _legend_name(seg: str, label: str | None) -> str:
+    return html.escape(f"{seg} {label or ''}".strip()[:48])
+
+
+def project_2d(vectors: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """Users' profiles in two dimensions and the method used: UMAP (cosine) when
+    ``umap-learn`` is installed and ``method`` allows it, else PCA."""
+    if method in ("auto", "umap") and len(vectors) >= 10:
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ImportError:
+            if method == "umap":
+                raise ConfigError(
+                    "report.projection=umap needs the umap-learn package: "
+                    "pip install umap-learn, or set report.projection=pca"
+                ) from None
+        else:
+            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed)
+            return reducer.fit_transform(vectors), "UMAP"
+    from threadpoolctl import threadpool_limits
+
+    centred = vectors - vectors.mean(axis=0, keepdims=True)
+    # The top eigenvectors of the d x d covariance: far cheaper than an SVD of the sample.
+    # One BLAS thread: a d x d problem gains nothing from more, and on a busy driver
+    # (local Spark uses every core) spinning BLAS threads made it 100 times slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, vectors_ = np.linalg.eigh(centred.T @ centred)
+    axes = vectors_[:, ::-1][:, :2]
+    axes *= np.sign(axes[np.abs(axes).argmax(axis=0), [0, 1]])  # a stable orientation
+    return centred @ axes, "PCA"
+
+
+def segment_hover(row: pd.Series, data: ReportData, described: bool) -> str:
+    """A segment's hover label: label, id, size and top items (escaped)."""
+    seg, size = row["segment_id"], int(row["size"])
+    if not described:
+        return f"{html.escape(seg)} · {size:,} users<br>(below the privacy floor: not described)"
+    items = [item_title(data.item_text.get(i, i), 60) for i in list(row["top_items"])[:HOVER_ITEMS]]
+    lines = [f"<b>{html.escape(row['label'] or seg)}</b>", f"{html.escape(seg)} · {size:,} users"]
+    lines += [f"• {html.escape(t)}" for t in items]
+    return "<br>".join(lines)
+
+
+def map_figure(data: ReportData, seed: int = 0) -> tuple[Figure, int]:
+    """Sampled users in 2-D, one legend entry per segment (click to hide), coloured by
+    coarse cluster; the hover names the segment. Returns the figure and points drawn."""
+    points, segments = data.map_points, data.segments.set_index("segment_id", drop=False)
+    if len(points) < 3:
+        return figure([], "Map of users (too few users to draw)"), 0
+    xy, method = project_2d(
+        np.vstack(points["embedding"].to_numpy()).astype(np.float64), data.projection, seed
+    )
+    xy = np.round(xy / (np.abs(xy).max() or 1.0), 4)  # 4 digits are plenty on screen
+    order = data.segments.sort_values(["cluster_id", "segment_id"])["segment_id"].tolist()
+    groups = points.groupby("segment_id").indices
+    traces, seen_clusters = [], set()
+    for seg in [s for s in order if s in groups]:
+        row, idx = segments.loc[seg], groups[seg]
+        cluster = int(row["cluster_id"])
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": xy[idx, 0].tolist(),
+                "y": xy[idx, 1].tolist(),
+                "name": _legend_name(seg, row["label"]),
+                "legendgroup": f"c{cluster}",
+                "legendgrouptitle": {
+                    "text": "" if cluster in seen_clusters else f"cluster {cluster}"
+                },
+                "marker": {"color": cluster_color(cluster), "size": 5, "opacity": 0.7},
+                "text": segment_hover(row, data, int(row["size"]) >= data.min_segment_size),
+                "hovertemplate": "%{text}<extra></extra>",
+                "meta": seg,  # the page opens this segment when a point is clicked
+            }
+        )
+        seen_clusters.add(cluster)
+    drawn = sum(len(t["x"]) for t in traces)
+    title = f"{drawn:,} sampled users on two {method} components, coloured by coarse cluster"
+    axis = {"visible": False}
+    layout = {"height": 640, "legend": {"itemsizing": "constant"}, "xaxis": axis, "yaxis": axis}
+    return figure(traces, title, **layout), drawn
+
+
+def hierarchy_figure(data: ReportData) -> Figure:
+    """Coarse clusters -> fine segments as a treemap: area = users, hover = keywords."""
+    nodes: dict[str, list] = {k: [] for k in ("ids", "labels", "parents", "values", "text")}
+    colors = []
+
+    def add(node_id: str, label: str, parent: str, value: int, text: str, cluster: int) -> None:
+        for key, value_ in zip(nodes, (node_id, label, parent, value, text), strict=True):
+            nodes[key].append(value_)
+        colors.append(cluster_color(cluster))
+
+    for cluster, members in data.segments.groupby("cluster_id"):
+        parent = f"cluster {cluster}"
+        add(parent, parent, "", int(members["size"].sum()), f"{len(members)} segments", cluster)
+        for _, row in members.iterrows():
+            described = int(row["size"]) >= data.min_segment_size
+            keywords = ", ".join(list(row["keywords"])[:8]) if described else "not described"
+            name = _legend_name(row["segment_id"], row["label"] if described else None)
+            add(row["segment_id"], name, parent, int(row["size"]), html.escape(keywords), cluster)
+    treemap = {
+        "type": "treemap",
+        **nodes,
+        "branchvalues": "total",
+        "marker": {"colors": colors},
+        "textinfo": "label+value",
+        "hovertemplate": "<b>%{label}</b><br>%{value:,} users<br>%{text}<extra></extra>",
+        "maxdepth": 2,
+    }
+    return figure([treemap], "Coarse clusters and their segments (area = users)", height=620)
+
+
+def sizes_over_runs_figure(history: History, labels: dict[str, str]) -> Figure | None:
+    """Stacked areas: users per segment in every run (None with no history)."""
+    snaps = history.snapshots
+    if snaps.empty:
+        return None
+    runs = history.names
+    clusters = snaps.groupby("segment_id")["cluster_id"].last()
+    traces = []
+    for seg, rows in snaps.groupby("segment_id"):
+        sizes = dict(zip(rows["run"], rows["size"], strict=True))
+        traces.append(
+            {
+                "type": "scatter",
+                "x": runs,
+                "y": [int(sizes.get(i, 0)) for i in range(len(runs))],
+                "name": _legend_name(str(seg), labels.get(seg)),
+                "stackgroup": "sizes",
+                "line": {"width": 0.5, "color": cluster_color(int(clusters[seg]))},
+                "hovertemplate": f"{html.escape(str(seg))}: %{{y:,}} users<extra></extra>",
+            }
+        )
+    return figure(traces, "Users per segment over runs", height=480, hovermode="x")
+
+
+def movement_figure(history: History, a: int, b: int, labels: dict[str, str]) -> Figure:
+    """Sankey of users from the segments of run ``a`` to those of run ``b`` (notebooks;
+    the page draws the same from the paths for any two runs chosen)."""
+    moved = flows(history, a, b)
+    left = sorted({str(s) for s in moved["source"]})
+    right = sorted({str(s) for s in moved["target"]})
+
+    def name(seg: str) -> str:
+        return "not segmented" if seg == "None" else _legend_name(seg, labels.get(seg))
+
+    sankey = {
+        "type": "sankey",
+        "node": {"label": [name(s) for s in left + right], "pad": 8},
+        "link": {
+            "source": [left.index(str(s)) for s in moved["source"]],
+            "target": [len(left) + right.index(str(t)) for t in moved["target"]],
+            "value": [int(u) for u in moved["users"]],
+        },
+    }
+    title = f"Users from {history.names[a]} to {history.names[b]}"
+    return figure([sankey], title, height=620)
+
+
+def segment_figures(
+    history: History, seg: str, rows: pd.DataFrame | None = None
+) -> dict[str, Figure]:
+    """Per-segment series over runs: users, reach (when known) and centroid drift;
+    ``rows``: the segment's snapshots when the caller already has them."""
+    names = history.names
+    if rows is None:
+        rows = history.snapshots[history.snapshots["segment_id"] == seg]
+    if not names or rows.empty:
+        return {}
+    sizes = dict(zip(rows["run"], rows["size"], strict=True))
+    lines = [_line(names, [_int(sizes.get(i)) for i in range(len(names))], "users")]
+    if history.reach:
+        reach = [history.reach.get((i, seg)) for i in range(len(names))]
+        lines.append(_line(names, reach, "reach"))
+    drift = centroid_drift(rows).get(seg, [])
+    # Runs by number on the axis (the full names, long, in the hover).
+    small = {
+        "height": 260,
+        "showlegend": len(lines) > 1,
+        "xaxis": {"title": {"text": "run"}, "dtick": 1},
+    }
+    return {
+        "size": figure(lines, "Size over runs", **small),
+        "drift": figure(
+            [_line(names[: len(drift)], drift, "drift")],
+            "Centroid drift from its first run",
+            yaxis={"title": {"text": "cosine distance"}, "rangemode": "tozero"},
+            **small,
+        ),
+    }
+
+
+def _line(names: list, y: list, name: str) -> dict[str, Any]:
+    """A line over runs: x = run number, the run's name in the hover."""
+    return {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "x": list(range(1, len(names) + 1)),
+        "y": y,
+        "name": name,
+        "text": names,
+        "hovertemplate": f"%{{text}}<br>{name}: %{{y}}<extra></extra>",
+    }
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def ingest_figure(accepted: int, rejected_by_reason: dict[str, int]) -> Figure:
+    """Bars: accepted events and rejected rows by reason (log scale)."""
+    reasons = sorted(rejected_by_reason)
+    names = ["accepted", *[f"rejected: {r}" for r in reasons]]
+    values = [int(accepted), *[int(rejected_by_reason[r]) for r in reasons]]
+    bars = {
+        "type": "bar",
+        "orientation": "h",
+        "x": values,
+        "y": names,
+        "marker": {"color": [GREEN] + [RED] * len(reasons)},
+        "text": [f"{v:,}" for v in values],
+        "textposition": "auto",
+    }
+    return figure(
+        [bars],
+        "Ingest: accepted events, rejected rows by reason",
+        height=120 + 34 * len(names),
+        xaxis={"type": "log" if reasons else "linear"},  # log: rejects are few
+        yaxis={"autorange": "reversed"},
+    )
+
+
+def k_selection_figure(cluster_metrics: dict[str, float]) -> Figure | None:
+    """Cosine silhouette per candidate k, the chosen k marked; None when k was fixed."""
+    scores = sorted(
+        (int(name[len("silhouette_k") :]), float(value))
+        for name, value in cluster_metrics.items()
+        if name.startswith("silhouette_k")
+    )
+    if not scores:
+        return None
+    ks, values = zip(*scores, strict=True)
+    shapes = []
+    if "k" in cluster_metrics:
+        k = int(cluster_metrics["k"])
+        line = {"dash": "dash", "color": RED}
+        shapes.append(
+            {"type": "line", "x0": k, "x1": k, "yref": "paper", "y0": 0, "y1": 1, "line": line}
+        )
+    return figure(
+        [{"type": "scatter", "mode": "lines+markers", "x": list(ks), "y": list(values)}],
+        "Choice of k (dashed: chosen)",
+        height=320,
+        shapes=shapes,
+        xaxis={"title": {"text": "k (coarse clusters)"}},
+        yaxis={"title": {"text": "cosine silhouette (sample)"}},
+    )
+
+
+def evaluation_figure(evaluate_metrics: dict[str, float]) -> Figure | None:
+    """Grouped bars: hit rate@K and recall@K per recommender; None without an evaluation."""
+    if "k" not in evaluate_metrics:
+        return None
+    k = int(evaluate_metrics["k"])
+    strategies = ["segment", "cluster", "popularity"]
+    bars = [
+        {
+            "type": "bar",
+            "x": strategies,
+            "y": [float(evaluate_metrics.get(f"{metric}@{k}.{s}", 0.0)) for s in strategies],
+            "name": f"{metric.replace('_', ' ')}@{k}",
+        }
+        for metric in ("hit_rate", "recall")
+    ]
+    return figure(
+        bars,
+        "Held-out events found by each recommender",
+        height=320,
+        barmode="group",
+        yaxis={"range": [0, 1]},
+    )

@@ -1,0 +1,246 @@
+"""Segments over runs, read back through Delta time travel.
+
+``segments`` and ``user_segments`` are overwritten by every clustering and update; their
+earlier versions still hold what each run left. A run's snapshot is the latest version
+committed before the run finished (the run in progress, which writes the report, takes
+the current version). Only per-run aggregates and per-user *paths* (the segment of a
+user in each run, counted per distinct path) reach the driver, so the report stays
+small whatever the number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from usersegments.store import TableStore
+from usersegments.times import collected_utc
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_TABLES = ("segments", "user_segments")
+INTERESTS_TABLE = "user_interests"  # per-user multi-interests, when that stage exists
+PATH_LIMIT = 20_000  # distinct user paths collected; beyond it only the last two runs
+SEGMENT_COLUMNS = ["segment_id", "cluster_id", "size", "label", "keywords", "centroid"]
+
+
+@dataclass
+class RunPoint:
+    """One run on the timeline and the table versions it left."""
+
+    run_id: str
+    command: str
+    started_at: datetime
+    versions: dict[str, int]
+
+
+@dataclass
+class History:
+    """What the over-runs views show, oldest run first.
+
+    ``snapshots``: one row per (run index, segment) with size, label, keywords, centroid.
+    ``paths``: distinct sequences of segment ids (None = not segmented in that run) over
+    ``path_runs`` (indices into ``runs``) with the number of users who took each.
+    ``reach``: (run index, segment_id) -> users interested, when ``user_interests`` exists.
+    """
+
+    runs: list[RunPoint] = field(default_factory=list)
+    snapshots: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["run", *SEGMENT_COLUMNS])
+    )
+    paths: list[tuple[tuple[str | None, ...], int]] = field(default_factory=list)
+    path_runs: list[int] = field(default_factory=list)
+    reach: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """What the page calls each run: its number, command and start time (unique, so
+        runs started in the same minute stay apart on an axis)."""
+        return [
+            f"{i}. {r.command} {r.started_at:%Y-%m-%d %H:%M}" for i, r in enumerate(self.runs, 1)
+        ]
+
+
+def gather_history(store: TableStore, limit: int) -> History:
+    """The last ``limit`` runs that changed the segments, with their snapshots and paths.
+
+    Versions removed by VACUUM cannot be read back: the history then starts at the first
+    run still readable (logged), and with none readable it holds the current state only.
+    """
+    runs = run_timeline(store, limit)
+    while runs:
+        try:
+            return _read_history(store, runs)
+        except Exception as error:  # noqa: BLE001 - a vacuumed version fails in many ways
+            if len(runs) == 1:
+                log.warning("report: segment history unreadable (%s)", error)
+                return History()
+            log.info("report: run %s no longer readable (%s); dropped", runs[0].run_id, error)
+            runs = runs[1:]
+    return History()
+
+
+def _read_history(store: TableStore, runs: list[RunPoint]) -> History:
+    history = History(runs=runs, snapshots=_snapshots(store, runs))
+    history.paths, history.path_runs = _paths(store, runs)
+    if store.exists(INTERESTS_TABLE):
+        history.reach = _reach(store, runs)
+    return history
+
+
+def run_timeline(store: TableStore, limit: int) -> list[RunPoint]:
+    """Succeeded runs (and the run in progress) that left new segment versions, oldest
+    first, the last ``limit`` of them."""
+    if not all(store.exists(t) for t in (*SNAPSHOT_TABLES, "runs")):
+        return []
+    commits = {t: _commit_times(store, t) for t in (*SNAPSHOT_TABLES, INTERESTS_TABLE)}
+    rows = (
+        store.read("runs")
+        .select("run_id", "command", "started_at", "finished_at", "status")
+        .orderBy("started_at", "run_id")
+        .collect()
+    )
+    now = datetime.now(timezone.utc)
+    points: list[RunPoint] = []
+    for number, row in enumerate(rows):
+        in_progress = row["status"] == "running" and number == len(rows) - 1
+        if row["status"] != "succeeded" and not in_progress:
+            continue
+        end = now if in_progress else collected_utc(row["finished_at"])
+        versions = {t: v for t, c in commits.items() if (v := _version_at(c, end)) is not None}
+        if not all(t in versions for t in SNAPSHOT_TABLES):
+            continue
+        if points and points[-1].versions == versions:
+            continue  # the run left the segments as they were (a report, an evaluation)
+        started = collected_utc(row["started_at"])
+        points.append(RunPoint(row["run_id"], row["command"], started, versions))
+    return points[-limit:]
+
+
+def _commit_times(store: TableStore, name: str) -> list[tuple[datetime, int]]:
+    """(commit time as aware UTC, version) of every commit of ``name``, oldest first."""
+    if not store.exists(name):
+        return []
+    return sorted((collected_utc(v.timestamp), v.version) for v in store.history(name))
+
+
+def _version_at(commits: list[tuple[datetime, int]], end: datetime) -> int | None:
+    """The latest version committed at or before ``end`` (None before the first)."""
+    done = [version for at, version in commits if at <= end]
+    return max(done) if done else None
+
+
+def _snapshots(store: TableStore, runs: list[RunPoint]) -> pd.DataFrame:
+    """Every run's segments (one Spark job over the versions, a few rows per run)."""
+    frames = [
+        store.read_version("segments", run.versions["segments"])
+        .select(*SEGMENT_COLUMNS)
+        .withColumn("run", F.lit(i))
+        for i, run in enumerate(runs)
+    ]
+    return _union(frames).toPandas().sort_values(["run", "segment_id"]).reset_index(drop=True)
+
+
+def _memberships(store: TableStore, runs: list[RunPoint], which: list[int]) -> DataFrame:
+    """user_id, run, segment_id of the runs ``which``, from user_segments' versions."""
+    return _union(
+        [
+            store.read_version("user_segments", runs[i].versions["user_segments"])
+            .select("user_id", "segment_id")
+            .withColumn("run", F.lit(i))
+            for i in which
+        ]
+    )
+
+
+def _paths(
+    store: TableStore, runs: list[RunPoint]
+) -> tuple[list[tuple[tuple[str | None, ...], int]], list[int]]:
+    """Distinct per-user segment sequences over the runs with their user counts.
+
+    When more than ``PATH_LIMIT`` distinct sequences exist (much churn over many runs)
+    the sequences cover the last two runs only, whose count is bounded by segments².
+    """
+    which = list(range(len(runs)))
+    for attempt in (which, which[-2:]):
+        paths = _path_counts(_memberships(store, runs, attempt), attempt, PATH_LIMIT + 1)
+        if len(paths) <= PATH_LIMIT or len(attempt) <= 2:
+            return paths, attempt
+    return [], []
+
+
+def _path_counts(
+    memberships: DataFrame, which: list[int], limit: int
+) -> list[tuple[tuple[str | None, ...], int]]:
+    """(segment per run of ``which``, users) for each distinct path, most users first."""
+    by_user = memberships.groupBy("user_id").agg(
+        F.map_from_entries(F.collect_list(F.struct("run", "segment_id"))).alias("m")
+    )
+    steps = [F.col("m").getItem(i).alias(f"r{i}") for i in which]
+    counted = (
+        by_user.select(*steps)
+        .groupBy(*[f"r{i}" for i in which])
+        .count()
+        .orderBy(F.desc("count"))
+        .limit(limit)
+        .collect()
+    )
+    return [(tuple(r[f"r{i}"] for i in which), int(r["count"])) for r in counted]
+
+
+def _reach(store: TableStore, runs: list[RunPoint]) -> dict[tuple[int, str], int]:
+    """(run, segment) -> distinct users with that segment among their interests."""
+    frames = [
+        store.read_version(INTERESTS_TABLE, run.versions[INTERESTS_TABLE])
+        .select("user_id", "segment_id")
+        .withColumn("run", F.lit(i))
+        for i, run in enumerate(runs)
+        if INTERESTS_TABLE in run.versions
+    ]
+    if not frames:
+        return {}
+    rows = (
+        _union(frames)
+        .groupBy("run", "segment_id")
+        .agg(F.countDistinct("user_id").alias("users"))
+        .collect()
+    )
+    return {(int(r["run"]), r["segment_id"]): int(r["users"]) for r in rows}
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def flows(history: History, a: int, b: int) -> pd.DataFrame:
+    """Users from each segment of run ``a`` to each segment of run ``b`` (None = absent):
+    columns source, target, users; only runs the paths cover."""
+    pa, pb = history.path_runs.index(a), history.path_runs.index(b)
+    rows = [(path[pa], path[pb], users) for path, users in history.paths]
+    frame = pd.DataFrame(rows, columns=["source", "target", "users"])
+    return frame.groupby(["source", "target"], dropna=False, as_index=False)["users"].sum()
+
+
+def centroid_drift(snapshots: pd.DataFrame) -> dict[str, list[float | None]]:
+    """segment_id -> cosine distance of its centroid in each run from the first run it
+    appears in (None in runs without it)."""
+    runs = int(snapshots["run"].max()) + 1 if len(snapshots) else 0
+    drift: dict[str, list[float | None]] = {}
+    for seg, rows in snapshots.sort_values("run").groupby("segment_id"):
+        centroids = np.vstack(rows["centroid"].to_numpy()).astype(np.float64)
+        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+        unit = centroids / np.where(norms == 0, 1.0, norms)
+        series: list[float | None] = [None] * runs
+        for run, distance in zip(rows["run"], 1.0 - unit @ unit[0], strict=True):
+            series[int(run)] = round(float(distance), 5)
+        drift[str(seg)] = series
+    return drift
