@@ -330,10 +330,10 @@ def machine() -> str:
     )
 
 
-def render(results: list[dict], command: str) -> str:
-    """The Markdown report: one row per size for each system, then the growth rows."""
-    lines = [
-        "# Scale: usersegments end to end against a single-machine baseline",
+def heading(title: str, command: str) -> list[str]:
+    """A results section's first lines: its title, the command, the machine and the date."""
+    return [
+        title,
         "",
         f"Command: `{command}`",
         "",
@@ -341,6 +341,13 @@ def render(results: list[dict], command: str) -> str:
         "",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
+    ]
+
+
+def render(results: list[dict], command: str) -> str:
+    """The Markdown report: one row per size for each system, then the growth rows."""
+    lines = [
+        *heading("# Scale: usersegments end to end against a single-machine baseline", command),
         "## usersegments (`usersegments run`, local mode, delta-rs)",
         "",
         "| events | users | distinct texts | "
