@@ -123,6 +123,10 @@ def delta_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
     }
+    if cfg.spark.mode == "local":
+        # Delta rebuilds each table's state from its log in 50 tasks unless told; on one
+        # machine that is 50 tiny tasks per read, so use the shuffle partitions instead.
+        conf["spark.databricks.delta.snapshotPartitions"] = str(cfg.spark.shuffle_partitions)
     if cfg.spark.mode == "local" and not launched_by_spark_submit() and not names_delta_jars(cfg):
         jars = delta_jars.fetched_jars()
         if jars:

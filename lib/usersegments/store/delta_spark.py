@@ -111,13 +111,24 @@ class DeltaSparkBackend:
         """Delete files no version of the last ``retention_hours`` needs; always 0 here."""
         # Delta refuses a retention under 7 days unless its safety check is off: the
         # setting is the user's deliberate choice, so it is honoured for this call only.
-        check = "spark.databricks.delta.retentionDurationCheck.enabled"
-        previous = self.spark.conf.get(check, "true")
-        self.spark.conf.set(check, "false")
+        settings = {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}
+        # Vacuum lists the table's folders in as many tasks as this setting (10,000 unless
+        # set): on a table of a few folders that is 10,000 empty tasks. Unless the user
+        # set it for the cluster, list in as many tasks as the cluster has cores.
+        listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+        if not self.spark.sparkContext.getConf().contains(listing):
+            settings[listing] = str(self.spark.sparkContext.defaultParallelism)
+        previous = {key: self.spark.conf.get(key, None) for key in settings}
+        for key, value in settings.items():
+            self.spark.conf.set(key, value)
         try:
             removed = self._table(path).vacuum(retention_hours)
         finally:
-            self.spark.conf.set(check, previous)
+            for key, value in previous.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
         # delta-spark's vacuum returns an empty frame, not the files it deleted: the
         # count is only known on delta-rs (the maintain metric reads 0 here).
         return int(removed.count()) if removed is not None else 0
