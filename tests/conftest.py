@@ -196,7 +196,13 @@ END_TO_END_FIXTURES = frozenset({"planted"})
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that uses an end-to-end fixture as ``slow``."""
+    """Mark every test that uses an end-to-end fixture as ``slow``, and keep the tests
+    that share a fixture in one worker when ``make test`` runs them in parallel
+    (``--dist loadgroup``): the planted run's users together, every module's together,
+    so each expensive fixture is built once."""
     for item in items:
         if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("planted"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
