@@ -12,10 +12,10 @@ DEMO_OUTPUT ?= output/demo
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # Every test run prints its 15 slowest tests; pytest-timeout stops a hung test.
-# Tests run in one worker per core (at most 4), each with its own local Spark; tests
+# PYTEST_WORKERS=auto runs tests in one worker per core (at most 4), each with its own local Spark; tests
 # that share a fixture stay in one worker (tests/conftest.py). PYTEST_WORKERS=0 runs
-# them all in this process.
-PYTEST_WORKERS ?= auto
+# them all in this process (the default: on 2 cores workers were no faster).
+PYTEST_WORKERS ?= 0
 PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=15 -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadgroup
 
 .PHONY: demo test test-fast install check-java lint dist clean
