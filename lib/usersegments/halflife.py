@@ -2,13 +2,15 @@
 
 ``profile.half_life_days = auto``: the **median active span** (time between the first
 and the last event) of the users with at least ``profile.min_events`` events (and at
-least 2), floored at their **median gap between consecutive events**. Why: a profile's
-decay is anchored at the user's own latest event, so the half-life only sets how a user's
-older events weigh against their newer ones. With the median span, the typical user's
-first event still weighs half as much as their latest: their whole history shapes the
-vector and recent behaviour leads, whatever the log's time scale (hours of clicks or
-decades of reviews). The floor keeps a log of bursty users from a half-life shorter
-than the typical pause between two events, where one event would outweigh all before it.
+least 2) whose events are not all at one instant. Why: a profile's decay is anchored
+at the user's own latest event, so the half-life only sets how a user's older events
+weigh against their newer ones. With the median span, the typical user's first event
+still weighs half as much as their latest: their whole history shapes the vector and
+recent behaviour leads, whatever the log's time scale (hours of clicks or decades of
+reviews). Users whose events share one instant (a bulk import, date-only times) say
+nothing about the time scale, so they are not measured; without them the median is
+always at least the typical gap between a user's events (a span is at least each of
+its gaps), so one event never outweighs all before it.
 
 ``recommend.half_life_days = auto``: the **median age of the log's events** at its latest
 event. Item popularity is "what members are into now"; with this half-life the most
@@ -16,9 +18,9 @@ recent half of the log's activity weighs at least half as much as the newest eve
 the scores follow where the log's activity is (a log whose activity grew gets a short
 half-life, an even log a long one) and never decay to nothing within the log.
 
-Either falls back to the log's whole span when its statistic is 0 (every measured user
-acted at one instant), and to ``IDLE_HALF_LIFE_DAYS`` when the whole log is one instant
-(every age is then 0, so any half-life gives the same weights).
+Either falls back to the log's whole span when its statistic is 0 (no user to measure,
+or every event at the latest instant), and to ``IDLE_HALF_LIFE_DAYS`` when the whole
+log is one instant (every age is then 0, so any half-life gives the same weights).
 
 The profile half-life a full run used is recorded in ``run_metrics`` (stage ``profile``,
 metric ``half_life_days``) and read back by the steps that work on its sums (update's
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from usersegments.config import ProfileConfig, RecommendConfig
@@ -91,34 +93,25 @@ def _with_fallback(days: float, events: DataFrame, basis: dict[str, float]) -> H
 def derive_profile_half_life(events: DataFrame, min_events: int) -> HalfLife:
     """The ``auto`` profile half-life of ``events`` (user_id, event_time); see the module.
 
-    Two aggregations over the events (a per-user window for the gaps, then per user,
-    then over users); only three numbers reach the driver.
+    Two aggregations (per user, then over users); only a few numbers reach the driver.
     """
-    previous = F.lag("event_time").over(Window.partitionBy("user_id").orderBy("event_time"))
-    gaps = events.select(
-        "user_id",
-        "event_time",
-        (_seconds("event_time") - previous.cast("double")).alias("_gap"),
-    )
-    per_user = gaps.groupBy("user_id").agg(
+    per_user = events.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("_n"),
         (F.max(_seconds("event_time")) - F.min(_seconds("event_time"))).alias("_span"),
-        _median(F.col("_gap")).alias("_gap"),
     )
-    measured = per_user.filter(F.col("_n") >= max(min_events, 2))
-    row = measured.agg(
-        F.count(F.lit(1)).alias("users"),
-        _median(F.col("_span")).alias("span"),
-        _median(F.col("_gap")).alias("gap"),
+    enough = per_user.filter(F.col("_n") >= max(min_events, 2))
+    row = enough.agg(
+        F.sum((F.col("_span") > 0).cast("long")).alias("users"),
+        F.sum((F.col("_span") <= 0).cast("long")).alias("single_instant"),
+        _median(F.when(F.col("_span") > 0, F.col("_span"))).alias("span"),
     ).first()
     span = float(row["span"] or 0.0) / SECONDS_PER_DAY
-    gap = float(row["gap"] or 0.0) / SECONDS_PER_DAY
     basis = {
-        "users_measured": float(row["users"]),
+        "users_measured": float(row["users"] or 0),
+        "users_single_instant": float(row["single_instant"] or 0),
         "median_active_span_days": span,
-        "median_event_gap_days": gap,
     }
-    return _with_fallback(max(span, gap), events, basis)
+    return _with_fallback(span, events, basis)
 
 
 def derive_recommend_half_life(events: DataFrame) -> HalfLife:

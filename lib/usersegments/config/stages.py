@@ -50,9 +50,9 @@ class ProfileConfig(Section):
     half_life_days: float | Literal["auto"] = Field(
         "auto",
         description="Time decay: an event this much older than the user's latest event "
-        "weighs half as much; a number of days > 0, or auto = the median active span of "
-        "the users with at least min_events events (floored at their median gap between "
-        "events), derived from the log by every full run and kept by its updates.",
+        "weighs half as much; a number of days > 0, or auto = the median active span "
+        "(first to last event) of the users with at least min_events events, derived from "
+        "the log by every full run and kept by its updates.",
     )
     value_transform: Literal["none", "log1p", "linear"] = Field(
         "none", description="How an event's value multiplies its weight."
