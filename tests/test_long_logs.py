@@ -21,7 +21,14 @@ from usersegments.dynamics.fold import fold_profiles
 from usersegments.halflife import derive_profile_half_life, derive_recommend_half_life
 from usersegments.profile import profiles_from_sums, usable_vector, weighted_sums
 from usersegments.store import TableStore
-from usersegments.testing.synthetic import GeneratorSettings, generate, generated_times, write
+from usersegments.testing.synthetic import (
+    GeneratedData,
+    GeneratorSettings,
+    generate,
+    generated_times,
+    split_at,
+    write,
+)
 
 AS_OF = datetime(2018, 6, 1, tzinfo=timezone.utc)
 EVENTS = (
@@ -179,8 +186,8 @@ def test_auto_half_lives_follow_the_log(spark):
 # End to end: `usersegments run` with the defaults on long and old logs
 
 
-def long_log(tmp_path, name: str, settings: GeneratorSettings, idle_share: float = 0.0):
-    """Generated events (no planted garbage) with the times ``settings`` gives; with
+def long_data(settings: GeneratorSettings, idle_share: float = 0.0) -> GeneratedData:
+    """Generated events with the times ``settings`` gives, as ISO-8601 UTC; with
     ``idle_share``, that share of users has every event moved 10 years back."""
     data = generate(settings)
     events = data.events
@@ -191,7 +198,12 @@ def long_log(tmp_path, name: str, settings: GeneratorSettings, idle_share: float
         moved = events["user_id"].isin(idle)
         times = times.where(~moved, times - pd.Timedelta(days=3653))
     data.events = events.assign(event_time=times.dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return write(data, tmp_path / name)
+    return data
+
+
+def long_log(tmp_path, name: str, settings: GeneratorSettings) -> dict[str, str]:
+    """``long_data`` written under ``tmp_path / name``; the paths."""
+    return write(long_data(settings), tmp_path / name)
 
 
 CLEAN = {"bad_row_share": 0.0, "duplicate_share": 0.0, "malformed_csv_lines": 0}
@@ -291,11 +303,37 @@ def test_a_log_where_half_the_users_left_10_years_ago_runs_with_the_defaults(spa
         drift_share=0.0,
         **CLEAN,
     )
-    paths = long_log(tmp_path, "idle", settings, idle_share=0.5)
-    store, run_id = run_defaults(spark, tmp_path, paths)
+    data = long_data(settings, idle_share=0.5)
+    cut = settings.end - timedelta(days=3)
+    before, after = split_at(data, cut)
+    store, run_id = run_defaults(spark, tmp_path, write(before, tmp_path / "idle"))
     profile, _ = check_everyone_accounted_for(store, run_id)
     assert 10 < profile["half_life_days"] < 20
     assert 10 * 365 / profile["half_life_days"] > 150
     last = store.read("user_profiles").agg(F.min("last_event_time")).first()[0]
     assert last.year <= 2014  # the idle users are profiled (and clustered) too
     assert math.isfinite(metrics_of(store, run_id, "cluster")["silhouette_cosine"])
+
+    # The update folds the last 3 days with the full run's half-life, not one derived
+    # from its own 3 days of events.
+    later = write(after, tmp_path / "later")
+    code = cli.main(
+        [
+            "update",
+            "--output",
+            str(tmp_path / "store"),
+            *set_args(),
+            "--events",
+            later["events_parquet"],
+            "--items",
+            later["items"],
+        ]
+    )
+    assert code == 0
+    update_id = store.read("runs").filter("command = 'update'").first()["run_id"]
+    update = metrics_of(store, update_id, "update")
+    assert update["events_folded"] > 0
+    assert update["profile_half_life_days"] == profile["half_life_days"]
+    embeddings = store.read("user_profiles").select("embedding").toPandas()["embedding"]
+    norms = np.linalg.norm(np.vstack(embeddings).astype(float), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)
