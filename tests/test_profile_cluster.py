@@ -38,7 +38,7 @@ def test_only_purchases_of_one_item_give_that_items_vector(spark):
     events = spark.createDataFrame(
         [("u", AS_OF - timedelta(days=d), "purchase", None, "h1") for d in (0, 3, 40)], EVENTS
     )
-    cfg = load_config().profile
+    cfg = load_config(overrides=["profile.half_life_days=30"]).profile
     sums = weighted_sums(events, vectors(spark, [("h1", item), ("h2", [1.0, 0, 0])]), cfg, AS_OF)
     row = profiles_from_sums(sums, AS_OF, "r").first()
     assert np.allclose(row["embedding"], item, atol=1e-6)
@@ -63,7 +63,9 @@ def test_decay_halves_weight_at_half_life(spark):
 
 
 def test_weighted_mean_mixes_by_weight(spark):
-    cfg = load_config(overrides=["profile.value_transform=linear"]).profile
+    cfg = load_config(
+        overrides=["profile.value_transform=linear", "profile.half_life_days=30"]
+    ).profile
     events = spark.createDataFrame(
         [("u", AS_OF, "rate", 1.0, "a"), ("u", AS_OF, "rate", 3.0, "b")], EVENTS
     )

@@ -60,6 +60,8 @@ def print_run_summary(ctx: Context, results: Mapping[str, StageResult]) -> None:
         _print_ingest(results["ingest"])
     if "embed" in results:
         _print_embed(results["embed"], ctx.run.model_id)
+    if "profile" in results:
+        _print_profile(results["profile"], results.get("recommend"))
     if "cluster" in results:
         _print_segments(results["cluster"])
     if "label" in results:
@@ -94,6 +96,43 @@ def _print_embed(embed: StageResult, model_id: str | None) -> None:
             )
         ],
     )
+
+
+def _half_life_text(metrics: Mapping[str, float]) -> str:
+    """``"23.5 days (auto: median_active_span_days 23.5, ...)"`` or ``"30 days (set)"``."""
+    days = f"{metrics['half_life_days']:.4g} days"
+    if not metrics.get("half_life_auto"):
+        return f"{days} (set)"
+    basis = [
+        f"{k.split('.', 1)[1].replace('_', ' ')} {v:.4g}"
+        for k, v in metrics.items()
+        if k.startswith("half_life_basis.")
+    ]
+    return f"{days} (auto: {', '.join(basis)})"
+
+
+def _print_profile(profile: StageResult, recommend: StageResult | None) -> None:
+    """Profiles built, users left without a usable vector (by reason), the half-lives."""
+    p = profile.metrics
+    unprofiled = {
+        k.split(".", 1)[1]: int(v) for k, v in p.items() if k.startswith("users_unprofiled.")
+    }
+    print_table(
+        f"profile ({profile.seconds:.1f}s)",
+        ["users", "clusterable", "below min_events", "no usable vector"],
+        [
+            (
+                int(p["users"]),
+                int(p["users_clusterable"]),
+                int(p["users_below_min_events"]),
+                ", ".join(f"{reason} {n}" for reason, n in unprofiled.items() if n) or "0",
+            )
+        ],
+    )
+    rows = [("profile.half_life_days", _half_life_text(p))]
+    if recommend is not None and "half_life_days" in recommend.metrics:
+        rows.append(("recommend.half_life_days", _half_life_text(recommend.metrics)))
+    print_table("time decay", ["setting", "value"], rows)
 
 
 def _print_segments(cluster: StageResult) -> None:

@@ -34,8 +34,9 @@ from usersegments.config import Config, LabelConfig
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import ConfigError
 from usersegments.frames import to_spark
+from usersegments.halflife import stored_profile_half_life, with_half_life
 from usersegments.privacy import with_texts
-from usersegments.profile import dot, event_weight
+from usersegments.profile import dot, event_weight, user_anchor
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import SEGMENTS, conform
 from usersegments.store import TableStore
@@ -116,11 +117,14 @@ def segment_keywords(
 ) -> dict[str, list[str]]:
     """segment_id -> its keywords, best first, from its members' weighted events.
 
-    ``member_events``: segment_id plus the events columns (text, event_type,
-    event_time, value).
+    ``member_events``: segment_id plus the events columns (user_id, text, event_type,
+    event_time, value); ``cfg.profile.half_life_days`` must be resolved (the stored
+    profiles', ``halflife.stored_profile_half_life``).
     """
+    # Each member's events weigh as in their profile: decayed from the member's own
+    # anchor, so that long-idle members still describe their segment.
     with_terms = event_terms(member_events, cfg.label).withColumn(
-        "weight", event_weight(cfg.profile, as_of)
+        "weight", event_weight(cfg.profile, user_anchor(as_of))
     )
     weighted = with_terms.select("segment_id", F.explode("terms").alias("term"), "weight").filter(
         F.col("weight") > 0
@@ -292,7 +296,9 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     as_of = max_time(store.read("user_segments"), "as_of")
     events = member_events(store).cache()
     try:
-        keywords = segment_keywords(events, cfg, as_of)
+        days = stored_profile_half_life(store, cfg.profile, events, run)
+        profile_cfg = with_half_life(cfg.profile, days)
+        keywords = segment_keywords(events, cfg.model_copy(update={"profile": profile_cfg}), as_of)
         vectors = model_vectors(store, mid)
         top_items = representative_items(events, segments, vectors, cfg.label)
         wanted = sorted({i for items in top_items.values() for i in items})

@@ -1,31 +1,55 @@
 """Profile: events x text_embeddings -> ``user_profiles``, one interest vector per user.
 
 A user's vector is the weighted mean of their events' text vectors, weight =
-event-type weight x time decay ``exp(-ln2 * age / half_life)`` relative to
-``as_of`` x an optional transform of the event's value, then L2-normalised.
-The weighted sums run natively in Spark (MLlib ``Summarizer`` with a weight
-column over vectors; no per-event Python code). The decayed sum and the total
-weight are stored beside the vector so that an update can fold new events in
-without re-reading history:
-``S(t1) = S(t0) * exp(-ln2 * (t1 - t0) / half_life) + sum(w_i * v_i)``.
+event-type weight x time decay ``exp(-ln2 * age / half_life)`` x an optional
+transform of the event's value, then L2-normalised. The weighted sums run natively
+in Spark (MLlib ``Summarizer`` with a weight column over vectors; no per-event
+Python code).
+
+**Decay anchor.** An event's age is measured from its user's own **anchor**: the
+user's latest event time, or ``as_of`` when that is earlier (an explicit
+``profile.as_of`` in the past; later events count as fresh). Decaying to a global
+``as_of`` instead would scale each user's sum by ``exp(-ln2 * (as_of - anchor) /
+half_life)``, which leaves the direction unchanged but underflows float32 to an
+all-zero vector for a user idle for ~150 half-lives (years, with a 30-day half-life).
+With the anchor, the latest event of every user weighs its full weight.
+
+**Stored sums.** ``user_profiles`` keeps, beside the unit vector:
+
+- ``weighted_sum``: ``sum_i w_i * 2^(-(anchor - t_i) / half_life) * v_i``;
+- ``weight_total``: ``sum_i w_i * 2^(-(anchor - t_i) / half_life)``, the user's
+  decayed event weight at their anchor (``w_i`` = type weight x value transform), so
+  at least the weight of their latest event; their weight at the run's ``as_of`` is
+  ``weight_total * 2^(-(as_of - anchor) / half_life)``;
+- the anchor is ``least(last_event_time, as_of)`` of the row (no extra column).
+
+An update folds new events in without re-reading history, moving both sums to the
+later of the two anchors (``dynamics.fold``):
+``S(a1) = S(a0) * 2^(-(a1 - a0) / half_life) + sum(w_i * 2^(-(a1 - t_i) / half_life) * v_i)``.
+
+A user whose sum is zero (every event weighs 0) or not finite gets no usable vector;
+``usable_vector`` tells, clustering leaves such users out and the stage counts them
+(``users_unprofiled.*`` in ``run_metrics``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from datetime import datetime
 
 from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, ProfileConfig
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
 from usersegments.frames import literal_map
+from usersegments.halflife import profile_half_life, with_half_life
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_PROFILES, conform
 from usersegments.store import TableStore
@@ -35,16 +59,34 @@ log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
 SECONDS_PER_DAY = 86_400.0
+ZERO_WEIGHT_STANDIN = sys.float_info.min
 
 
-def event_weight(cfg: ProfileConfig, as_of: datetime) -> Column:
-    """The weight of each event row: type weight x time decay x value transform."""
+def user_anchor(as_of: datetime) -> Column:
+    """Each event row's decay anchor: its user's latest event time, or ``as_of`` when
+    that is earlier (a window over the user's rows; ``event_time`` and ``user_id``)."""
+    latest = F.max("event_time").over(Window.partitionBy("user_id"))
+    return F.least(latest, F.lit(as_of))
+
+
+def event_weight(cfg: ProfileConfig, as_of: datetime | Column) -> Column:
+    """The weight of each event row: type weight x time decay x value transform.
+
+    The decay runs from ``as_of``: an instant, or a column (``user_anchor``, so that the
+    weights are relative to each user's anchor). ``cfg.half_life_days`` must be resolved
+    (a number, see ``usersegments.halflife``).
+    """
+    if cfg.half_life_days == "auto":
+        raise ValueError(
+            "profile.half_life_days is 'auto': resolve it first (usersegments.halflife)"
+        )
     type_weight = F.coalesce(
         literal_map(cfg.event_weights)[F.col("event_type")], F.lit(cfg.default_event_weight)
     )
-    age_days = (F.lit(as_of).cast("double") - F.col("event_time").cast("double")) / SECONDS_PER_DAY
-    # Events after as_of (an explicit as_of in the past) count as fresh, not as amplified.
-    decay = F.exp(F.lit(-LN2 / cfg.half_life_days) * F.greatest(age_days, F.lit(0.0)))
+    anchor = as_of if isinstance(as_of, Column) else F.lit(as_of)
+    age_days = (anchor.cast("double") - F.col("event_time").cast("double")) / SECONDS_PER_DAY
+    # Events after the anchor (an explicit as_of in the past) count as fresh, not as amplified.
+    decay = F.exp(F.lit(-LN2 / float(cfg.half_life_days)) * F.greatest(age_days, F.lit(0.0)))
     value = F.col("value")
     if cfg.value_transform == "log1p":
         factor = F.when(value.isNull(), 1.0).otherwise(F.log1p(F.greatest(value, F.lit(0.0))))
@@ -77,26 +119,41 @@ def dot(a: str, b: str) -> Column:
     return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
 
 
+def usable_vector(column: str) -> Column:
+    """True where the array column ``column`` has a finite, non-zero length: a vector
+    cosine clustering can use (MLlib's cosine k-means fails on a zero vector)."""
+    squares = F.aggregate(column, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
+    # Spark orders NaN above every number, so `> 0` alone would let NaN through.
+    return squares.isNotNull() & ~F.isnan(squares) & (squares > 0) & (squares < F.lit(float("inf")))
+
+
 def weighted_sums(
     events: DataFrame, vectors: DataFrame, cfg: ProfileConfig, as_of: datetime
 ) -> DataFrame:
-    """Per user: decayed weighted sum of vectors, total weight, counts and time span.
+    """Per user: decayed weighted sum of vectors, total weight, counts and time span,
+    decayed to the user's anchor (``user_anchor``; see the module).
 
-    ``events`` needs user_id, event_time, event_type, value, text_hash, and may have
-    run_id: ``events_through`` is then the latest ingest run folded into the sums
-    (updates fold only later events); ``vectors`` needs text_hash, embedding.
+    ``cfg.half_life_days`` must be resolved. ``events`` needs user_id, event_time,
+    event_type, value, text_hash, and may have run_id: ``events_through`` is then the
+    latest ingest run folded into the sums (updates fold only later events);
+    ``vectors`` needs text_hash, embedding.
     """
     through = F.col("run_id") if "run_id" in events.columns else F.lit(None).cast("string")
+    # The anchor window partitions by user_id, so the groupBy below needs no new shuffle.
     weighted = events.join(vectors, on="text_hash", how="inner").select(
         "user_id",
         "event_time",
         through.alias("_through"),
         array_to_vector(F.col("embedding")).alias("_vec"),
-        event_weight(cfg, as_of).alias("_w"),
+        event_weight(cfg, user_anchor(as_of)).alias("_w"),
     )
     summary = Summarizer.metrics("mean")
+    # MLlib's weighted mean skips weight-0 rows and fails for a group with no weight at
+    # all; the smallest positive double stands in for 0 (no effect beside any real
+    # weight), and the mean x the true total (0) gives such a user a zero sum.
+    summarised = F.when(F.col("_w") > 0, F.col("_w")).otherwise(F.lit(ZERO_WEIGHT_STANDIN))
     grouped = weighted.groupBy("user_id").agg(
-        summary.summary(F.col("_vec"), F.col("_w")).alias("_s"),
+        summary.summary(F.col("_vec"), summarised).alias("_s"),
         F.sum("_w").alias("weight_total"),
         F.count(F.lit(1)).alias("n_events"),
         F.min("event_time").alias("first_event_time"),
@@ -141,7 +198,11 @@ def resolve_as_of(events: DataFrame, cfg: ProfileConfig) -> datetime:
 
 
 def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
-    """Build ``user_profiles`` from every event with a vector for the configured model."""
+    """Build ``user_profiles`` from every event with a vector for the configured model.
+
+    Resolves ``profile.half_life_days`` (derived from the events when ``auto``) and
+    records it: updates and labels read it back (``halflife.recorded_profile_half_life``).
+    """
     mid = model_id(cfg.embed)
     run.model_id = mid
     events = store.read("events").select(
@@ -150,23 +211,36 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     store.require("text_embeddings", fix="run `usersegments embed` first")
     vectors = model_vectors(store, mid)
     as_of = resolve_as_of(events, cfg.profile)
-    sums = weighted_sums(events, vectors, cfg.profile, as_of)
+    half_life = profile_half_life(cfg.profile, events)
+    sums = weighted_sums(events, vectors, with_half_life(cfg.profile, half_life.days), as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id)
     store.write(profiles, "user_profiles", mode="overwrite")
     stored = store.read("user_profiles")
+    usable = usable_vector("embedding")
     figures = stored.agg(
         F.count(F.lit(1)).alias("users"),
         F.sum((F.col("n_events") < cfg.profile.min_events).cast("long")).alias("below"),
+        F.sum((~usable).cast("long")).alias("unusable"),
+        F.sum(((F.col("n_events") >= cfg.profile.min_events) & usable).cast("long")).alias(
+            "clusterable"
+        ),
         F.sum("n_events").alias("events_used"),
     ).first()
-    events_total = events.count()
+    counts = events.agg(
+        F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users")
+    ).first()
     metrics = {
         "users": int(figures["users"]),
         "users_below_min_events": int(figures["below"] or 0),
-        "users_clusterable": int(figures["users"]) - int(figures["below"] or 0),
+        "users_clusterable": int(figures["clusterable"] or 0),
+        # Users with events but no profile row: none of their events has a vector.
+        "users_unprofiled.no_vector": int(counts["users"]) - int(figures["users"]),
+        # Profile rows whose sum is zero or not finite (every event weighs 0).
+        "users_unprofiled.zero_vector": int(figures["unusable"] or 0),
         "events_used": int(figures["events_used"] or 0),
-        "events_without_vector": events_total - int(figures["events_used"] or 0),
+        "events_without_vector": int(counts["events"]) - int(figures["events_used"] or 0),
         "as_of_epoch_s": as_of.timestamp(),
+        **half_life.metrics(),
     }
     if metrics["events_without_vector"]:
         log.warning(
@@ -174,7 +248,31 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
             metrics["events_without_vector"],
             mid,
         )
+    warn_unprofiled("profile", metrics)
+    log.info(
+        "profile: half-life %.4g days (%s)",
+        half_life.days,
+        "auto: " + ", ".join(f"{k} {v:.4g}" for k, v in half_life.basis.items())
+        if half_life.auto
+        else "profile.half_life_days",
+    )
     run.record_all("profile", metrics)
     return StageResult(
         stage="profile", tables={"user_profiles": store.version("user_profiles")}, metrics=metrics
     )
+
+
+def warn_unprofiled(stage: str, metrics: dict[str, float]) -> None:
+    """Log a warning naming every ``users_unprofiled.<reason>`` count above 0."""
+    reasons = {
+        k.split(".", 1)[1]: int(v)
+        for k, v in metrics.items()
+        if k.startswith("users_unprofiled.") and v
+    }
+    if reasons:
+        log.warning(
+            "%s: %d users get no usable interest vector and are not clustered (%s)",
+            stage,
+            sum(reasons.values()),
+            ", ".join(f"{reason}: {n}" for reason, n in reasons.items()),
+        )

@@ -3,7 +3,8 @@
 An item's score in a group (a segment, a coarse cluster, or everyone) is the
 recency-decayed, event-weighted popularity of the item among the group's
 members, per member: ``sum(w_e) / members``, with ``w_e`` the profile event
-weight (type x value) decayed with ``recommend.half_life_days``. The top
+weight (type x value) decayed from the run's ``as_of`` with ``recommend.half_life_days``
+(``auto``: derived from the events each run, see ``usersegments.halflife``). The top
 ``recommend.top_n`` per segment go to ``segment_recommendations``; with
 ``recommend.per_user`` each member also gets the segment's list minus the
 items they already touched, in ``user_recommendations``.
@@ -17,6 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config
+from usersegments.halflife import recommend_half_life
 from usersegments.label import item_texts
 from usersegments.privacy import with_texts
 from usersegments.profile import event_weight
@@ -26,8 +28,20 @@ from usersegments.store import TableStore
 from usersegments.times import max_time
 
 
+def with_recommend_half_life(cfg: Config, days: float) -> Config:
+    """``cfg`` with a resolved ``recommend.half_life_days`` (``popularity_weight`` needs it)."""
+    recommend = cfg.recommend.model_copy(update={"half_life_days": float(days)})
+    return cfg.model_copy(update={"recommend": recommend})
+
+
 def popularity_weight(cfg: Config, as_of: datetime) -> Column:
-    """An event's weight for item popularity: the profile weight, decayed faster."""
+    """An event's weight for item popularity: the profile weight, decayed with
+    ``recommend.half_life_days`` (resolved: ``with_recommend_half_life``) from ``as_of``,
+    the same instant for every user (popularity is about now, not about each user)."""
+    if cfg.recommend.half_life_days == "auto":
+        raise ValueError(
+            "recommend.half_life_days is 'auto': resolve it first (with_recommend_half_life)"
+        )
     recency = cfg.profile.model_copy(update={"half_life_days": cfg.recommend.half_life_days})
     return event_weight(recency, as_of)
 
@@ -91,6 +105,8 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
     as_of = max_time(groups, "as_of")
     groups = groups.join(described, "segment_id").select("user_id", "segment_id")
     events = store.read("events")
+    half_life = recommend_half_life(cfg.recommend, events)
+    cfg = with_recommend_half_life(cfg, half_life.days)
     top = top_per_group(
         item_scores(events, groups, "segment_id", cfg, as_of), "segment_id", cfg.recommend.top_n
     ).cache()
@@ -104,7 +120,7 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
             conform(recs, SEGMENT_RECOMMENDATIONS), "segment_recommendations", mode="overwrite"
         )
         tables = {"segment_recommendations": store.version("segment_recommendations")}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = half_life.metrics()
         if cfg.recommend.per_user:
             seen = events.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
             per_user = without_seen(top, groups, seen, "segment_id", cfg.recommend.top_n)

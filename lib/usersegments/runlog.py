@@ -91,6 +91,12 @@ class RunLog:
         for metric, value in metrics.items():
             self.record(stage, metric, value)
 
+    def queued(self, stage: str, metric: str) -> float | None:
+        """The latest value of ``metric`` that ``stage`` queued in this run and that is
+        not flushed yet; None if none is queued."""
+        values = [v for s, m, v, _ in self._pending if (s, m) == (stage, metric)]
+        return values[-1] if values else None
+
     def flush(self) -> None:
         """Append the queued metrics to ``run_metrics``."""
         if not self._pending:

@@ -4,19 +4,39 @@ from __future__ import annotations
 
 from pyspark.ml.feature import PCA
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from usersegments.profile import with_unit_vector
+from usersegments.profile import usable_vector, with_unit_vector
 
 FEATURES = "features"
 
 
+def clusterable(min_events: int) -> Column:
+    """True for a profile row clustering takes: at least ``min_events`` events and a
+    usable (finite, non-zero) vector."""
+    return (F.col("n_events") >= min_events) & usable_vector("embedding")
+
+
 def clusterable_users(profiles: DataFrame, min_events: int) -> DataFrame:
-    """Profiles with at least ``min_events`` events, as (user_id, features vector)."""
-    return profiles.filter(F.col("n_events") >= min_events).select(
+    """Profiles with at least ``min_events`` events and a usable vector, as (user_id,
+    features vector). The vector check guards every clustering input, whatever wrote
+    the profiles: a zero vector fails MLlib's cosine k-means."""
+    return profiles.filter(clusterable(min_events)).select(
         "user_id", array_to_vector(F.col("embedding")).alias(FEATURES)
     )
+
+
+def skipped_users(profiles: DataFrame, min_events: int) -> dict[str, int]:
+    """Profiles clustering leaves out, by reason: ``below_min_events`` (fewer than
+    ``min_events`` events) and ``zero_vector`` (enough events, but a zero or non-finite
+    vector). One aggregation; two numbers reach the driver."""
+    enough = F.col("n_events") >= min_events
+    row = profiles.agg(
+        F.sum((~enough).cast("long")).alias("below_min_events"),
+        F.sum((enough & ~usable_vector("embedding")).cast("long")).alias("zero_vector"),
+    ).first()
+    return {reason: int(row[reason] or 0) for reason in ("below_min_events", "zero_vector")}
 
 
 def reduce_dimensions(

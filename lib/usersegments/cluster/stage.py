@@ -4,7 +4,7 @@ quality figures it records in ``run_metrics``."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -15,7 +15,12 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster.assign import settle_to_nearest
 from usersegments.cluster.coarse import CoarseResult, fit_coarse
-from usersegments.cluster.features import FEATURES, clusterable_users, reduce_dimensions
+from usersegments.cluster.features import (
+    FEATURES,
+    clusterable_users,
+    reduce_dimensions,
+    skipped_users,
+)
 from usersegments.cluster.local import fine_segments
 from usersegments.cluster.segments import enforce_min_size, segment_rows
 from usersegments.config import Config
@@ -42,6 +47,7 @@ class ClusterOutput:
     total: int
     as_of: datetime | None
     _cached: list[DataFrame]
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def release(self) -> None:
         """Drop the cached frames."""
@@ -49,21 +55,35 @@ class ClusterOutput:
             frame.unpersist()
 
 
-def _users_to_cluster(profiles: DataFrame, cfg: Config) -> tuple[DataFrame, int]:
-    """The clusterable users (user_id, features; PCA-reduced when configured) and their
-    number; too few of them is an ``InputError``."""
+def _users_to_cluster(profiles: DataFrame, cfg: Config) -> tuple[DataFrame, int, dict[str, int]]:
+    """The clusterable users (user_id, features; PCA-reduced when configured), their
+    number, and the users left out by reason (``skipped_users``); too few clusterable
+    users is an ``InputError``."""
     users = clusterable_users(profiles, cfg.profile.min_events)
     total = users.count()
+    skipped = skipped_users(profiles, cfg.profile.min_events)
+    if skipped["zero_vector"]:
+        log.warning(
+            "cluster: %d users with enough events have a zero or non-finite interest vector "
+            "(every event weighs 0?) and are left out (users_skipped.zero_vector)",
+            skipped["zero_vector"],
+        )
     if total < 2:
+        unusable = (
+            f" ({skipped['zero_vector']} more have a zero interest vector)"
+            if skipped["zero_vector"]
+            else ""
+        )
         raise InputError(
-            f"{total} users have at least profile.min_events={cfg.profile.min_events} events; "
-            "clustering needs at least 2 (ingest more events or lower profile.min_events)"
+            f"{total} users have at least profile.min_events={cfg.profile.min_events} events"
+            f"{unusable}; clustering needs at least 2 (ingest more events or lower "
+            "profile.min_events)"
         )
     if cfg.profile.pca_dims:
         users = reduce_dimensions(
             users, cfg.profile.pca_dims, cfg.cluster.sample_size, cfg.cluster.seed, total
         )
-    return users, total
+    return users, total, skipped
 
 
 def cluster_users(
@@ -75,7 +95,7 @@ def cluster_users(
     """Coarse clusters and fine segments of every profile with enough events
     (``profiles`` follows the ``user_profiles`` contract)."""
     as_of = max_time(profiles, "as_of")
-    users, total = _users_to_cluster(profiles, cfg)
+    users, total, skipped = _users_to_cluster(profiles, cfg)
     users = users.cache()
     try:
         coarse = fit_coarse(users, cfg, total)
@@ -106,6 +126,7 @@ def cluster_users(
         total=total,
         as_of=as_of,
         _cached=[users, fine, final, segments],
+        skipped=skipped,
     )
 
 
@@ -120,6 +141,7 @@ def run_cluster(
     finally:
         out.release()
     metrics = _quality(spark, store, cfg, out.coarse, out.total, truth, out.as_of)
+    metrics.update({f"users_skipped.{reason}": n for reason, n in out.skipped.items()})
     run.record_all("cluster", metrics)
     log.info(
         "cluster: k=%d, %d segments, silhouette %.3f",

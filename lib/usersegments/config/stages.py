@@ -3,12 +3,30 @@ label, recommend, evaluate, update, report and privacy."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from usersegments.config.section import Section
+
+
+def positive_days_or_auto(setting: str, value: object) -> object:
+    """``value`` as a number of days > 0, or ``"auto"``; a ValueError naming ``setting``.
+
+    Checked before pydantic's own parsing so that the message names the setting once,
+    not once per branch of ``float | 'auto'``.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        days = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        days = math.nan
+    if isinstance(value, bool) or not math.isfinite(days) or days <= 0:
+        raise ValueError(f"{setting} must be a number of days > 0 or 'auto', got {value!r}")
+    return days
 
 
 class ProfileConfig(Section):
@@ -29,8 +47,12 @@ class ProfileConfig(Section):
     default_event_weight: float = Field(
         1.0, ge=0, description="Weight of event types not listed in event_weights."
     )
-    half_life_days: float = Field(
-        30.0, gt=0, description="Time decay: an event this old weighs half as much."
+    half_life_days: float | Literal["auto"] = Field(
+        "auto",
+        description="Time decay: an event this much older than the user's latest event "
+        "weighs half as much; a number of days > 0, or auto = the median active span "
+        "(first to last event) of the users with at least min_events events, derived from "
+        "the log by every full run and kept by its updates.",
     )
     value_transform: Literal["none", "log1p", "linear"] = Field(
         "none", description="How an event's value multiplies its weight."
@@ -42,6 +64,11 @@ class ProfileConfig(Section):
     as_of: datetime | None = Field(
         None, description="Reference time of the decay (default: the latest event time)."
     )
+
+    @field_validator("half_life_days", mode="before")
+    @classmethod
+    def _half_life(cls, value: object) -> object:
+        return positive_days_or_auto("profile.half_life_days", value)
 
     @field_validator("event_weights")
     @classmethod
@@ -147,7 +174,17 @@ class RecommendConfig(Section):
 
     top_n: int = Field(20, ge=1, le=1000, description="Items recommended per segment.")
     per_user: bool = Field(False, description="Also write user_recommendations.")
-    half_life_days: float = Field(14.0, gt=0, description="Recency decay of item popularity.")
+    half_life_days: float | Literal["auto"] = Field(
+        "auto",
+        description="Recency decay of item popularity: a number of days > 0, or auto = the "
+        "median age of the log's events at its latest event (the recent half of the "
+        "activity weighs at least half), derived from the events each time.",
+    )
+
+    @field_validator("half_life_days", mode="before")
+    @classmethod
+    def _half_life(cls, value: object) -> object:
+        return positive_days_or_auto("recommend.half_life_days", value)
 
 
 class EvaluateConfig(Section):

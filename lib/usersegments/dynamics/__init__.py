@@ -9,7 +9,10 @@ finishes the work without duplicates:
 2. **fold** into ``user_profiles`` the events each user has that the profile
    does not hold yet (``run_id > events_through``), without re-reading old
    events: ``S_new = S_old * exp(-ln2 * dt / half_life) + sum(w_i v_i)``, the
-   same for the total weight; new users get profiles. The fold and the
+   same for the total weight, ``dt`` moving the sum from the user's old decay anchor
+   (latest event) to the new one and each new event weighted relative to the new
+   anchor (see ``fold``), with the half-life the full run recorded; new users get
+   profiles. The fold and the
    ``events_through`` marker are one row, so a profile never folds an event twice;
 3. **assign** every user whose profile is newer than their segment row to the
    nearest coarse cluster (cosine to its centroid, the size-weighted mean of its

@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from usersegments.cluster import assign_to_segments
+from usersegments.cluster.features import clusterable
 from usersegments.config import UpdateConfig
 from usersegments.dynamics.drift import movement_figures
 from usersegments.schema import USER_SEGMENTS, conform
@@ -32,11 +33,13 @@ def previous_segments(store: TableStore) -> DataFrame:
 
 
 def stale_users(store: TableStore, min_events: int) -> DataFrame:
-    """Profiles newer than their user's segment row (or without one), with enough events."""
+    """Profiles newer than their user's segment row (or without one), with enough events
+    and a usable vector (``cluster.features.clusterable``: a zero vector has no nearest
+    segment)."""
     segs = store.read("user_segments").select("user_id", F.col("run_id").alias("_seg_run"))
     return (
         store.read("user_profiles")
-        .filter(F.col("n_events") >= min_events)
+        .filter(clusterable(min_events))
         .join(segs, "user_id", "left")
         .filter(F.col("_seg_run").isNull() | (F.col("run_id") > F.col("_seg_run")))
         .select("user_id", "embedding", "as_of", "n_events")

@@ -1,8 +1,15 @@
 """Folding new events into the stored profile sums, without re-reading old events.
 
-``S_new = S_old * exp(-ln2 * dt / half_life) + sum(w_i v_i)``, the same for the
-total weight; users without a profile get one. The fold and the ``events_through``
-marker are one row, so a profile never folds an event twice.
+A stored sum is decayed to its user's anchor ``a0`` (``least(last_event_time, as_of)``,
+see ``profile``); the pending events' sum is built the same way, at its own anchor
+``ap``. Both move to the new anchor ``a1 = max(a0, ap)``:
+``S_new = S_old * 2^(-(a1 - a0) / half_life) + S_pending * 2^(-(a1 - ap) / half_life)``,
+the same for the total weight. That is ``S_old * decay + sum(w_i v_i)`` with every new
+event weighted relative to ``a1``, including events older than ``a0`` that arrive late
+(their sum is decayed by how much older its anchor is). Users without a profile get
+one. The half-life is the one the stored sums were built with (recorded by the full
+run, ``halflife.stored_profile_half_life``), never a re-derived one. The fold and the
+``events_through`` marker are one row, so a profile never folds an event twice.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from usersegments.config import Config
+from usersegments.halflife import stored_profile_half_life, with_half_life
 from usersegments.profile import LN2, SECONDS_PER_DAY, profiles_from_sums, weighted_sums
 from usersegments.runlog import RunLog
 from usersegments.schema import USER_PROFILES, conform
@@ -36,11 +44,12 @@ def pending_events(events: DataFrame, profiles: DataFrame) -> DataFrame:
 def fold_profiles(
     old: DataFrame, fresh: DataFrame, half_life_days: float, as_of: datetime, run_id: str
 ) -> DataFrame:
-    """``user_profiles`` rows for the users of ``fresh``: old sums decayed to ``as_of``
-    plus the fresh sums.
+    """``user_profiles`` rows for the users of ``fresh``: the old sums and the fresh sums,
+    both moved to the later of their anchors (see the module).
 
     ``old``: user_profiles rows; ``fresh``: ``weighted_sums`` of the pending events at
-    ``as_of``. Users only in ``fresh`` are new. No old event is read.
+    ``as_of`` (with the same half-life). Users only in ``fresh`` are new. No old event
+    is read.
     """
     rate = -LN2 / (half_life_days * SECONDS_PER_DAY)
     o = old.select(
@@ -51,21 +60,31 @@ def fold_profiles(
         F.col("first_event_time").alias("_o_first"),
         F.col("last_event_time").alias("_o_last"),
         F.col("events_through").alias("_o_through"),
-        F.col("as_of").alias("_o_as_of"),
+        F.least("last_event_time", "as_of").cast("double").alias("_o_anchor"),
     )
-    age = F.greatest(F.lit(0.0), F.lit(as_of).cast("double") - F.col("_o_as_of").cast("double"))
-    # The decay is O(1) per element inside the lambda below, so Spark inlining it per
-    # element costs little (unlike a norm, which is O(d)).
-    joined = fresh.join(o, "user_id", "left").withColumn("_decay", F.exp(age * F.lit(rate)))
-    summed = F.when(F.col("_o_sum").isNull(), F.col("weighted_sum")).otherwise(
-        F.zip_with("_o_sum", "weighted_sum", lambda a, b: a * F.col("_decay") + b)
+    fresh_anchor = F.least(F.col("last_event_time"), F.lit(as_of)).cast("double")
+    joined = (
+        fresh.join(o, "user_id", "left")
+        .withColumn("_f_anchor", fresh_anchor)
+        .withColumn("_anchor", F.greatest("_o_anchor", "_f_anchor"))
+        .withColumn("_o_decay", F.exp((F.col("_anchor") - F.col("_o_anchor")) * F.lit(rate)))
+        .withColumn("_f_decay", F.exp((F.col("_anchor") - F.col("_f_anchor")) * F.lit(rate)))
+    )
+    # The decays are O(1) per element inside the lambdas below, so Spark inlining them
+    # per element costs little (unlike a norm, which is O(d)).
+    fresh_part = F.transform("weighted_sum", lambda b: b * F.col("_f_decay"))
+    summed = F.when(F.col("_o_sum").isNull(), fresh_part).otherwise(
+        F.zip_with(
+            "_o_sum", "weighted_sum", lambda a, b: a * F.col("_o_decay") + b * F.col("_f_decay")
+        )
     )
     folded = joined.select(
         "user_id",
         summed.alias("weighted_sum"),
-        (F.coalesce(F.col("_o_total") * F.col("_decay"), F.lit(0.0)) + F.col("weight_total")).alias(
-            "weight_total"
-        ),
+        (
+            F.coalesce(F.col("_o_total") * F.col("_o_decay"), F.lit(0.0))
+            + F.col("weight_total") * F.col("_f_decay")
+        ).alias("weight_total"),
         (F.coalesce(F.col("_o_n"), F.lit(0)) + F.col("n_events")).alias("n_events"),
         F.least("_o_first", "first_event_time").alias("first_event_time"),
         F.greatest("_o_last", "last_event_time").alias("last_event_time"),
@@ -89,7 +108,9 @@ def fold_pending(
 ) -> tuple[int, int, datetime | None]:
     """Fold every pending event into ``user_profiles``; (events folded, users, as_of).
 
-    ``as_of`` is None when no event was pending (nothing was written).
+    ``as_of`` is None when no event was pending (nothing was written). The half-life is
+    the stored profiles' (``halflife.stored_profile_half_life``), recorded as
+    ``profile_half_life_days`` of the update.
     """
     profiles = store.read("user_profiles")
     pending = pending_events(store.read("events").select(*PENDING_COLUMNS), profiles).cache()
@@ -98,8 +119,11 @@ def fold_pending(
         if n_events == 0:
             return 0, 0, None
         as_of = fold_as_of(cfg, pending, profiles)
-        fresh = weighted_sums(pending, vectors, cfg.profile, as_of)
-        folded = fold_profiles(profiles, fresh, cfg.profile.half_life_days, as_of, run.run_id)
+        events = store.read("events").select("user_id", "event_time")
+        days = stored_profile_half_life(store, cfg.profile, events, run)
+        run.record("update", "profile_half_life_days", days)
+        fresh = weighted_sums(pending, vectors, with_half_life(cfg.profile, days), as_of)
+        folded = fold_profiles(profiles, fresh, days, as_of, run.run_id)
         result = store.merge(conform(folded, USER_PROFILES), "user_profiles", on=["user_id"])
     finally:
         pending.unpersist()

@@ -8,6 +8,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from usersegments import halflife
 from usersegments.cluster.stage import cluster_users
 from usersegments.config import Config
 from usersegments.embed import model_id, model_vectors
@@ -15,6 +16,7 @@ from usersegments.errors import InputError
 from usersegments.evaluate.holdout import holdout_split, score_strategies
 from usersegments.evaluate.truth import score_against_truth
 from usersegments.profile import profiles_from_sums, weighted_sums
+from usersegments.recommend import with_recommend_half_life
 from usersegments.runlog import RunLog, StageResult
 from usersegments.store import TableStore
 from usersegments.times import max_time
@@ -86,12 +88,20 @@ def _evaluate_split(
     as_of = max_time(train, "event_time")
     if as_of is None:
         raise InputError("the events table is empty: ingest events before evaluating")
-    sums = weighted_sums(train, vectors, cfg.profile, as_of)
+    # Re-segmenting on the training events is a full run on them: auto half-lives are
+    # derived from them as a full run would.
+    profile_half_life = halflife.profile_half_life(cfg.profile, train)
+    recommend_half_life = halflife.recommend_half_life(cfg.recommend, train)
+    cfg = with_recommend_half_life(cfg, recommend_half_life.days)
+    train_profile = halflife.with_half_life(cfg.profile, profile_half_life.days)
+    sums = weighted_sums(train, vectors, train_profile, as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id).cache()
     clustered = cluster_users(spark, profiles, cfg, run.run_id)
     try:
         metrics = score_strategies(clustered.user_segments, train, held_out, cfg, as_of)
         metrics["holdout_last"] = n_out
+        metrics["profile_half_life_days"] = profile_half_life.days
+        metrics["recommend_half_life_days"] = recommend_half_life.days
         metrics["k"] = cfg.evaluate.k
         metrics["coarse_clusters"] = clustered.coarse.k
         metrics["segments"] = clustered.segments.count()
