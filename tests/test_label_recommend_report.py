@@ -54,9 +54,11 @@ def test_terms_drop_stop_words_numbers_and_count_once_per_event(spark):
 
 
 def test_class_tfidf_ranks_the_distinctive_term_first(spark):
-    cfg = load_config(overrides=["label.min_df=1", "label.keyword_candidates=2"]).label
+    overrides = ["label.min_df=1", "label.min_members=1", "label.keyword_candidates=2"]
+    cfg = load_config(overrides=overrides).label
     rows = [("a", "shared", 1.0), ("b", "shared", 1.0)] + [("a", "alpha", 1.0)] * 2
-    rows += [("b", "beta", 1.0)] * 3
+    rows += [("b", "beta", 1.0)] * 3 + [("a", "apple", 1.0), ("a", "avocado", 1.0)]
+    rows += [("b", "banana", 1.0)]
     scored = class_tfidf(
         spark.createDataFrame(rows, "segment_id string, term string, weight double"), cfg
     ).collect()
@@ -112,8 +114,9 @@ def test_class_tfidf_needs_several_members_using_a_keyword(spark):
 def test_distinct_keywords_merges_near_duplicates():
     cfg = load_config(overrides=["label.n_keywords=3"]).label
     ranked = [("five", 1.0), ("five stars", 0.9), ("stars five", 0.8), ("stars", 0.7)]
-    ranked += [("great gift", 0.5), ("gift", 0.45), ("watch", 0.4), ("strap", 0.3)]
+    ranked += [("great gift", 0.5), ("gifts", 0.45), ("watch", 0.4), ("strap", 0.3)]
     assert distinct_keywords(ranked, cfg) == ["five stars", "great gift", "watch"]
+    assert distinct_keywords([("gun", 1.0), ("guns", 0.9), ("law", 0.5)], cfg) == ["gun", "law"]
     # An n-gram far below its part does not replace it.
     assert distinct_keywords([("clipper", 1.0), ("clipper chip", 0.2)], cfg) == ["clipper"]
     assert distinct_keywords([("clipper", 1.0), ("clipper chip", 0.6)], cfg) == ["clipper chip"]

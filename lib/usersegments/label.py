@@ -157,13 +157,24 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
         F.sum("tf").alias("term_total"),
         (F.sum("share") * F.sum("share") / F.sum(F.col("share") * F.col("share"))).alias("spread"),
     )
+    # A boilerplate word also does not begin or end a phrase ("re science" from a
+    # "Re: Science ..." subject line), even when the phrase itself is rarer.
+    too_spread = F.col("spread") > 1 + cfg.max_segment_share * (F.col("n_segments") - 1)
+    boilerplate = (
+        spread.crossJoin(overall)
+        .filter(too_spread & ~F.col("term").contains(" "))
+        .select(F.col("term").alias("_word"))
+    )
+    edges = [F.substring_index("term", " ", 1), F.substring_index("term", " ", -1)]
+    for edge in edges:
+        shares = shares.join(boilerplate, edge == F.col("_word"), "left_anti")
     rest_total = F.col("grand_total") - F.col("class_total")
     rest_share = F.when(rest_total > 0, (F.col("term_total") - F.col("tf")) / rest_total)
     scored = (
         shares.join(spread, "term")
         .crossJoin(overall)
         .filter(F.col("members") >= cfg.min_members)
-        .filter(F.col("spread") <= 1 + cfg.max_segment_share * (F.col("n_segments") - 1))
+        .filter(~too_spread)
         .filter(rest_share.isNull() | (F.col("share") > rest_share))
         .withColumn(
             "score",
@@ -182,18 +193,19 @@ def distinct_keywords(ranked: Sequence[tuple[str, float]], cfg: LabelConfig) -> 
     """The best ``label.n_keywords`` of (term, score) candidates, best first, without
     near-duplicates.
 
-    A term whose words are all in a chosen keyword ("stars five" or "five" after
-    "five stars") is skipped. A term that contains all words of a chosen keyword
+    Words are compared up to a plural ending ("guns" is "gun"). A term whose words
+    are all in a chosen keyword ("stars five", "five" or "star" after "five
+    stars") is skipped. A term that contains all words of a chosen keyword
     (its n-gram: "clipper chip" after "clipper") takes that keyword's place when it
     scores at least ``label.phrase_share`` of it, and is skipped otherwise; a
     phrase covering several chosen keywords takes the first one's place.
     """
     chosen: list[tuple[str, float]] = []
     for term, score in sorted(ranked, key=lambda ts: (-ts[1], ts[0])):
-        words = set(term.split())
-        if any(words <= set(c.split()) for c, _ in chosen):
+        words = term.split()
+        if any(_covers(c.split(), words) for c, _ in chosen):
             continue
-        parts = [i for i, (c, _) in enumerate(chosen) if set(c.split()) < words]
+        parts = [i for i, (c, _) in enumerate(chosen) if _covers(words, c.split())]
         if parts:
             if score < cfg.phrase_share * chosen[parts[0]][1]:
                 continue
@@ -202,6 +214,21 @@ def distinct_keywords(ranked: Sequence[tuple[str, float]], cfg: LabelConfig) -> 
         elif len(chosen) < cfg.n_keywords:
             chosen.append((term, score))
     return [term for term, _ in chosen]
+
+
+# English plural endings: "guns" repeats "gun", "windows" repeats "window".
+PLURAL_ENDINGS = ("s", "es")
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Whether two words are one, up to a plural ending."""
+    short, long = sorted((a, b), key=len)
+    return short == long or any(short + end == long for end in PLURAL_ENDINGS)
+
+
+def _covers(words: Sequence[str], part: Sequence[str]) -> bool:
+    """Whether every word of ``part`` is in ``words`` (up to plural endings)."""
+    return all(any(_same_word(p, w) for w in words) for p in part)
 
 
 def segment_keywords(
