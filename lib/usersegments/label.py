@@ -12,9 +12,11 @@
   weight over all classes. A keyword must be used by ``label.min_members``
   members, be more frequent in its segment than in the others, and not be spread
   over more than ``1 + label.max_segment_share * (K - 1)`` of the K segments
-  (boilerplate: reply prefixes, signatures). Each segment's best
+  (boilerplate: reply prefixes, signatures), nor begin or end with such a
+  word. Each segment's best
   ``label.keyword_candidates`` terms reach the driver, where near-duplicates
-  merge ("stars five" and "five" after "five stars"; an n-gram replaces its
+  merge, words compared up to a plural "s"/"es" ("stars five" and "five"
+  after "five stars", "guns" after "gun"; an n-gram replaces its
   part when it scores ``label.phrase_share`` of it) down to ``label.n_keywords``.
 - **Top items**: among the segment's ``label.item_candidates`` most touched items,
   the ``label.n_top_items`` whose text vector is nearest (cosine) to the centroid.
@@ -128,7 +130,8 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
       over ``(sum p_c)^2 / sum p_c^2`` segments (inverse Simpson; 1 when one
       segment has it all, K when all K have it equally), which must not exceed
       ``1 + label.max_segment_share * (K - 1)``. Measured relative to K - 1, the
-      cut keeps distinctive terms when there are only 2 or 3 segments.
+      cut keeps distinctive terms when there are only 2 or 3 segments. An
+      n-gram that begins or ends with such a boilerplate word is cut too.
 
     Ranks start at 1 (ties by term).
     """
