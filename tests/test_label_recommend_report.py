@@ -18,13 +18,20 @@ from usersegments.evaluate import holdout_split
 from usersegments.label import (
     LabelGenerator,
     class_tfidf,
+    distinct_keywords,
     event_terms,
     label_from_keywords,
     label_segments,
+    segment_keywords,
 )
 from usersegments.recommend import without_seen
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, SEGMENTS
-from usersegments.testing.synthetic import area_names, distinctive_words
+from usersegments.testing.synthetic import (
+    GeneratorSettings,
+    area_names,
+    distinctive_words,
+    generate,
+)
 
 
 def test_label_from_keywords_prefers_phrases_and_skips_repeats():
@@ -47,15 +54,104 @@ def test_terms_drop_stop_words_numbers_and_count_once_per_event(spark):
 
 
 def test_class_tfidf_ranks_the_distinctive_term_first(spark):
-    cfg = load_config(overrides=["label.min_df=1", "label.n_keywords=2"]).label
+    overrides = ["label.min_df=1", "label.min_members=1", "label.keyword_candidates=2"]
+    cfg = load_config(overrides=overrides).label
     rows = [("a", "shared", 1.0), ("b", "shared", 1.0)] + [("a", "alpha", 1.0)] * 2
-    rows += [("b", "beta", 1.0)] * 3
+    rows += [("b", "beta", 1.0)] * 3 + [("a", "apple", 1.0), ("a", "avocado", 1.0)]
+    rows += [("b", "banana", 1.0)]
     scored = class_tfidf(
         spark.createDataFrame(rows, "segment_id string, term string, weight double"), cfg
     ).collect()
     first = {r["segment_id"]: r["term"] for r in scored if r["rank"] == 1}
     assert first == {"a": "alpha", "b": "beta"}
     assert max(r["rank"] for r in scored) == 2
+
+
+def test_terms_are_contiguous_n_grams_without_addresses(spark):
+    cfg = load_config(overrides=["label.ngram_max=3"]).label
+    text = (
+        "Re: Buy the watery gel! Mail joe.smith@cs.cmu.edu or see http://www.example.com/a?b "
+        "and www.shop.org/x - don't miss the bill of rights, 5 stars"
+    )
+    events = spark.createDataFrame([("e1", text)], "event_id string, text string")
+    terms = set(event_terms(events, cfg).first()["terms"])
+    assert {"buy", "watery gel", "buy the watery", "bill of rights", "stars"} <= terms
+    # "buy watery" is not in the text; n-grams do not begin or end with stop words,
+    # numbers or 1-letter tokens; addresses leave no tokens.
+    assert not terms & {"buy watery", "the watery", "rights 5", "5 stars", "don", "t"}
+    address_parts = {"joe", "smith", "cs", "cmu", "edu", "http", "www", "example", "com", "shop"}
+    assert not {w for t in terms for w in t.split()} & address_parts
+
+
+def test_class_tfidf_leaves_out_boilerplate_and_terms_commoner_elsewhere(spark):
+    cfg = load_config(overrides=["label.min_df=1", "label.min_members=1"]).label
+    rows = []
+    for seg, own in [("a", "alpha"), ("b", "beta"), ("c", "gamma")]:
+        rows += [(seg, "re", 1.0)] * 10 + [(seg, own, 1.0)] * 6  # "re" in every event
+    rows += [("a", "shared", 1.0)] * 2 + [("b", "shared", 1.0)] * 6  # commoner in b
+    schema = "segment_id string, term string, weight double"
+    scored = class_tfidf(spark.createDataFrame(rows, schema), cfg).collect()
+    by_segment = {}
+    for r in scored:
+        by_segment.setdefault(r["segment_id"], set()).add(r["term"])
+    assert by_segment == {"a": {"alpha"}, "b": {"beta", "shared"}, "c": {"gamma"}}
+    # With only 2 segments a distinctive term is kept, an evenly shared one is not.
+    two = [r for r in rows if r[0] != "c"]
+    scored = class_tfidf(spark.createDataFrame(two, schema), cfg).collect()
+    kept = {(r["segment_id"], r["term"]) for r in scored}
+    assert kept == {("a", "alpha"), ("b", "beta")}
+
+
+def test_class_tfidf_needs_several_members_using_a_keyword(spark):
+    cfg = load_config(overrides=["label.min_df=1"]).label  # min_members 2
+    rows = [("a", "u1", "banks", 1.0)] * 9 + [("a", f"u{i}", "medicine", 1.0) for i in range(3)]
+    rows += [("b", "u9", "other", 1.0), ("b", "u8", "other", 1.0)]
+    schema = "segment_id string, user_id string, term string, weight double"
+    scored = class_tfidf(spark.createDataFrame(rows, schema), cfg).collect()
+    assert {(r["segment_id"], r["term"]) for r in scored} == {("a", "medicine"), ("b", "other")}
+
+
+def test_distinct_keywords_merges_near_duplicates():
+    cfg = load_config(overrides=["label.n_keywords=3"]).label
+    ranked = [("five", 1.0), ("five stars", 0.9), ("stars five", 0.8), ("stars", 0.7)]
+    ranked += [("great gift", 0.5), ("gifts", 0.45), ("watch", 0.4), ("strap", 0.3)]
+    assert distinct_keywords(ranked, cfg) == ["five stars", "great gift", "watch"]
+    assert distinct_keywords([("gun", 1.0), ("guns", 0.9), ("law", 0.5)], cfg) == ["gun", "law"]
+    # An n-gram far below its part does not replace it.
+    assert distinct_keywords([("clipper", 1.0), ("clipper chip", 0.2)], cfg) == ["clipper"]
+    assert distinct_keywords([("clipper", 1.0), ("clipper chip", 0.6)], cfg) == ["clipper chip"]
+
+
+def test_keywords_on_generated_events_are_real_distinctive_and_not_boilerplate(spark):
+    data = generate(GeneratorSettings(users=160, seed=5, bad_row_share=0.0, duplicate_share=0.0))
+    events = data.events.merge(
+        data.items[["item_id", "text"]].rename(columns={"text": "item_text"}), "left", "item_id"
+    )
+    events["text"] = events["text"].fillna(events["item_text"])
+    events = events.merge(data.truth[["user_id", "area"]], on="user_id")
+    events = events[events["text"].notna()].reset_index(drop=True)
+    # Boilerplate every segment carries, as a reply prefix and a signature would.
+    events["text"] = "Re: " + events["text"] + " -- sent from my phone"
+    frame = spark.createDataFrame(
+        events[["user_id", "area", "event_type", "text", "value"]].rename(
+            columns={"area": "segment_id"}
+        )
+    ).withColumn("event_time", F.lit(data.settings.end))
+    cfg = load_config()
+    keywords = segment_keywords(frame, cfg, data.settings.end)
+    assert set(keywords) == set(events["area"]) and all(keywords.values())
+    tokens = events["text"].str.lower().str.findall(r"[^\W_]+").str.join(" ")
+    texts = " " + tokens + " "
+    boilerplate = {"re", "sent", "phone", "sent from", "my phone"}
+    for seg, terms in keywords.items():
+        mine = (events["area"] == seg).to_numpy()
+        assert not set(terms) & boilerplate, (seg, terms)
+        for term in terms:
+            has = texts.str.contains(f" {term} ", regex=False).to_numpy()
+            assert has[mine].any(), (seg, term)  # occurs, contiguously, in its texts
+            assert has[mine].mean() > has[~mine].mean(), (seg, term)  # commoner here
+        words = [set(t.split()) for t in terms]
+        assert not any(a <= b for i, a in enumerate(words) for j, b in enumerate(words) if i != j)
 
 
 def test_each_planted_area_is_named_by_its_dominant_segment(planted):

@@ -1,14 +1,23 @@
 """Label: describe each segment with keywords, representative items and a label.
 
 - **Keywords** by class-based TF-IDF (c-TF-IDF): every segment is one class, its
-  document is the texts of its members' events. Texts are tokenised in Spark
-  (MLlib ``RegexTokenizer``, ``StopWordsRemover`` with English and configured
-  stop words, ``NGram`` for 1..``label.ngram_max``-grams); a term counts once per
-  event, weighted by the same event weight as profiles (type x decay x value).
-  ``score(t, c) = tf(t, c) / |c| * log(1 + A / f(t))`` where ``|c|`` is the class's
-  total term weight, ``A`` the mean of those totals and ``f(t)`` the term's weight
-  over all classes. Only each segment's top ``label.n_keywords`` terms reach the
-  driver.
+  document is the texts of its members' events. Web and e-mail addresses are
+  removed, texts are split into lowercase runs of letters and digits, and terms
+  are the 1..``label.ngram_max``-grams of that contiguous sequence that begin and
+  end with a content token (not a stop word, number or single character), so
+  every term occurs as written. A term counts once per event, weighted by the
+  profile's event weight divided by the member's total, so every member weighs
+  the same. ``score(t, c) = tf(t, c) / |c| * log(1 + A / f(t))``, ``|c|`` the
+  class's total term weight, ``A`` the mean of those totals, ``f(t)`` the term's
+  weight over all classes. A keyword must be used by ``label.min_members``
+  members, be more frequent in its segment than in the others, and not be spread
+  over more than ``1 + label.max_segment_share * (K - 1)`` of the K segments
+  (boilerplate: reply prefixes, signatures), nor begin or end with such a
+  word. Each segment's best
+  ``label.keyword_candidates`` terms reach the driver, where near-duplicates
+  merge, words compared up to a plural "s"/"es" ("stars five" and "five"
+  after "five stars", "guns" after "gun"; an n-gram replaces its
+  part when it scores ``label.phrase_share`` of it) down to ``label.n_keywords``.
 - **Top items**: among the segment's ``label.item_candidates`` most touched items,
   the ``label.n_top_items`` whose text vector is nearest (cosine) to the centroid.
 - **Label**: the first ``label.label_keywords`` keywords that do not repeat one
@@ -22,12 +31,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-from pyspark.ml import Pipeline
-from pyspark.ml.feature import NGram, RegexTokenizer, StopWordsRemover
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.ml.feature import StopWordsRemover
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, LabelConfig
@@ -44,72 +51,188 @@ from usersegments.times import max_time
 
 # Letters and digits make tokens; everything else separates them.
 TOKEN_GAPS = r"[^\p{L}\p{N}]+"
+# Web and e-mail addresses (and news message ids, which look like them) are removed
+# before tokenising: their parts ("www", "com", "edu", a user's login) describe no
+# interest, and a signature's address would otherwise label its poster's segment.
+ADDRESSES = (
+    r"(?i)(?:\b[a-z][a-z0-9+.-]*://\S+"  # scheme://anything up to a space
+    r"|\bwww\.\S+"  # www.host/path without a scheme
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"  # user@host.domain
+)
+# An apostrophe inside a word joins it ("don't" -> "dont"), so contractions are one
+# token (matched against stop words written the same way), not "don" + "t".
+INNER_APOSTROPHE = r"(?<=\p{L})['\u2019](?=\p{L})"
 
 
 def stop_words(cfg: LabelConfig) -> list[str]:
-    """English stop words (Spark's list) when enabled, plus ``label.stop_words``."""
+    """English stop words (Spark's list) when enabled, plus ``label.stop_words``;
+    lowercase, each also without its apostrophes ("don't" and "dont")."""
     words = StopWordsRemover.loadDefaultStopWords("english") if cfg.english_stop_words else []
-    return sorted({w.lower() for w in [*words, *cfg.stop_words]})
+    lowered = {w.lower() for w in [*words, *cfg.stop_words]}
+    return sorted(lowered | {w.replace("'", "").replace("\u2019", "") for w in lowered})
 
 
 def event_terms(events: DataFrame, cfg: LabelConfig) -> DataFrame:
     """``events`` (with ``text``) plus ``terms``: its distinct 1..ngram_max-grams.
 
-    Tokens are lowercase runs of letters and digits of length >= 2, without stop
-    words and pure numbers (sizes, counts).
+    Web and e-mail addresses are removed, then the text is split into lowercase
+    runs of letters and digits. N-grams are taken from that contiguous sequence
+    (so every term occurs as written), and an n-gram must begin and end with a
+    content token: one of at least 2 characters that is neither a stop word nor
+    a pure number (sizes, counts). A stop word or number inside a trigram is kept
+    ("bill of rights", "windows 3 1" is not: it ends in a number).
     """
-    tokenizer = RegexTokenizer(
-        inputCol="text", outputCol="_tokens", pattern=TOKEN_GAPS, gaps=True, minTokenLength=2
+    stops = F.array(*[F.lit(w) for w in stop_words(cfg)])
+    text = F.regexp_replace(F.col("text"), ADDRESSES, " ")
+    text = F.regexp_replace(F.lower(text), INNER_APOSTROPHE, "")
+    prepared = (
+        events.filter(F.col("text").isNotNull())
+        .withColumn("_tokens", F.filter(F.split(text, TOKEN_GAPS), lambda t: t != ""))
+        .withColumn(
+            "_content",
+            F.transform(
+                "_tokens",
+                lambda t: (F.length(t) >= 2) & ~t.rlike(r"^\d+$") & ~F.array_contains(stops, t),
+            ),
+        )
     )
-    remover = StopWordsRemover(
-        inputCol="_tokens", outputCol="_words", stopWords=stop_words(cfg), caseSensitive=False
+    grams = [_ngrams(n) for n in range(1, cfg.ngram_max + 1)]
+    terms = F.array_distinct(F.flatten(F.array(*grams)))
+    return prepared.withColumn("terms", terms).drop("_tokens", "_content")
+
+
+def _ngrams(n: int) -> Column:
+    """The n-grams of ``_tokens`` whose first and last tokens are content (``_content``)."""
+    size = F.size("_tokens")
+    starts = F.when(size >= n, F.sequence(F.lit(1), size - n + 1)).otherwise(
+        F.array().cast("array<int>")
     )
-    stages: list[Any] = [tokenizer, remover]
-    prepared = events.filter(F.col("text").isNotNull())
-    tokens = Pipeline(stages=stages).fit(prepared).transform(prepared)
-    tokens = tokens.withColumn("_words", F.filter("_words", lambda w: ~w.rlike(r"^\d+$")))
-    gram_cols = ["_words"]
-    for n in range(2, cfg.ngram_max + 1):
-        out = f"_grams{n}"
-        tokens = NGram(n=n, inputCol="_words", outputCol=out).transform(tokens)
-        gram_cols.append(out)
-    terms = F.array_distinct(F.flatten(F.array(*[F.col(c) for c in gram_cols])))
-    return tokens.withColumn("terms", terms).drop("_tokens", *gram_cols)
+    kept = F.filter(
+        starts, lambda i: F.element_at("_content", i) & F.element_at("_content", i + (n - 1))
+    )
+    return F.transform(kept, lambda i: F.array_join(F.slice("_tokens", i, n), " "))
 
 
 def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
-    """c-TF-IDF of (segment_id, term, weight) rows -> segment_id, term, score, rank.
+    """c-TF-IDF of (segment_id, term, weight[, user_id]) rows -> segment_id, term,
+    score, rank; only terms that describe their segment, at most
+    ``label.keyword_candidates`` per segment.
 
-    A term must occur in at least ``label.min_df`` events overall; ranks start at 1
-    and keep the top ``label.n_keywords`` per segment (ties by term).
+    ``score(t, c) = tf(t, c) / |c| * log(1 + A / f(t))``: ``tf`` the term's weight
+    in segment c, ``|c|`` c's total term weight, ``A`` the mean of those totals,
+    ``f(t)`` the term's weight over all segments. A term is scored in a segment
+    only when
+
+    - it occurs in at least ``label.min_df`` events overall and (rows with a
+      ``user_id``) is used by at least ``label.min_members`` members of c;
+    - it is more frequent in c (tf / |c|) than in the other segments together:
+      a keyword tells the segment apart;
+    - it is no boilerplate: with ``p_c = tf(t, c) / |c|``, its weight is spread
+      over ``(sum p_c)^2 / sum p_c^2`` segments (inverse Simpson; 1 when one
+      segment has it all, K when all K have it equally), which must not exceed
+      ``1 + label.max_segment_share * (K - 1)``. Measured relative to K - 1, the
+      cut keeps distinctive terms when there are only 2 or 3 segments. An
+      n-gram that begins or ends with such a boilerplate word is cut too.
+
+    Ranks start at 1 (ties by term).
     """
+    has_users = "user_id" in weighted_terms.columns
+    members = (F.countDistinct("user_id") if has_users else F.count(F.lit(1))).alias("members")
     per_term = weighted_terms.groupBy("segment_id", "term").agg(
-        F.sum("weight").alias("tf"), F.count(F.lit(1)).alias("events")
+        F.sum("weight").alias("tf"), F.count(F.lit(1)).alias("events"), members
     )
     frequent = (
         per_term.groupBy("term")
-        .agg(F.sum("events").alias("df"), F.sum("tf").alias("term_total"))
+        .agg(F.sum("events").alias("df"))
         .filter(F.col("df") >= cfg.min_df)
+        .select("term")
     )
     kept = per_term.join(frequent, "term")
     class_totals = kept.groupBy("segment_id").agg(F.sum("tf").alias("class_total"))
-    mean_total = class_totals.agg(F.avg("class_total").alias("mean_total"))
+    overall = class_totals.agg(
+        F.avg("class_total").alias("mean_total"),
+        F.sum("class_total").alias("grand_total"),
+        F.count(F.lit(1)).alias("n_segments"),
+    )
+    shares = kept.join(class_totals, "segment_id").withColumn(
+        "share", F.col("tf") / F.col("class_total")
+    )
+    spread = shares.groupBy("term").agg(
+        F.sum("tf").alias("term_total"),
+        (F.sum("share") * F.sum("share") / F.sum(F.col("share") * F.col("share"))).alias("spread"),
+    )
+    # A boilerplate word also does not begin or end a phrase ("re science" from a
+    # "Re: Science ..." subject line), even when the phrase itself is rarer.
+    too_spread = F.col("spread") > 1 + cfg.max_segment_share * (F.col("n_segments") - 1)
+    boilerplate = (
+        spread.crossJoin(overall)
+        .filter(too_spread & ~F.col("term").contains(" "))
+        .select(F.col("term").alias("_word"))
+    )
+    edges = [F.substring_index("term", " ", 1), F.substring_index("term", " ", -1)]
+    for edge in edges:
+        shares = shares.join(boilerplate, edge == F.col("_word"), "left_anti")
+    rest_total = F.col("grand_total") - F.col("class_total")
+    rest_share = F.when(rest_total > 0, (F.col("term_total") - F.col("tf")) / rest_total)
     scored = (
-        kept.join(class_totals, "segment_id")
-        .crossJoin(mean_total)
+        shares.join(spread, "term")
+        .crossJoin(overall)
+        .filter(F.col("members") >= cfg.min_members)
+        .filter(~too_spread)
+        .filter(rest_share.isNull() | (F.col("share") > rest_share))
         .withColumn(
             "score",
-            F.col("tf")
-            / F.col("class_total")
-            * F.log(1.0 + F.col("mean_total") / F.col("term_total")),
+            F.col("share") * F.log(1.0 + F.col("mean_total") / F.col("term_total")),
         )
     )
     order = Window.partitionBy("segment_id").orderBy(F.desc("score"), F.asc("term"))
     return (
         scored.withColumn("rank", F.row_number().over(order))
-        .filter(F.col("rank") <= cfg.n_keywords)
+        .filter(F.col("rank") <= cfg.keyword_candidates)
         .select("segment_id", "term", "score", "rank")
     )
+
+
+def distinct_keywords(ranked: Sequence[tuple[str, float]], cfg: LabelConfig) -> list[str]:
+    """The best ``label.n_keywords`` of (term, score) candidates, best first, without
+    near-duplicates.
+
+    Words are compared up to a plural ending ("guns" is "gun"). A term whose words
+    are all in a chosen keyword ("stars five", "five" or "star" after "five
+    stars") is skipped. A term that contains all words of a chosen keyword
+    (its n-gram: "clipper chip" after "clipper") takes that keyword's place when it
+    scores at least ``label.phrase_share`` of it, and is skipped otherwise; a
+    phrase covering several chosen keywords takes the first one's place.
+    """
+    chosen: list[tuple[str, float]] = []
+    for term, score in sorted(ranked, key=lambda ts: (-ts[1], ts[0])):
+        words = term.split()
+        if any(_covers(c.split(), words) for c, _ in chosen):
+            continue
+        parts = [i for i, (c, _) in enumerate(chosen) if _covers(words, c.split())]
+        if parts:
+            if score < cfg.phrase_share * chosen[parts[0]][1]:
+                continue
+            chosen[parts[0]] = (term, chosen[parts[0]][1])  # keeps the part's place
+            chosen = [c for i, c in enumerate(chosen) if i not in parts[1:]]
+        elif len(chosen) < cfg.n_keywords:
+            chosen.append((term, score))
+    return [term for term, _ in chosen]
+
+
+# English plural endings: "guns" repeats "gun", "windows" repeats "window".
+PLURAL_ENDINGS = ("s", "es")
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Whether two words are one, up to a plural ending."""
+    short, long = sorted((a, b), key=len)
+    return short == long or any(short + end == long for end in PLURAL_ENDINGS)
+
+
+def _covers(words: Sequence[str], part: Sequence[str]) -> bool:
+    """Whether every word of ``part`` is in ``words`` (up to plural endings)."""
+    return all(any(_same_word(p, w) for w in words) for p in part)
 
 
 def segment_keywords(
@@ -117,23 +240,26 @@ def segment_keywords(
 ) -> dict[str, list[str]]:
     """segment_id -> its keywords, best first, from its members' weighted events.
 
-    ``member_events``: segment_id plus the events columns (user_id, text, event_type,
-    event_time, value); ``cfg.profile.half_life_days`` must be resolved (the stored
-    profiles', ``halflife.stored_profile_half_life``).
+    ``member_events``: segment_id, user_id plus the events columns (text,
+    event_type, event_time, value); ``cfg.profile.half_life_days`` must be resolved
+    (the stored profiles', ``halflife.stored_profile_half_life``). Each event has the
+    profile's weight, decayed from its member's own anchor (so long-idle members
+    still count) and divided by its user's total so that every member weighs the
+    same in their segment's term frequencies, as in profiles: a prolific poster's
+    signature or pet words do not become the segment's keywords.
     """
-    # Each member's events weigh as in their profile: decayed from the member's own
-    # anchor, so that long-idle members still describe their segment.
-    with_terms = event_terms(member_events, cfg.label).withColumn(
+    weighted = event_terms(member_events, cfg.label).withColumn(
         "weight", event_weight(cfg.profile, user_anchor(as_of))
     )
-    weighted = with_terms.select("segment_id", F.explode("terms").alias("term"), "weight").filter(
-        F.col("weight") > 0
+    weighted = weighted.filter(F.col("weight") > 0).withColumn(
+        "weight", F.col("weight") / F.sum("weight").over(Window.partitionBy("user_id"))
     )
-    ranked = class_tfidf(weighted, cfg.label).collect()
-    keywords: dict[str, list[tuple[int, str]]] = {}
+    exploded = weighted.select("segment_id", "user_id", F.explode("terms").alias("term"), "weight")
+    ranked = class_tfidf(exploded, cfg.label).collect()
+    candidates: dict[str, list[tuple[str, float]]] = {}
     for row in ranked:
-        keywords.setdefault(row["segment_id"], []).append((row["rank"], row["term"]))
-    return {seg: [term for _, term in sorted(terms)] for seg, terms in keywords.items()}
+        candidates.setdefault(row["segment_id"], []).append((row["term"], row["score"]))
+    return {seg: distinct_keywords(terms, cfg.label) for seg, terms in candidates.items()}
 
 
 def item_texts(events: DataFrame) -> DataFrame:

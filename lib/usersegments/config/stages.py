@@ -148,6 +148,36 @@ class LabelConfig(Section):
     n_keywords: int = Field(8, ge=1, le=50, description="Keywords kept per segment.")
     ngram_max: int = Field(2, ge=1, le=3, description="Longest keyword n-gram.")
     min_df: int = Field(2, ge=1, description="A term must appear in this many events.")
+    min_members: int = Field(
+        2,
+        ge=1,
+        description="A keyword must be used by this many members of its segment (one "
+        "prolific poster's signature does not describe a segment).",
+    )
+    max_segment_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Boilerplate cut: a term whose weight is spread over more than "
+        "1 + this x (segments - 1) segments (inverse Simpson of its per-segment "
+        "frequencies) is no keyword, so words every segment uses (reply prefixes, "
+        "mail domains) are left out; with 2 segments a term needs about 3.7x the "
+        "frequency in one than in the other.",
+    )
+    keyword_candidates: int = Field(
+        40,
+        ge=1,
+        le=500,
+        description="Best c-TF-IDF terms per segment brought to the driver, from which "
+        "near-duplicates are merged down to n_keywords.",
+    )
+    phrase_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="An n-gram replaces a chosen keyword that is one of its words (or a "
+        "shorter n-gram of them) when its score is at least this share of that keyword's.",
+    )
     english_stop_words: bool = Field(True, description="Drop English stop words.")
     stop_words: list[str] = Field(default_factory=list, description="Extra stop words.")
     n_top_items: int = Field(5, ge=1, le=100, description="Representative items per segment.")
