@@ -201,17 +201,8 @@ def print_tuning(ctx: Context, result: StageResult) -> None:
         score = r["score"] if r["status"] == "succeeded" else r["status"]
         figures = [score, r["silhouette_cosine"]]
         figures += [r["nmi_segment_vs_substyle"]] if with_truth else []
-        figures = ["-" if v is None else v for v in figures]
-        table.append(
-            [
-                r["trial_id"],
-                *shown,
-                *figures,
-                r["segments"],
-                round(r["seconds"], 1),
-                "*" if r["chosen"] else "",
-            ]
-        )
+        figures += [r["segments"], round(r["seconds"], 1), "*" if r["chosen"] else ""]
+        table.append([r["trial_id"], *shown, *["-" if v is None else v for v in figures]])
     print_table(
         f"tune ({result.seconds:.1f}s): {len(rows)} trials, last "
         f"{int(result.metrics['holdout_last'])} events per user held out, "

@@ -249,7 +249,12 @@ def choose_best(trials: Sequence[Trial]) -> Trial:
     scored = [t for t in trials if t.status == SUCCEEDED and t.score is not None]
     if not scored:
         failed = next((t for t in trials if t.error), None)
-        why = f": trial {failed.trial_id}: {failed.error}" if failed else ""
+        why = (
+            f": trial {failed.trial_id}: {failed.error}"
+            if failed
+            else ": no clustered user has a held-out event to score it on (held-out events "
+            "need an item id for hit_rate_lift, a text for interest_fit)"
+        )
         raise InputError(f"no tuning trial could be scored{why}")
     best = max(scored, key=lambda t: (t.score, -t.trial_id))
     best.chosen = True
