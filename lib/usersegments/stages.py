@@ -132,8 +132,8 @@ STAGES: tuple[Stage, ...] = (
         "tune",
         "tune",
         "run_tune",
-        "hold out each user's last events, try settings drawn from tune.* (profile, cluster, "
-        "recommend) -> tuning_trials and a config file of the best",
+        "(ingest --events, embed) hold out each user's last events, score settings drawn "
+        "from tune.* -> tuning_trials, <output>/tuned.yaml (the best)",
         inputs=("holdout_last", "truth"),
         before=("ingest", "embed"),
     ),
