@@ -261,10 +261,31 @@ def test_tuned_config_loads_and_runs(tuned, capsys):
         node = getattr(tuned_cfg, section)
         for part in name.split("."):
             node = getattr(node, part)
-        assert node == value, key
+        if key == "profile.event_weights":
+            # Types the tuned map leaves out weigh default_event_weight, written out.
+            default = tuned_cfg.profile.default_event_weight
+            assert all(node[t] == value.get(t, default) for t in node) and set(value) <= set(node)
+        else:
+            assert node == value, key
     assert tuned_cfg.store.root == str(root)
     assert cli.main(["run", "--config", str(path), "--set", "report.enabled=false"]) == 0
     run = store.read("runs").filter("command = 'run'").first()
     assert run["status"] == "succeeded"
     assert json.loads(run["config_json"])["cluster"]["k"] == tuned_cfg.cluster.k
     assert store.read("user_segments").count() > 300
+
+
+def test_an_empty_event_weight_map_weighs_every_type_alike(spark):
+    # tune.event_weights offers {} (every type at profile.default_event_weight).
+    from datetime import datetime, timezone
+
+    from usersegments.profile import event_weight
+
+    cfg = with_settings(Config(), {"profile.event_weights": {}}, "test").profile
+    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    events = spark.createDataFrame(
+        [("view", as_of, None), ("purchase", as_of, 4.0)],
+        "event_type string, event_time timestamp, value double",
+    )
+    weights = [r["w"] for r in events.select(event_weight(cfg, as_of).alias("w")).collect()]
+    assert weights == [cfg.default_event_weight] * 2

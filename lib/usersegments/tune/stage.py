@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, with_settings
+from usersegments.config.stages import DEFAULT_EVENT_WEIGHTS
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
 from usersegments.evaluate.holdout import holdout_split
@@ -58,6 +59,16 @@ def tune_holdout_count(option: int | None, cfg: Config) -> int:
 def tuned_path(cfg: Config, store: TableStore) -> str:
     """Where the best settings go: ``tune.output``, else ``<store root>/tuned.yaml``."""
     return cfg.tune.output or f"{store.root.rstrip('/')}/{TUNED_FILE}"
+
+
+def loadable(cfg: Config) -> Config:
+    """``cfg`` as it must be written to reload as itself: ``load_config`` merges a file's
+    ``profile.event_weights`` over the default map key by key, so a type a tuned map
+    leaves out (it weighs ``default_event_weight``) is written with that weight."""
+    profile = cfg.profile
+    left_out = {t: profile.default_event_weight for t in DEFAULT_EVENT_WEIGHTS}
+    weights = {**left_out, **profile.event_weights}
+    return with_settings(cfg, {"profile.event_weights": weights}, "tune")
 
 
 def prepare_holdout(store: TableStore, cfg: Config, n_out: int, truth: str | None) -> Holdout:
@@ -141,7 +152,7 @@ def run_tune(
     best = choose_best(trials)
     _write_trials(spark, store, run.run_id, holdout.objective, trials)
     path = tuned_path(cfg, store)
-    best_cfg = with_settings(cfg, best.settings, f"tune trial {best.trial_id}")
+    best_cfg = loadable(with_settings(cfg, best.settings, f"tune trial {best.trial_id}"))
     header = (
         f"# usersegments config tuned by run {run.run_id}: trial {best.trial_id} of "
         f"{len(trials)}, {holdout.objective} = {best.score:.4f}\n"
