@@ -74,6 +74,8 @@ def main() -> None:
         tune_cfg = load_config(args.config, quiet, f"{work}/tune-store")
         run_cfg = load_config(args.config, quiet, f"{work}/run-store")
         tuned, tune_seconds, trials = timed_tune(tune_cfg, paths)
+        # Printed at once: a run on a busy machine may be cut short before the comparison.
+        print(f"tune: {tune_seconds:.1f} s for {len(trials)} trials", flush=True)
         full, run_seconds = timed_run(run_cfg, paths)
         t = tune_cfg.tune
         print()
