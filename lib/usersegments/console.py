@@ -7,6 +7,7 @@ measure (ARI/NMI without a truth table) are left out, never shown as "nan".
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -199,6 +200,60 @@ def print_evaluation(result: StageResult, k: int) -> None:
             list(scored),
             [[round(v, 3) for v in scored.values()]],
         )
+
+
+# tuning_trials settings -> the column that shows them in the trials table.
+_TUNED_COLUMNS = {
+    "cluster.k": "k",
+    "profile.half_life_days": "profile half-life",
+    "recommend.half_life_days": "recommend half-life",
+    "profile.event_weights": "event weights",
+    "profile.value_transform": "value",
+    "cluster.sub.target_size": "sub size",
+}
+
+
+def print_tuning(ctx: Context, result: StageResult) -> None:
+    """The trials of a tune run (one row each, the chosen one marked) and the best."""
+    rows = (
+        ctx.store.read("tuning_trials")
+        .filter(F.col("run_id") == ctx.run.run_id)
+        .orderBy("trial_id")
+        .collect()
+    )
+    weights = [json.dumps(w, sort_keys=True) for w in ctx.cfg.tune.event_weights]
+    with_truth = any(_measured(r["nmi_segment_vs_substyle"]) for r in rows)
+    objective = rows[0]["objective"] if rows else ""
+    columns = ["trial", *_TUNED_COLUMNS.values(), objective, "silhouette"]
+    columns += ["NMI segment/sub-style"] if with_truth else []
+    columns += ["segments", "seconds", "chosen"]
+    table = []
+    for r in rows:
+        settings = json.loads(r["settings_json"])
+        shown = []
+        for key in _TUNED_COLUMNS:
+            value = settings.get(key)
+            if key == "profile.event_weights":
+                text = json.dumps(value, sort_keys=True)
+                value = f"#{weights.index(text) + 1}" if text in weights else text
+            shown.append(value)
+        score = r["score"] if r["status"] == "succeeded" else r["status"]
+        figures = [score, r["silhouette_cosine"]]
+        figures += [r["nmi_segment_vs_substyle"]] if with_truth else []
+        figures += [r["segments"], round(r["seconds"], 1), "*" if r["chosen"] else ""]
+        table.append([r["trial_id"], *shown, *["-" if v is None else v for v in figures]])
+    print_table(
+        f"tune ({result.seconds:.1f}s): {len(rows)} trials, last "
+        f"{int(result.metrics['holdout_last'])} events per user held out, "
+        f"{result.metrics['repeat_share']:.0%} of them on items seen in training",
+        columns,
+        table,
+    )
+    say("event weights: " + "; ".join(f"#{i} {w}" for i, w in enumerate(weights, start=1)))
+    best = int(result.metrics["best_trial"])
+    say(f"best: trial {best}, {objective} {result.metrics['best_score']:.4f}")
+    say(f"tuned config: {result.path}")
+    say(f"use it: usersegments run --config {result.path}")
 
 
 def print_churn(update: StageResult) -> None:

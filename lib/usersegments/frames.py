@@ -15,7 +15,10 @@ def literal_map(mapping: Mapping[Any, Any]) -> Column:
     """A Spark map column holding ``mapping`` (a small driver-side dict: event weights,
     id renames, leaf -> cluster), for lookups like ``literal_map(m)[F.col("key")]``."""
     if not mapping:
-        return F.create_map()
+        # A bare map() is map<void,void>, which Spark refuses to index with a typed key
+        # (profile.event_weights: {} failed so); as strings it finds nothing for any key,
+        # and its null coalesces with a default of any type.
+        return F.create_map().cast("map<string,string>")
     return F.create_map(*[F.lit(part) for pair in mapping.items() for part in pair])
 
 

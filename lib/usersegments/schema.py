@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     DateType,
     DoubleType,
     FloatType,
@@ -153,6 +154,29 @@ SEGMENT_LINEAGE = _schema(
     ("recorded_at", TimestampType()),
 )
 
+TUNING_TRIALS = _schema(
+    ("run_id", StringType()),
+    ("trial_id", IntegerType()),
+    ("settings_json", StringType()),
+    ("status", StringType()),
+    ("error", StringType()),
+    ("objective", StringType()),
+    ("score", DoubleType()),
+    ("hit_rate", DoubleType()),
+    ("hit_rate_popularity", DoubleType()),
+    ("hit_rate_lift", DoubleType()),
+    ("interest_fit", DoubleType()),
+    ("silhouette_cosine", DoubleType()),
+    ("nmi_segment_vs_substyle", DoubleType()),
+    ("nmi_cluster_vs_area", DoubleType()),
+    ("coarse_clusters", IntegerType()),
+    ("segments", IntegerType()),
+    ("users_tested", LongType()),
+    ("seconds", DoubleType()),
+    ("chosen", BooleanType()),
+    ("recorded_at", TimestampType()),
+)
+
 # A user's list is their segment's list (minus what they touched), so the same columns.
 USER_RECOMMENDATIONS = StructType(
     [StructField("user_id", StringType(), nullable=True), *SEGMENT_RECOMMENDATIONS.fields]
@@ -172,6 +196,7 @@ TABLES: dict[str, StructType] = {
     "segment_recommendations": SEGMENT_RECOMMENDATIONS,
     "user_recommendations": USER_RECOMMENDATIONS,
     "segment_lineage": SEGMENT_LINEAGE,
+    "tuning_trials": TUNING_TRIALS,
 }
 
 
@@ -193,6 +218,10 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "segment_recommendations": ("recommend", "top items per segment"),
     "user_recommendations": ("recommend", "per-user lists (with `recommend.per_user`)"),
     "segment_lineage": ("update", "re-clustering matches: continued, born, split, merged, ended"),
+    "tuning_trials": (
+        "tune",
+        "one row per trial: settings (JSON), scores, seconds, the chosen one flagged",
+    ),
 }
 
 

@@ -32,7 +32,9 @@ class Stage:
     (``events``, ``items``, ``truth``, ``recluster_now``, ``holdout_last``); the
     command line offers the matching options on the stage's own subcommand.
     ``commands`` are the pipeline commands that run it; ``after_recluster`` marks a
-    stage that ``update`` runs only when the update re-clustered.
+    stage that ``update`` runs only when the update re-clustered. ``before`` are
+    stages its own subcommand runs first in the same run (their inputs become options
+    of the subcommand too): ``tune`` ingests ``--events`` and embeds new texts first.
     """
 
     name: str
@@ -43,6 +45,15 @@ class Stage:
     commands: frozenset[str] = frozenset()
     after_recluster: bool = False
     subcommand: bool = True
+    before: tuple[str, ...] = ()
+
+    def options(self) -> tuple[str, ...]:
+        """The inputs its subcommand takes: those of the ``before`` stages, then its own."""
+        names: dict[str, None] = {}
+        for name in self.before:
+            names.update(dict.fromkeys(_BY_NAME[name].inputs))
+        names.update(dict.fromkeys(self.inputs))
+        return tuple(names)
 
     def load(self) -> StageFn:
         """The stage's ``run_<stage>`` function, imported on first use (keeps ``--help``
@@ -116,6 +127,15 @@ STAGES: tuple[Stage, ...] = (
         "hold out each user's last events and score recommenders (offline quality)",
         inputs=("holdout_last", "truth"),
         commands=frozenset({DEMO}),
+    ),
+    Stage(
+        "tune",
+        "tune",
+        "run_tune",
+        "(ingest --events, embed) hold out each user's last events, score settings drawn "
+        "from tune.* -> tuning_trials, <output>/tuned.yaml (the best)",
+        inputs=("holdout_last", "truth"),
+        before=("ingest", "embed"),
     ),
     Stage(
         "report",

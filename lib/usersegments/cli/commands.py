@@ -13,10 +13,14 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usersegments.config import Config
 from usersegments.runlog import StageResult
 from usersegments.stages import DEMO, get_stage, stages_of, subcommand_stages
+
+if TYPE_CHECKING:
+    from usersegments.pipeline import Context
 
 Handler = Callable[[Config, argparse.Namespace], int]
 
@@ -57,32 +61,41 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_stage(cfg: Config, args: argparse.Namespace) -> int:
     """``usersegments <stage>``: one stage of the registry in a run of its own."""
-    from usersegments.pipeline import finishing, open_context, run_stage
+    from usersegments.pipeline import finishing, open_context, run_all, run_stage
 
     stage = get_stage(args.command)
     inputs = {name: getattr(args, name) for name in stage.inputs}
     with finishing(open_context(cfg, stage.name)) as ctx:
+        if stage.before:
+            # Only ingest and embed come before a stage: events and items are theirs.
+            run_all(ctx, args.events, args.items, stages=stage.before)
         result = run_stage(ctx, stage.name, **inputs)
-        _STAGE_SUMMARIES.get(stage.name, _print_stage_done)(cfg, ctx.run.run_id, result)
+        _STAGE_SUMMARIES.get(stage.name, _print_stage_done)(ctx, result)
     return 0
 
 
-def _print_stage_done(cfg: Config, run_id: str, result: StageResult) -> None:
+def _print_stage_done(ctx: Context, result: StageResult) -> None:
     from usersegments.console import say
 
-    say(f"{result.stage}: done in {result.seconds:.1f}s (run {run_id})")
+    say(f"{result.stage}: done in {result.seconds:.1f}s (run {ctx.run.run_id})")
     for table, version in result.tables.items():
         say(f"  {table}: version {version}")
 
 
-def _print_evaluate(cfg: Config, run_id: str, result: StageResult) -> None:
+def _print_evaluate(ctx: Context, result: StageResult) -> None:
     from usersegments.console import print_evaluation
 
-    print_evaluation(result, cfg.evaluate.k)
+    print_evaluation(result, ctx.cfg.evaluate.k)
+
+
+def _print_tune(ctx: Context, result: StageResult) -> None:
+    from usersegments.console import print_tuning
+
+    print_tuning(ctx, result)
 
 
 # Stages whose own command prints more than "done" and the versions written.
-_STAGE_SUMMARIES = {"evaluate": _print_evaluate}
+_STAGE_SUMMARIES = {"evaluate": _print_evaluate, "tune": _print_tune}
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:

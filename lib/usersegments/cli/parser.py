@@ -51,7 +51,8 @@ def _add_holdout_last(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="hold out each user's last N events (default: evaluate.holdout_last)",
+        help="hold out each user's last N events (default: evaluate.holdout_last; for tune, "
+        "tune.holdout_last)",
     )
 
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of activity")
 
     for stage in subcommand_stages():
-        _add_inputs(sub.add_parser(stage.name, parents=[common], help=stage.help), stage.inputs)
+        _add_inputs(sub.add_parser(stage.name, parents=[common], help=stage.help), stage.options())
 
     run = sub.add_parser("run", parents=[common], help=_flow(RUN))
     _add_inputs(run, inputs_of(RUN))

@@ -12,14 +12,15 @@ Modules:
 
 - ``section``: the base of every section (unknown keys rejected) and shared field checks;
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
-- ``stages``: the profile, cluster, label, recommend, evaluate, update, report and
-  privacy sections;
-- ``loader``: ``load_config`` and ``config_from_dict`` (YAML, ``--set``, merging);
+- ``stages``: the profile, cluster, label, recommend, evaluate, update, report,
+  privacy and tune sections;
+- ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
+  ``with_settings`` (dotted settings replaced in a config);
 - ``messages``: validation errors as one-line ``ConfigError`` messages;
 - ``reference``: ``defaults_yaml`` and ``config_reference``, generated from the model.
 """
 
-from usersegments.config.loader import config_from_dict, load_config
+from usersegments.config.loader import config_from_dict, load_config, with_settings
 from usersegments.config.models import (
     DEFAULT_MODEL,
     ColumnMapping,
@@ -40,6 +41,7 @@ from usersegments.config.stages import (
     RecommendConfig,
     ReportConfig,
     SubClusterConfig,
+    TuneConfig,
     UpdateConfig,
 )
 
@@ -60,9 +62,11 @@ __all__ = [
     "SparkConfig",
     "StoreConfig",
     "SubClusterConfig",
+    "TuneConfig",
     "UpdateConfig",
     "config_from_dict",
     "config_reference",
     "defaults_yaml",
     "load_config",
+    "with_settings",
 ]

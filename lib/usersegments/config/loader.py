@@ -73,6 +73,21 @@ def config_from_dict(data: Mapping[str, Any], sources: Mapping[str, str] | None 
         raise ConfigError(describe_validation_error(exc, data, sources or {})) from None
 
 
+def with_settings(cfg: Config, settings: Mapping[str, Any], source: str) -> Config:
+    """``cfg`` with each dotted key of ``settings`` set to its value, validated.
+
+    A value replaces the setting whole (a mapping such as ``profile.event_weights`` is
+    not merged key by key); ``source`` says where the values came from in errors.
+
+    >>> with_settings(Config(), {"cluster.k": 12}, "example").cluster.k
+    12
+    """
+    data = cfg.to_dict()
+    for key, value in settings.items():
+        _set_dotted(data, key, copy.deepcopy(value))
+    return config_from_dict(data, dict.fromkeys(settings, source))
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file")

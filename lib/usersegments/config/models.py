@@ -20,6 +20,7 @@ from usersegments.config.stages import (
     ProfileConfig,
     RecommendConfig,
     ReportConfig,
+    TuneConfig,
     UpdateConfig,
 )
 
@@ -249,6 +250,7 @@ class Config(Section):
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible values (what a run records)."""

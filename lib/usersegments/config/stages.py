@@ -1,15 +1,28 @@
 """The sections for the pipeline's stages: profile, cluster (with its sub-clusters),
-label, recommend, evaluate, update, report and privacy."""
+label, recommend, evaluate, update, report, privacy and tune."""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from usersegments.config.section import Section
+
+# The default weight of each event type; ``tune.event_weights`` starts from it too.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "purchase": 3.0,
+    "review": 2.0,
+    "rate": 2.0,
+    "like": 1.5,
+    "click": 1.0,
+    "view": 1.0,
+    "search": 1.0,
+}
+
+ValueTransform = Literal["none", "log1p", "linear"]
 
 
 def positive_days_or_auto(setting: str, value: object) -> object:
@@ -33,15 +46,7 @@ class ProfileConfig(Section):
     """How a user's events become one interest vector (see ``profile``)."""
 
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "purchase": 3.0,
-            "review": 2.0,
-            "rate": 2.0,
-            "like": 1.5,
-            "click": 1.0,
-            "view": 1.0,
-            "search": 1.0,
-        },
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Weight of each event type in a user's vector.",
     )
     default_event_weight: float = Field(
@@ -54,7 +59,7 @@ class ProfileConfig(Section):
         "(first to last event) of the users with at least min_events events, derived from "
         "the log by every full run and kept by its updates.",
     )
-    value_transform: Literal["none", "log1p", "linear"] = Field(
+    value_transform: ValueTransform = Field(
         "none", description="How an event's value multiplies its weight."
     )
     min_events: int = Field(3, ge=1, description="Users with fewer events are not clustered.")
@@ -313,3 +318,96 @@ class PrivacyConfig(Section):
         description="Once embedded, events keep only text_hash: each distinct text is kept "
         "once in the texts table (no user id, no time) for labels and recommendations.",
     )
+
+
+PositiveDays = Annotated[float, Field(gt=0)]
+NonNegativeWeight = Annotated[float, Field(ge=0)]
+
+
+class TuneConfig(Section):
+    """The settings search of ``usersegments tune`` (see ``tune``)."""
+
+    search: Literal["random", "grid"] = Field(
+        "random",
+        description="random: tune.trials distinct combinations of the candidate lists, drawn "
+        "with tune.seed; grid: every combination (tune.trials is then ignored).",
+    )
+    trials: int = Field(8, ge=1, description="Combinations tried by a random search.")
+    seed: int = Field(42, description="Seed of the random search (same seed, same trials).")
+    holdout_last: int = Field(
+        2, ge=1, description="Each user's last N events are held out to score a trial."
+    )
+    parallel: int = Field(
+        2,
+        ge=1,
+        description="Trials whose Spark jobs run at once on the one session (1 = one after "
+        "another, when memory is short).",
+    )
+    objective: Literal["auto", "hit_rate_lift", "interest_fit"] = Field(
+        "auto",
+        description="What a trial is scored on: hit_rate_lift = held-out hit rate@K of segment "
+        "recommendations minus that of popularity; interest_fit = how much closer held-out "
+        "events lie to the user's segment centroid than to the global mean; auto = "
+        "hit_rate_lift when at least repeat_share_min of held-out events are items seen in "
+        "training, else interest_fit.",
+    )
+    repeat_share_min: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="objective auto: the share of held-out events on items seen in training "
+        "from which items are taken to repeat across users.",
+    )
+    k: list[int | Literal["auto"]] = Field(
+        default_factory=lambda: [8, 12, 16],
+        description="Candidates of cluster.k (auto = chosen from cluster.k_candidates).",
+    )
+    profile_half_life_days: list[PositiveDays] = Field(
+        default_factory=lambda: [14.0, 30.0, 90.0],
+        description="Candidates of profile.half_life_days.",
+    )
+    recommend_half_life_days: list[PositiveDays] = Field(
+        default_factory=lambda: [7.0, 14.0, 30.0],
+        description="Candidates of recommend.half_life_days.",
+    )
+    event_weights: list[dict[str, NonNegativeWeight]] = Field(
+        default_factory=lambda: [dict(DEFAULT_EVENT_WEIGHTS), {}],
+        description="Candidates of profile.event_weights, each a whole map (types it does not "
+        "list weigh profile.default_event_weight; {} = every type alike).",
+    )
+    value_transform: list[ValueTransform] = Field(
+        default_factory=lambda: ["none", "log1p"],
+        description="Candidates of profile.value_transform.",
+    )
+    sub_target_size: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [50, 150],
+        description="Candidates of cluster.sub.target_size (distance_threshold is unset).",
+    )
+    output: str | None = Field(
+        None,
+        description="Where the best settings are written as a config file "
+        "(default: <store.root>/tuned.yaml).",
+    )
+
+    @field_validator(
+        "k",
+        "profile_half_life_days",
+        "recommend_half_life_days",
+        "event_weights",
+        "value_transform",
+        "sub_target_size",
+    )
+    @classmethod
+    def _non_empty(cls, value: list[Any], info: Any) -> list[Any]:
+        if not value:
+            raise ValueError(
+                f"tune.{info.field_name} must list at least one candidate, got an empty list"
+            )
+        return value
+
+    @field_validator("k")
+    @classmethod
+    def _k_at_least_two(cls, value: list[int | str]) -> list[int | str]:
+        if any(isinstance(v, int) and v < 2 for v in value):
+            raise ValueError(f"tune.k candidates must be >= 2 or 'auto', got {value}")
+        return value

@@ -30,6 +30,7 @@ from __future__ import annotations
 from usersegments.evaluate.drift import drift_recovery
 from usersegments.evaluate.holdout import (
     STRATEGIES,
+    group_hit_rate,
     hit_and_recall,
     holdout_split,
     score_strategies,
@@ -40,6 +41,7 @@ from usersegments.evaluate.truth import read_truth, score_against_truth
 __all__ = [
     "STRATEGIES",
     "drift_recovery",
+    "group_hit_rate",
     "hit_and_recall",
     "holdout_count",
     "holdout_split",

@@ -54,6 +54,27 @@ def hit_and_recall(recommended: DataFrame, held_out: DataFrame, users: DataFrame
     }
 
 
+def group_hit_rate(
+    train: DataFrame,
+    held_out: DataFrame,
+    groups: DataFrame,
+    column: str,
+    tested: DataFrame,
+    seen: DataFrame,
+    cfg: Config,
+    as_of: datetime,
+) -> dict:
+    """Hit rate and recall@``evaluate.k`` over ``tested`` users when each user gets the
+    most popular ``train`` items of their group (``groups``: user_id, ``column``) minus
+    the ``seen`` ones (user_id, item_id)."""
+    ecfg = cfg.evaluate
+    candidates = top_per_group(
+        item_scores(train, groups, column, cfg, as_of), column, ecfg.candidates
+    )
+    recommended = without_seen(candidates, groups.select("user_id", column), seen, column, ecfg.k)
+    return hit_and_recall(recommended, held_out, tested)
+
+
 def score_strategies(
     user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg: Config, as_of: datetime
 ) -> dict[str, float]:
@@ -69,13 +90,7 @@ def score_strategies(
         seen = seen.limit(0)
     metrics: dict[str, float] = {}
     for strategy, column in zip(STRATEGIES, ("segment_id", "cluster_id", "everyone"), strict=True):
-        candidates = top_per_group(
-            item_scores(train, groups, column, cfg, as_of), column, ecfg.candidates
-        )
-        recommended = without_seen(
-            candidates, groups.select("user_id", column), seen, column, ecfg.k
-        )
-        figures = hit_and_recall(recommended, held_out, tested)
+        figures = group_hit_rate(train, held_out, groups, column, tested, seen, cfg, as_of)
         metrics[f"hit_rate@{ecfg.k}.{strategy}"] = figures["hit_rate"]
         metrics[f"recall@{ecfg.k}.{strategy}"] = figures["recall"]
         metrics["users_tested"] = figures["users"]
