@@ -192,7 +192,9 @@ def run_job(job: str, *args: str) -> int:
 
 # Fixtures that run the pipeline end to end: a test that uses one is slow wherever
 # it lives, so the unit lane (``make test-fast``, ``-m "not slow"``) leaves it out.
-END_TO_END_FIXTURES = frozenset({"planted"})
+END_TO_END_FIXTURES = frozenset(
+    {"planted", "dynamic", "notebook_runs", "uninterrupted", "tuned", "report_root"}
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -201,8 +203,8 @@ def pytest_collection_modifyitems(config, items):
     (``--dist loadgroup``): the planted run's users together, every module's together,
     so each expensive fixture is built once."""
     for item in items:
-        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if END_TO_END_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("planted"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        group = "planted" if "planted" in fixtures else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

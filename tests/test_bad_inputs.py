@@ -51,6 +51,7 @@ def ingest(spark, root, *events):
     return store, metrics
 
 
+@pytest.mark.slow
 def test_a_corrupt_parquet_file_stops_ingest_naming_it(spark, tmp_path):
     folder = tmp_path / "events"
     folder.mkdir()
@@ -66,6 +67,7 @@ def test_a_corrupt_parquet_file_stops_ingest_naming_it(spark, tmp_path):
     assert not store.exists("events") and not store.exists("events_rejected")
 
 
+@pytest.mark.slow
 def test_empty_and_half_written_files(spark, tmp_path):
     (tmp_path / "zero.csv").write_bytes(b"")  # created, never written
     (tmp_path / "header.csv").write_text("user_id,event_time,text\n")
@@ -98,6 +100,7 @@ def test_empty_and_half_written_files(spark, tmp_path):
     assert "malformed_row: 5 rows" in str(err.value) and "not a JSON array" in str(err.value)
 
 
+@pytest.mark.slow
 def test_only_bad_rows_are_quarantined_and_the_run_stops_clearly(spark, tmp_path, capsys):
     events = tmp_path / "bad.csv"
     events.write_text("user_id,event_time,text\n,2026-01-01,no user\nu1,yesterday,bad time\n")
@@ -294,6 +297,7 @@ NASTY_VALUE = st.one_of(
         for t in (-1e20, 1e20, 253402300800, float("nan"), "-inf", 2**63 - 1)
     ]
 )
+@pytest.mark.slow
 def test_fuzzed_rows_are_each_accepted_clean_or_rejected_with_a_reason(spark, tmp_path, rows):
     path = tmp_path / f"fuzz-{abs(hash(json.dumps(rows, default=str))) % 10**9}.jsonl"
     # Lone surrogates go out as invalid UTF-8 bytes, what a broken producer writes.

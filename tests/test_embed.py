@@ -81,6 +81,7 @@ def vectors_by_text(store, mid):
     return {r["text"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
 
 
+@pytest.mark.slow
 def test_spark_vectors_equal_a_direct_transformers_call(pipeline):
     store, cfg, ingest, embed = pipeline
     ingest(TEXTS)
@@ -97,6 +98,7 @@ def test_spark_vectors_equal_a_direct_transformers_call(pipeline):
     assert schema["embedding"].dataType.simpleString() == "array<float>"
 
 
+@pytest.mark.slow
 def test_cache_embeds_only_new_texts(pipeline):
     store, cfg, ingest, embed = pipeline
     ingest(TEXTS[:4])
@@ -109,6 +111,7 @@ def test_cache_embeds_only_new_texts(pipeline):
     assert store.read("text_embeddings").count() == 5
 
 
+@pytest.mark.slow
 def test_changing_max_length_is_a_new_model_id(pipeline):
     store, cfg, ingest, embed = pipeline
     ingest(TEXTS[:3])
@@ -164,6 +167,7 @@ def test_int8_quantization_stays_close():
     assert cosine.min() > 0.95 and cosine.mean() > 0.97
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_torch_and_is_exported_once(tmp_path, monkeypatch):
     monkeypatch.setenv("USERSEGMENTS_CACHE", str(tmp_path))
     fp32 = TextEmbedder(EmbedderSpec.from_config(load_config().embed, 1)).load().embed(TEXTS)

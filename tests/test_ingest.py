@@ -112,6 +112,7 @@ def test_rejected_rows_are_counted_not_lost(spark, ingest, tmp_path):
     assert m["rows_read"] == m["accepted"] + m["rejected"] + m["duplicates"]
 
 
+@pytest.mark.slow
 def test_reingest_adds_nothing(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
     root = tmp_path / "same-store"
@@ -126,6 +127,7 @@ def test_reingest_adds_nothing(spark, ingest, tmp_path):
     assert store.read("events_rejected").count() == rejects_before
 
 
+@pytest.mark.slow
 def test_generated_data_reconciles_with_its_manifest(spark, ingest, tmp_path):
     data = generate(GeneratorSettings(users=300, seed=11))
     paths = write(data, tmp_path / "gen")
@@ -198,6 +200,7 @@ def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
     assert collected_utc(rows["purchase"]["event_time"]).hour == 7
 
 
+@pytest.mark.slow
 def test_parquet_typed_columns_and_delta_input(spark, ingest, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -391,6 +394,7 @@ TIMES = st.one_of(
         max_size=25,
     )
 )
+@pytest.mark.slow
 def test_property_ingest_never_loses_a_row(spark, rows):
     cfg = make_config("/tmp/unused")
     raw = spark.createDataFrame(

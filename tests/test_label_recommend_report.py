@@ -53,6 +53,7 @@ def test_terms_drop_stop_words_numbers_and_count_once_per_event(spark):
     assert len(event_terms(events, cfg).first()["terms"]) == len(terms)  # distinct
 
 
+@pytest.mark.slow
 def test_class_tfidf_ranks_the_distinctive_term_first(spark):
     overrides = ["label.min_df=1", "label.min_members=1", "label.keyword_candidates=2"]
     cfg = load_config(overrides=overrides).label
@@ -83,6 +84,7 @@ def test_terms_are_contiguous_n_grams_without_addresses(spark):
     assert not {w for t in terms for w in t.split()} & address_parts
 
 
+@pytest.mark.slow
 def test_class_tfidf_leaves_out_boilerplate_and_terms_commoner_elsewhere(spark):
     cfg = load_config(overrides=["label.min_df=1", "label.min_members=1"]).label
     rows = []
@@ -102,6 +104,7 @@ def test_class_tfidf_leaves_out_boilerplate_and_terms_commoner_elsewhere(spark):
     assert kept == {("a", "alpha"), ("b", "beta")}
 
 
+@pytest.mark.slow
 def test_class_tfidf_needs_several_members_using_a_keyword(spark):
     cfg = load_config(overrides=["label.min_df=1"]).label  # min_members 2
     rows = [("a", "u1", "banks", 1.0)] * 9 + [("a", f"u{i}", "medicine", 1.0) for i in range(3)]
@@ -122,6 +125,7 @@ def test_distinct_keywords_merges_near_duplicates():
     assert distinct_keywords([("clipper", 1.0), ("clipper chip", 0.6)], cfg) == ["clipper chip"]
 
 
+@pytest.mark.slow
 def test_keywords_on_generated_events_are_real_distinctive_and_not_boilerplate(spark):
     data = generate(GeneratorSettings(users=160, seed=5, bad_row_share=0.0, duplicate_share=0.0))
     events = data.events.merge(
@@ -137,7 +141,7 @@ def test_keywords_on_generated_events_are_real_distinctive_and_not_boilerplate(s
             columns={"area": "segment_id"}
         )
     ).withColumn("event_time", F.lit(data.settings.end))
-    cfg = load_config()
+    cfg = load_config(overrides=["profile.half_life_days=30"])
     keywords = segment_keywords(frame, cfg, data.settings.end)
     assert set(keywords) == set(events["area"]) and all(keywords.values())
     tokens = events["text"].str.lower().str.findall(r"[^\W_]+").str.join(" ")

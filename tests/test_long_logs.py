@@ -125,6 +125,7 @@ def test_fold_with_anchors_equals_a_fresh_profile_including_late_old_events(spar
     assert folded.loc["steady", "weight_total"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_user_whose_events_all_weigh_zero_is_kept_out_of_clustering(spark):
     cfg = load_config(overrides=["profile.half_life_days=30", "profile.event_weights.view=0"])
     events = spark.createDataFrame(
@@ -159,6 +160,7 @@ def test_usable_vector_rejects_nan_and_infinity(spark):
     assert flags == {"nan": False, "inf": False, "ok": True}
 
 
+@pytest.mark.slow
 def test_auto_half_lives_follow_the_log(spark):
     day = timedelta(days=1)
     rows = []

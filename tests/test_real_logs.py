@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import make_config, set_args
@@ -51,6 +52,7 @@ def ingest_all_accepted(spark, tmp_path, name: str, times: list[str]) -> TableSt
     return TableStore.from_config(spark, make_config(root))
 
 
+@pytest.mark.slow
 def test_a_log_from_1995_is_accepted_with_the_defaults(spark, tmp_path):
     start = datetime(1995, 3, 1, tzinfo=timezone.utc)
     times = [start + timedelta(hours=7 * i) for i in range(240)]
@@ -68,6 +70,7 @@ def test_a_log_from_1995_is_accepted_with_the_defaults(spark, tmp_path):
     assert collected_utc(first) == start
 
 
+@pytest.mark.slow
 def test_a_log_spanning_20_years_is_accepted_with_the_defaults(spark, tmp_path):
     start, end = (
         datetime(1999, 1, 1, tzinfo=timezone.utc),
@@ -84,6 +87,7 @@ def test_a_log_spanning_20_years_is_accepted_with_the_defaults(spark, tmp_path):
     assert years == 21
 
 
+@pytest.mark.slow
 def test_a_log_mostly_refused_fails_with_reasons_then_warns_when_told(
     spark, tmp_path, capsys, caplog
 ):

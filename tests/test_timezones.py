@@ -67,6 +67,7 @@ def test_a_setting_without_zone_is_utc():
     assert setting_utc(shanghai) == datetime(2024, 3, 11, 7, 30, tzinfo=timezone.utc)
 
 
+@pytest.mark.slow
 def test_profile_as_of_does_not_shift_with_the_driver_zone(spark, tmp_path, driver_zone):
     events = _events_csv(tmp_path / "events.csv")
     as_of = {}

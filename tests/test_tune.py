@@ -150,6 +150,7 @@ def _vectors_near(directions: np.ndarray, which: list[int], rng, noise: float) -
     return (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(float).tolist()
 
 
+@pytest.mark.slow
 def test_interest_fit_is_higher_for_the_planted_grouping_than_a_random_one(spark):
     rng = np.random.default_rng(0)
     dims, per_group, groups = 8, 12, 3
@@ -281,7 +282,8 @@ def test_an_empty_event_weight_map_weighs_every_type_alike(spark):
 
     from usersegments.profile import event_weight
 
-    cfg = with_settings(Config(), {"profile.event_weights": {}}, "test").profile
+    settings = {"profile.event_weights": {}, "profile.half_life_days": 14.0}
+    cfg = with_settings(Config(), settings, "test").profile
     as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
     events = spark.createDataFrame(
         [("view", as_of, None), ("purchase", as_of, 4.0)],
