@@ -262,26 +262,13 @@ def check_everyone_accounted_for(store, run_id):
 
 
 @pytest.mark.slow
-def test_a_log_from_1995_runs_with_the_defaults(spark, tmp_path, capsys):
-    end = datetime(1995, 9, 1, tzinfo=timezone.utc)
-    settings = GeneratorSettings(
-        users=120, seed=3, days=60, end=end, items_per_style=6, drift_share=0.0, **CLEAN
-    )
-    store, run_id = run_defaults(spark, tmp_path, long_log(tmp_path, "1995", settings))
-    profile, recommend = check_everyone_accounted_for(store, run_id)
-    assert 20 < profile["half_life_days"] < 60  # about the users' ~50-day spans
-    assert recommend["half_life_days"] < 60
-    out = capsys.readouterr().out
-    assert "profile.half_life_days" in out and "recommend.half_life_days" in out
-
-
-@pytest.mark.slow
-def test_a_log_spanning_20_years_runs_with_the_defaults(spark, tmp_path):
+def test_a_log_from_1995_to_2015_runs_with_the_defaults(spark, tmp_path, capsys):
+    # Events before 2000 (no default cut-off refuses them) over 20 years.
     settings = GeneratorSettings(
         users=120,
         seed=4,
         days=20 * 365,
-        end=datetime(2019, 12, 31, tzinfo=timezone.utc),
+        end=datetime(2015, 6, 30, tzinfo=timezone.utc),
         items_per_style=6,
         drift_share=0.0,
         **CLEAN,
@@ -290,6 +277,10 @@ def test_a_log_spanning_20_years_runs_with_the_defaults(spark, tmp_path):
     profile, recommend = check_everyone_accounted_for(store, run_id)
     assert 5 * 365 < profile["half_life_days"] < 20 * 365  # users span most of 20 years
     assert 5 * 365 < recommend["half_life_days"] < 15 * 365  # events spread evenly
+    first = store.read("events").agg(F.min("event_time")).first()[0]
+    assert first.year < 2000
+    out = capsys.readouterr().out
+    assert "profile.half_life_days" in out and "recommend.half_life_days" in out
 
 
 @pytest.mark.slow
