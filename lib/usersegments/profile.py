@@ -215,30 +215,8 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     sums = weighted_sums(events, vectors, with_half_life(cfg.profile, half_life.days), as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id)
     store.write(profiles, "user_profiles", mode="overwrite")
-    stored = store.read("user_profiles")
-    usable = usable_vector("embedding")
-    figures = stored.agg(
-        F.count(F.lit(1)).alias("users"),
-        F.sum((F.col("n_events") < cfg.profile.min_events).cast("long")).alias("below"),
-        F.sum((~usable).cast("long")).alias("unusable"),
-        F.sum(((F.col("n_events") >= cfg.profile.min_events) & usable).cast("long")).alias(
-            "clusterable"
-        ),
-        F.sum("n_events").alias("events_used"),
-    ).first()
-    counts = events.agg(
-        F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users")
-    ).first()
     metrics = {
-        "users": int(figures["users"]),
-        "users_below_min_events": int(figures["below"] or 0),
-        "users_clusterable": int(figures["clusterable"] or 0),
-        # Users with events but no profile row: none of their events has a vector.
-        "users_unprofiled.no_vector": int(counts["users"]) - int(figures["users"]),
-        # Profile rows whose sum is zero or not finite (every event weighs 0).
-        "users_unprofiled.zero_vector": int(figures["unusable"] or 0),
-        "events_used": int(figures["events_used"] or 0),
-        "events_without_vector": int(counts["events"]) - int(figures["events_used"] or 0),
+        **profile_counts(store.read("user_profiles"), events, cfg.profile.min_events),
         "as_of_epoch_s": as_of.timestamp(),
         **half_life.metrics(),
     }
@@ -260,6 +238,33 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     return StageResult(
         stage="profile", tables={"user_profiles": store.version("user_profiles")}, metrics=metrics
     )
+
+
+def profile_counts(profiles: DataFrame, events: DataFrame, min_events: int) -> dict[str, int]:
+    """The profile stage's user and event counts, reconciled with ``events``: users
+    below ``min_events``, clusterable, without a vector, with an unusable vector."""
+    usable = usable_vector("embedding")
+    figures = profiles.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum((F.col("n_events") < min_events).cast("long")).alias("below"),
+        F.sum((~usable).cast("long")).alias("unusable"),
+        F.sum(((F.col("n_events") >= min_events) & usable).cast("long")).alias("clusterable"),
+        F.sum("n_events").alias("events_used"),
+    ).first()
+    counts = events.agg(
+        F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users")
+    ).first()
+    return {
+        "users": int(figures["users"]),
+        "users_below_min_events": int(figures["below"] or 0),
+        "users_clusterable": int(figures["clusterable"] or 0),
+        # Users with events but no profile row: none of their events has a vector.
+        "users_unprofiled.no_vector": int(counts["users"]) - int(figures["users"]),
+        # Profile rows whose sum is zero or not finite (every event weighs 0).
+        "users_unprofiled.zero_vector": int(figures["unusable"] or 0),
+        "events_used": int(figures["events_used"] or 0),
+        "events_without_vector": int(counts["events"]) - int(figures["events_used"] or 0),
+    }
 
 
 def warn_unprofiled(stage: str, metrics: dict[str, float]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, LabelConfig
@@ -62,17 +62,8 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
         F.sum("tf").alias("term_total"),
         (F.sum("share") * F.sum("share") / F.sum(F.col("share") * F.col("share"))).alias("spread"),
     )
-    # A boilerplate word also does not begin or end a phrase ("re science" from a
-    # "Re: Science ..." subject line), even when the phrase itself is rarer.
-    too_spread = F.col("spread") > 1 + cfg.max_segment_share * (F.col("n_segments") - 1)
-    boilerplate = (
-        spread.crossJoin(overall)
-        .filter(too_spread & ~F.col("term").contains(" "))
-        .select(F.col("term").alias("_word"))
-    )
-    edges = [F.substring_index("term", " ", 1), F.substring_index("term", " ", -1)]
-    for edge in edges:
-        shares = shares.join(boilerplate, edge == F.col("_word"), "left_anti")
+    too_spread = _too_spread(cfg)
+    shares = _without_boilerplate_edges(shares, spread, overall, cfg)
     rest_total = F.col("grand_total") - F.col("class_total")
     rest_share = F.when(rest_total > 0, (F.col("term_total") - F.col("tf")) / rest_total)
     scored = (
@@ -92,6 +83,30 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
         .filter(F.col("rank") <= cfg.keyword_candidates)
         .select("segment_id", "term", "score", "rank")
     )
+
+
+def _too_spread(cfg: LabelConfig) -> Column:
+    """Whether a term's weight is spread over more segments than boilerplate may be
+    (``spread`` against ``n_segments``, see ``class_tfidf``)."""
+    return F.col("spread") > 1 + cfg.max_segment_share * (F.col("n_segments") - 1)
+
+
+def _without_boilerplate_edges(
+    shares: DataFrame, spread: DataFrame, overall: DataFrame, cfg: LabelConfig
+) -> DataFrame:
+    """``shares`` less the n-grams that begin or end with a boilerplate word.
+
+    A boilerplate word does not edge a phrase ("re science" from a "Re: Science ..."
+    subject line) even when the phrase itself is rarer.
+    """
+    boilerplate = (
+        spread.crossJoin(overall)
+        .filter(_too_spread(cfg) & ~F.col("term").contains(" "))
+        .select(F.col("term").alias("_word"))
+    )
+    for edge in (F.substring_index("term", " ", 1), F.substring_index("term", " ", -1)):
+        shares = shares.join(boilerplate, edge == F.col("_word"), "left_anti")
+    return shares
 
 
 def distinct_keywords(ranked: Sequence[tuple[str, float]], cfg: LabelConfig) -> list[str]:
