@@ -206,3 +206,35 @@ def test_profiles_hold_sums_for_updates(planted):
         np.asarray(row["weighted_sum"]) / np.linalg.norm(row["weighted_sum"]), vec, atol=1e-5
     )
     assert row["weight_total"] > 0 and row["as_of"] is not None
+
+
+def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid(spark):
+    from pyspark.ml.functions import array_to_vector
+
+    from usersegments.cluster.coarse import CoarseResult, refine
+
+    rng = np.random.default_rng(7)
+    directions = np.eye(3, 8)
+    truth = np.repeat(np.arange(3), 40)
+    points = directions[truth] + rng.normal(scale=0.15, size=(len(truth), 8))
+    users = spark.createDataFrame(
+        [(f"u{i}", [float(x) for x in p]) for i, p in enumerate(points)],
+        "user_id string, embedding array<double>",
+    ).select("user_id", array_to_vector("embedding").alias("features"))
+    # A start whose first two centres lean towards the next direction: some users
+    # begin in the wrong cluster.
+    start = directions + 0.95 * np.roll(directions, 1, axis=1)
+    start[2] = directions[2]
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    result = CoarseResult(None, np.arange(3), 3, {}, centroids=start)
+    before = (
+        result.assign(users).toPandas().sort_values("user_id", key=lambda s: s.str[1:].astype(int))
+    )
+    assert (before["cluster_id"].to_numpy() != truth).sum() > 0
+    refine(result, users, iterations=10, tolerance=1e-6)
+    after = (
+        result.assign(users).toPandas().sort_values("user_id", key=lambda s: s.str[1:].astype(int))
+    )
+    assert (after["cluster_id"].to_numpy() == truth).all()
+    assert 1 <= result.refine_passes <= 10
+    assert np.allclose(np.linalg.norm(result.centroids, axis=1), 1.0)

@@ -4,6 +4,12 @@ Spark bisects level by level and, when a level would exceed k, gives the splits 
 the largest clusters: a large single-interest cluster is split while smaller mixed
 ones stay whole. Bisecting into ``cluster.leaves_per_cluster * k`` leaves first and
 merging them back to k (size-weighted Ward) removes that bias.
+
+Bisection never moves a point across an earlier split, so a user placed on the wrong
+side of the first cut stays there. ``cluster.refine_iterations`` k-means passes over
+all users (nearest cluster centroid, centroids recomputed; Steinbach, Karypis and
+Kumar's "bisecting k-means with refinement") undo that; each pass is one Spark job
+whose driver side is k centroids.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -56,21 +65,73 @@ def merge_leaves(centroids: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray
 
 @dataclass
 class CoarseResult:
-    """The fitted leaf model, its leaf -> cluster mapping, k and each candidate's silhouette."""
+    """The fitted leaf model, its leaf -> cluster mapping, k, each candidate's silhouette
+    and, once refined, the clusters' unit centroids (row i = cluster i)."""
 
     model: BisectingKMeansModel
     leaf_to_cluster: np.ndarray
     k: int
     candidate_scores: dict[int, float]
+    centroids: np.ndarray | None = None
+    refine_passes: int = 0
 
     def assign(self, users: DataFrame) -> DataFrame:
-        """``users`` with ``cluster_id``: their leaf's coarse cluster."""
+        """``users`` with ``cluster_id``: the nearest refined centroid's cluster, or
+        (before refining) their leaf's."""
+        if self.centroids is not None:
+            return nearest_cluster(users, self.centroids)
         pairs = literal_map({int(leaf): int(c) for leaf, c in enumerate(self.leaf_to_cluster)})
         return (
             self.model.transform(users)
             .withColumn("cluster_id", pairs[F.col("_leaf")].cast("int"))
             .drop("_leaf")
         )
+
+
+def nearest_cluster(users: DataFrame, centroids: np.ndarray) -> DataFrame:
+    """``users`` (features) with ``cluster_id``: the row of ``centroids`` (unit vectors)
+    of highest cosine similarity; the k centroids travel with the function."""
+    matrix = np.asarray(centroids, dtype=np.float64)
+
+    @F.pandas_udf("int")
+    def nearest(vectors: pd.Series) -> pd.Series:
+        if vectors.empty:
+            return pd.Series([], dtype="int32")
+        rows = np.vstack(vectors.to_numpy()).astype(np.float64)
+        return pd.Series(np.argmax(rows @ matrix.T, axis=1).astype(np.int32))
+
+    return users.withColumn("cluster_id", nearest(vector_to_array(F.col(FEATURES))))
+
+
+def cluster_means(assigned: DataFrame, k: int, previous: np.ndarray | None) -> np.ndarray:
+    """The unit mean of each cluster's features (k rows; a cluster left without users
+    keeps its ``previous`` centroid, or a zero row when there is none)."""
+    means = assigned.groupBy("cluster_id").agg(Summarizer.mean(F.col(FEATURES)).alias("mean"))
+    dims = len(assigned.select(FEATURES).first()[0])
+    centroids = np.zeros((k, dims)) if previous is None else previous.copy()
+    for row in means.collect():
+        vector = row["mean"].toArray()
+        norm = np.linalg.norm(vector)
+        if norm > 0:
+            centroids[int(row["cluster_id"])] = vector / norm
+    return centroids
+
+
+def refine(result: CoarseResult, users: DataFrame, iterations: int, tolerance: float) -> None:
+    """Up to ``iterations`` k-means passes over ``users`` from ``result``'s clusters,
+    stopping when no centroid moves more than ``tolerance`` (cosine distance); sets
+    ``result.centroids`` and ``result.refine_passes``."""
+    if iterations <= 0:
+        return
+    clusters = int(result.leaf_to_cluster.max()) + 1
+    centroids = cluster_means(result.assign(users), clusters, None)
+    passes, shift = 0, np.inf
+    while passes < iterations and shift > tolerance:
+        moved = cluster_means(nearest_cluster(users, centroids), clusters, centroids)
+        shift = float(np.max(1.0 - np.sum(moved * centroids, axis=1)))
+        centroids, passes = moved, passes + 1
+    result.centroids, result.refine_passes = centroids, passes
+    log.info("cluster: %d refining passes", passes)
 
 
 def _bisecting(k: int, cfg: Config) -> BisectingKMeans:
@@ -102,7 +163,9 @@ def fit_coarse(users: DataFrame, cfg: Config, total: int) -> CoarseResult:
     model = _bisecting(min(total, cfg.cluster.leaves_per_cluster * int(k)), cfg).fit(users)
     centers, sizes = _leaf_stats(model, users)
     mapping = merge_leaves(centers, sizes, min(int(k), len(sizes)))
-    return CoarseResult(model=model, leaf_to_cluster=mapping, k=int(k), candidate_scores={})
+    result = CoarseResult(model=model, leaf_to_cluster=mapping, k=int(k), candidate_scores={})
+    refine(result, users, cfg.cluster.refine_iterations, cfg.cluster.refine_tolerance)
+    return result
 
 
 def _fit_auto_k(users: DataFrame, cfg: Config, total: int) -> CoarseResult:
@@ -137,4 +200,6 @@ def _fit_auto_k(users: DataFrame, cfg: Config, total: int) -> CoarseResult:
     k = max(scores, key=lambda c: (scores[c], -c))
     centers, sizes = _leaf_stats(leaf_model, users)
     mapping = merge_leaves(centers, sizes, min(int(k), len(sizes)))
-    return CoarseResult(leaf_model, mapping, int(k), scores)
+    result = CoarseResult(leaf_model, mapping, int(k), scores)
+    refine(result, users, ccfg.refine_iterations, ccfg.refine_tolerance)
+    return result

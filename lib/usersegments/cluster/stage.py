@@ -189,6 +189,7 @@ def _quality(
     metrics: dict[str, float] = {
         "users_clustered": total,
         "k": coarse.k,
+        "coarse_refine_passes": coarse.refine_passes,
         "segments": len(sizes),
         "segment_size_min": min(sizes),
         "segment_size_median": float(np.median(sizes)),

@@ -129,6 +129,19 @@ class ClusterConfig(Section):
         "then merges leaves (weighted Ward) back to k.",
     )
     max_iter: int = Field(20, ge=1, description="Bisecting k-means iterations per split.")
+    refine_iterations: int = Field(
+        10,
+        ge=0,
+        description="k-means passes over all users after the bisecting fit: each user to "
+        "the nearest cluster centroid, centroids recomputed (0 = none). Bisection never "
+        "moves a user across an earlier split; refining does.",
+    )
+    refine_tolerance: float = Field(
+        1e-4,
+        ge=0.0,
+        description="Refining stops when no centroid moves by more than this cosine "
+        "distance.",
+    )
     seed: int = Field(42, description="Seed of every random choice in clustering.")
     sub: SubClusterConfig = Field(default_factory=SubClusterConfig)
 
