@@ -50,9 +50,10 @@ Scores, over the scored users of the data's README (``posts >= 3`` and
 Seconds: usersegments' process wall time (stage seconds beside it); the reference's user
 means and both KMeans fits (its vectors come from usersegments, so no embedding time).
 
-``--tuned-config FILE`` is the hook for ``usersegments tune`` (issue 17; ``tune`` does not
-exist yet): it reruns usersegments with ``--config FILE`` and adds columns for it and for
-the reference at its k, so the table shows the figures before and after tuning.
+``--tune`` runs ``usersegments tune`` (defaults, the same earlier posts) and then
+usersegments with the ``tuned.yaml`` it writes; ``--tuned-config FILE`` takes an existing
+YAML instead. Either adds columns for the tuned run and for the reference at its k, so
+the table shows the figures before and after tuning (with tune's seconds in the notes).
 """
 
 from __future__ import annotations
@@ -125,11 +126,17 @@ def split(data: Path, cut: str, workdir: Path) -> dict:
 
 
 def run_usersegments(
-    paths: dict, store: Path, config: str | None, sets: list[str], reuse: bool = False
+    paths: dict,
+    store: Path,
+    config: str | None,
+    sets: list[str],
+    reuse: bool = False,
+    subcommand: str = "run",
 ) -> dict:
-    """``usersegments run`` in a fresh process on a fresh store: exit code, wall seconds,
-    log tail. With ``reuse``, a finished run of the same command in ``store`` is kept."""
-    command = [sys.executable, "-m", "usersegments", "run", "--output", str(store)]
+    """``usersegments <subcommand>`` (``run`` or ``tune``) in a fresh process on a fresh
+    store: exit code, wall seconds, log tail. With ``reuse``, a finished run of the same
+    command in ``store`` is kept."""
+    command = [sys.executable, "-m", "usersegments", subcommand, "--output", str(store)]
     command += ["--events", str(paths["events"]), "--items", str(paths["items"])]
     command += ["--config", config] if config else []
     command += [arg for s in sets for arg in ("--set", s)]
@@ -466,8 +473,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tuned-config",
         metavar="FILE",
-        help="hook for `usersegments tune` (not written yet): rerun usersegments with this "
-        "YAML config and add its columns",
+        help="rerun usersegments with this YAML config (e.g. a tuned.yaml) and add its columns",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="run `usersegments tune` first and add the columns of a run with its tuned.yaml",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--reference-min-events", type=int, default=1, metavar="N")
@@ -513,7 +524,14 @@ def benchmark(args: argparse.Namespace, workdir: Path, command: str) -> str:
     ours = usersegments_assignment(run, "usersegments (defaults)")
     events, matrix = training_vectors(run["store"])
     methods = [ours, reference_assignment(events, matrix, ours.k, args.reference_min_events, 0)]
-    # TUNE HOOK (issue 17): `usersegments tune` will write this config; until then any YAML.
+    if args.tune:
+        tune = run_usersegments(
+            data["paths"], workdir / "store-tune", None, run["settings"], args.reuse, "tune"
+        )
+        if tune["code"] != 0:
+            raise SystemExit(f"`usersegments tune` exited {tune['code']}:\n{tune['tail']}")
+        args.tuned_config = str(workdir / "store-tune" / "tuned.yaml")
+        failures.append(f"`usersegments tune` took {tune['wall_s']:.0f} s wall")
     if args.tuned_config:
         tuned_run = run_usersegments(
             data["paths"], workdir / "store-tuned", args.tuned_config, run["settings"], args.reuse
