@@ -139,8 +139,7 @@ class ClusterConfig(Section):
     refine_tolerance: float = Field(
         1e-4,
         ge=0.0,
-        description="Refining stops when no centroid moves by more than this cosine "
-        "distance.",
+        description="Refining stops when no centroid moves by more than this cosine distance.",
     )
     seed: int = Field(42, description="Seed of every random choice in clustering.")
     sub: SubClusterConfig = Field(default_factory=SubClusterConfig)

@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 EVENT_COLUMNS = ("event_id", "user_id", "event_time", "event_type", "item_id", "value", "text_hash")
 
 
-def holdout_count(option: int | None, cfg: Config) -> int:
+def holdout_count(option: int | None, cfg: Config, section: str = "evaluate") -> int:
     """The events held out per user: ``--holdout-last`` when given, else
-    ``evaluate.holdout_last``; below 1 is an ``InputError``."""
-    n_out = option if option is not None else cfg.evaluate.holdout_last
+    ``<section>.holdout_last`` (``evaluate`` or ``tune``); below 1 is an ``InputError``."""
+    configured = getattr(cfg, section).holdout_last
+    n_out = option if option is not None else configured
     if n_out < 1:
         raise InputError(
-            f"--holdout-last (evaluate.holdout_last) must be >= 1, got {n_out}: "
-            "hold out at least one event per user (the default is 2)"
+            f"--holdout-last ({section}.holdout_last) must be >= 1, got {n_out}: "
+            f"hold out at least one event per user (the default is {configured})"
         )
     return n_out
 

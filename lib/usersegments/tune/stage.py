@@ -15,6 +15,7 @@ from usersegments.config.stages import DEFAULT_EVENT_WEIGHTS
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
 from usersegments.evaluate.holdout import holdout_split
+from usersegments.evaluate.stage import holdout_count
 from usersegments.paths import is_local, local_path
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TUNING_TRIALS
@@ -47,13 +48,7 @@ FIGURES = (
 
 def tune_holdout_count(option: int | None, cfg: Config) -> int:
     """Events held out per user: ``--holdout-last`` when given, else ``tune.holdout_last``."""
-    n_out = option if option is not None else cfg.tune.holdout_last
-    if n_out < 1:
-        raise InputError(
-            f"--holdout-last (tune.holdout_last) must be >= 1, got {n_out}: "
-            "hold out at least one event per user"
-        )
-    return n_out
+    return holdout_count(option, cfg, "tune")
 
 
 def tuned_path(cfg: Config, store: TableStore) -> str:
