@@ -138,10 +138,14 @@ def _comparable(value) -> tuple:
     return tuple(values.tolist())
 
 
-def assert_same_tables(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+def assert_same_tables(
+    got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame], **compare: object
+) -> None:
+    """The same tables with the same rows; ``compare`` goes to ``assert_frame_equal``
+    (e.g. ``check_exact=False, atol=1e-6`` for floats summed in another order)."""
     assert sorted(got) == sorted(want)
     for name in want:
-        pd.testing.assert_frame_equal(got[name], want[name], obj=f"table '{name}'")
+        pd.testing.assert_frame_equal(got[name], want[name], obj=f"table '{name}'", **compare)
 
 
 def assert_committed(store: TableStore, failed_runs: int) -> None:
@@ -166,13 +170,14 @@ def windows(tmp_path_factory):
     return write(first, root / "window1"), write(second, root / "window2")
 
 
-def command(name: str, root: Path, paths: dict[str, str]) -> list[str]:
-    """The CLI arguments of ``usersegments <name>`` on one window into ``root``."""
+def command(name: str, root: Path, paths: dict[str, str], *overrides: str) -> list[str]:
+    """The CLI arguments of ``usersegments <name>`` on one window into ``root``, with
+    ``SETTINGS`` and then ``overrides``."""
     return [
         name,
         "--output",
         str(root),
-        *set_args(*SETTINGS),
+        *set_args(*SETTINGS, *overrides),
         "--events",
         paths["events_parquet"],
         "--items",
@@ -182,9 +187,11 @@ def command(name: str, root: Path, paths: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(spark, tmp_path_factory, windows):
-    """The tables of an uninterrupted run on window 1 and of the update on window 2."""
+    """The tables of an uninterrupted run on window 1 and of the update on window 2, on
+    the local default backend (delta-rs)."""
     root = tmp_path_factory.mktemp("uninterrupted") / "store"
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
+    assert store.backend == "delta-rs"
     assert cli.main(command("run", root, windows[0])) == 0
     after_run = snapshot(store)
     assert cli.main(command("update", root, windows[1])) == 0

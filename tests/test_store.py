@@ -220,3 +220,160 @@ def test_read_path_of_a_folder_without_delta_log_names_the_fix(rs_store, tmp_pat
     (tmp_path / "plain").mkdir()
     with pytest.raises(InputError, match="is not a Delta table .* set its format"):
         rs_store.read_path(str(tmp_path / "plain"))
+
+
+# ---------------------------------------------------------------------------
+# Table properties, z-order and time travel from the table contracts
+
+
+def metric_rows(spark, *metrics: str):
+    from usersegments.schema import RUN_METRICS
+
+    now = datetime(2024, 1, 1, 12, 0)
+    return spark.createDataFrame([("r1", "ingest", m, 1.0, now) for m in metrics], RUN_METRICS)
+
+
+def native_properties(spark, store: TableStore, name: str) -> dict[str, str]:
+    """A table's properties as the backend's own API reads them from the Delta log."""
+    if store.backend == "delta-rs":
+        return dict(DeltaTable(store.path(name)).metadata().configuration)
+    from delta.tables import DeltaTable as SparkTable
+
+    return dict(SparkTable.forPath(spark, store.path(name)).detail().first()["properties"])
+
+
+def test_tables_are_created_with_their_contract_properties(spark, store):
+    from usersegments.schema import EVENTS
+
+    store.write(metric_rows(spark, "a"), "run_metrics")
+    events = spark.createDataFrame([], EVENTS)
+    store.write(events, "events", partition_by=["event_date"])
+    store.write(sample(spark), "t")
+    for name, expected in [
+        ("run_metrics", {"delta.appendOnly": "true"}),
+        ("events", {"delta.enableChangeDataFeed": "true"}),
+        ("t", {}),
+    ]:
+        assert store.properties(name) == expected, name
+        assert native_properties(spark, store, name) == expected, name
+    # An overwrite keeps the properties the table was created with.
+    store.write(events, "events", mode="overwrite", partition_by=["event_date"])
+    assert native_properties(spark, store, "events") == {"delta.enableChangeDataFeed": "true"}
+
+
+def test_append_only_tables_refuse_overwrite_update_and_delete(spark, store):
+    store.write(metric_rows(spark, "a"), "run_metrics")
+    store.write(metric_rows(spark, "b"), "run_metrics")  # appends are the contract
+    more = metric_rows(spark, "b", "c")
+    inserted = store.merge(more, "run_metrics", on=["metric"], when_matched="ignore")
+    assert inserted.inserted == 1  # an insert-only merge appends too
+    version = store.version("run_metrics")
+    with pytest.raises(StoreError, match=r"table 'run_metrics' is append-only .* an overwrite"):
+        store.write(metric_rows(spark, "z"), "run_metrics", mode="overwrite")
+    with pytest.raises(StoreError, match="a merge that updates matched rows .* ALTER TABLE"):
+        store.merge(metric_rows(spark, "a"), "run_metrics", on=["metric"])
+    # Delta itself refuses what bypasses the store: the property is in the table's log.
+    path = store.path("run_metrics")
+    if store.backend == "delta-rs":
+        with pytest.raises(Exception, match="append-only"):
+            DeltaTable(path).delete("metric = 'a'")
+    else:
+        from delta.tables import DeltaTable as SparkTable
+
+        with pytest.raises(Exception, match="DELTA_CANNOT_MODIFY_APPEND_ONLY"):
+            SparkTable.forPath(spark, path).delete("metric = 'a'")
+    assert store.version("run_metrics") == version
+    assert sorted(r["metric"] for r in store.read("run_metrics").collect()) == ["a", "b", "c"]
+
+
+def _ids_per_file(store: TableStore, name: str) -> list[list[str]]:
+    import pyarrow.parquet as pq
+
+    return [
+        pq.read_table(uri.removeprefix("file://"), columns=["id"]).column("id").to_pylist()
+        for uri in DeltaTable(store.path(name)).file_uris()
+    ]
+
+
+def test_maintain_zorders_by_the_key_and_keeps_the_rows(spark, store):
+    batches = [sample(spark).withColumn("n", F.lit(i)) for i in range(5)]
+    for batch in batches:
+        store.write(batch, "t", partition_by=["day"])
+    before = store.file_count("t")
+    expected = batches[0]
+    for batch in batches[1:]:
+        expected = expected.unionByName(batch)
+
+    done = store.maintain("t", compact_min_files=3, retention_hours=168, zorder_by=["id"])
+    assert done.zordered and done.zorder_by == ("id",)
+    assert done.compacted and done.files_after < before
+    assertDataFrameEqual(store.read("t"), expected)
+    # Both backends record VACUUM START/END after it.
+    optimize = next(v for v in store.history("t") if v.operation.upper() == "OPTIMIZE")
+    if store.backend == "delta-spark":
+        # delta-spark range-partitions rows by their z-value into files (one file at
+        # this size) without sorting inside a file; its commit names the columns.
+        assert optimize.parameters["zOrderBy"] == '["id"]'
+    else:
+        # delta-rs sorts the rows by z-value: each rewritten file is in key order (a
+        # plain compaction would concatenate the batches: b, c, b, c, ...).
+        for ids in _ids_per_file(store, "t"):
+            assert ids == sorted(ids)
+
+    with pytest.raises(ValueError, match=r"zorder_by \['nope'\] are not columns of table 't'"):
+        store.maintain("t", compact_min_files=1, retention_hours=168, zorder_by=["nope"])
+
+
+def test_maintain_stage_zorders_lookup_tables_and_records_it(spark, store):
+    from tests.conftest import make_config
+    from tests.helpers import metrics_of, new_run
+    from usersegments.maintain import run_maintain
+    from usersegments.schema import USER_PROFILES
+
+    profiles = [
+        spark.createDataFrame(
+            [(f"u{i}{j}", [0.1], [0.2], 1.0, 1, None, None, "x", None, "r") for j in range(3)],
+            USER_PROFILES,
+        )
+        for i in range(3)
+    ]
+    for batch in profiles:
+        store.write(batch, "user_profiles")
+    cfg = make_config(store.root, f"store.backend={store.backend}", "store.compact_min_files=2")
+    run = new_run(spark, store, cfg)
+    result = run_maintain(spark, store, cfg, run)
+    run.finish()
+    metrics = metrics_of(store, run, "maintain")
+    assert metrics["tables_zordered"] == 1 and metrics["zordered.user_profiles"] == 1
+    assert result.metrics["tables_zordered"] == 1
+    assert "user_profiles" in result.tables
+    assert store.read("user_profiles").count() == 9
+    off = make_config(store.root, f"store.backend={store.backend}", "store.zorder=false")
+    skipped = run_maintain(spark, store, off, new_run(spark, store, off))
+    assert skipped.metrics["tables_zordered"] == 0
+
+
+def test_tables_command_reads_a_table_as_of_a_version(spark, store, capsys):
+    from tests.conftest import set_args
+    from usersegments import cli
+
+    df = sample(spark)
+    store.write(df.filter("id = 'a'"), "t")
+    store.write(df.filter("id != 'a'"), "t", mode="overwrite")
+    args = ["tables", "--output", store.root, *set_args(f"store.backend={store.backend}")]
+
+    def shown(*options: str) -> tuple[str, list[str]]:
+        capsys.readouterr()
+        assert cli.main([*args, "--table", "t", *options]) == 0
+        out = capsys.readouterr().out
+        ids = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 2]
+        return " ".join(out.split()), sorted(i for i in ids if i not in ("id", ""))
+
+    old, old_ids = shown("--as-of-version", "0")
+    assert "t at version 0 (latest 1): 1 rows, 1 shown" in old and old_ids == ["a"]
+    new, new_ids = shown()
+    assert "t at version 1 (latest 1): 2 rows, 2 shown" in new and new_ids == ["b", "c"]
+    assert cli.main([*args, "--as-of-version", "0"]) == 2  # which table's version 0?
+    assert "add --table NAME" in capsys.readouterr().err
+    assert cli.main([*args, "--table", "t", "--as-of-version", "7"]) == 1
+    assert "versions 0..1; version 7 does not exist" in capsys.readouterr().err

@@ -26,6 +26,7 @@ _console = Console(highlight=False)
 
 LARGEST_SEGMENTS_SHOWN = 12
 KEYWORDS_SHOWN = 5
+VECTOR_VALUES_SHOWN = 4
 
 
 def say(message: str) -> None:
@@ -53,6 +54,31 @@ def print_tables(store: TableStore) -> None:
         ["table", "version", "rows", "path"],
         rows,
     )
+
+
+def print_table_rows(store: TableStore, name: str, version: int | None, limit: int) -> None:
+    """Print the first ``limit`` rows of table ``name`` at Delta ``version`` (time travel)
+    or, when None, its latest version; vectors are shortened to their first values."""
+    latest = store.version(name)
+    shown = latest if version is None else version
+    df = store.read(name) if version is None else store.read_version(name, version)
+    total = df.count()
+    rows = df.limit(limit).collect() if limit else []
+    print_table(
+        f"{name} at version {shown} (latest {latest}): {total} rows, {len(rows)} shown",
+        df.columns,
+        [[_cell(value) for value in row] for row in rows],
+    )
+
+
+def _cell(value: object) -> object:
+    """A value as one short table cell: lists (vectors) show their first values."""
+    if not isinstance(value, list):
+        return value
+    head = ", ".join(_fmt(v) for v in value[:VECTOR_VALUES_SHOWN])
+    if len(value) > VECTOR_VALUES_SHOWN:
+        return f"[{head}, ... {len(value)} values]"
+    return f"[{head}]"
 
 
 def print_run_summary(ctx: Context, results: Mapping[str, StageResult]) -> None:

@@ -5,7 +5,10 @@ down with the number of files and of log entries. At the end of ``run`` and
 ``update`` (``store.maintenance``), every table of the store is:
 
 1. **compacted** (OPTIMIZE on delta-spark, ``optimize.compact`` on delta-rs) once its
-   current version has ``store.compact_min_files`` data files;
+   current version has ``store.compact_min_files`` data files; a table with a lookup
+   key (``schema.ZORDER_BY``: ``user_id``, ``text_hash``) is z-ordered by it instead
+   (``executeZOrderBy`` / ``optimize.z_order``, with ``store.zorder``), so that a
+   merge or lookup on the key reads few files;
 2. **checkpointed** (delta-rs; delta-spark checkpoints by itself every 10 commits);
 3. **vacuumed**: data files that no version of the last
    ``store.vacuum_retention_hours`` needs are deleted, so disk use stays bounded
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -29,43 +33,60 @@ from pyspark.sql import SparkSession
 from usersegments.config import Config
 from usersegments.paths import is_local, local_path
 from usersegments.runlog import RunLog, StageResult
-from usersegments.schema import TABLES
-from usersegments.store import TableStore
+from usersegments.schema import TABLES, ZORDER_BY
+from usersegments.store import Maintenance, TableStore
 
 log = logging.getLogger(__name__)
 
 
 def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
-    """Compact, checkpoint and vacuum every table of the store (see the module doc)."""
+    """Compact (z-ordering tables with a lookup key), checkpoint and vacuum every table
+    of the store (see the module doc)."""
     scfg = cfg.store
     if not scfg.maintenance:
         log.info("maintain: off (store.maintenance=false)")
         return StageResult(stage="maintain", metrics={"tables_maintained": 0})
     remove_legacy_models(spark, store.root)
     done = [
-        store.maintain(name, scfg.compact_min_files, scfg.vacuum_retention_hours)
+        store.maintain(
+            name,
+            scfg.compact_min_files,
+            scfg.vacuum_retention_hours,
+            zorder_by=ZORDER_BY.get(name, ()) if scfg.zorder else (),
+        )
         for name in TABLES
         if store.exists(name)
     ]
-    compacted = [d for d in done if d.compacted]
-    metrics = {
+    metrics = maintenance_metrics(done)
+    run.record_all("maintain", metrics)
+    log.info(
+        "maintain: %d tables, %d compacted (%d -> %d files; %d z-ordered), %d old files vacuumed",
+        len(done),
+        metrics["tables_compacted"],
+        metrics["files_before"],
+        metrics["files_after"],
+        metrics["tables_zordered"],
+        metrics["files_vacuumed"],
+    )
+    rewritten = [d for d in done if d.compacted or d.zordered]
+    tables = {d.table: store.version(d.table) for d in rewritten}
+    return StageResult(stage="maintain", tables=tables, metrics=metrics)
+
+
+def maintenance_metrics(done: Sequence[Maintenance]) -> dict[str, float]:
+    """The figures maintain records in ``run_metrics``: tables maintained, compacted and
+    z-ordered, files before, after and vacuumed, and ``zordered.<table>`` (the number of
+    z-order columns) for each table it z-ordered."""
+    metrics: dict[str, float] = {
         "tables_maintained": len(done),
-        "tables_compacted": len(compacted),
+        "tables_compacted": sum(1 for d in done if d.compacted),
+        "tables_zordered": sum(1 for d in done if d.zordered),
         "files_before": sum(d.files_before for d in done),
         "files_after": sum(d.files_after for d in done),
         "files_vacuumed": sum(d.files_vacuumed for d in done),
     }
-    run.record_all("maintain", metrics)
-    log.info(
-        "maintain: %d tables, %d compacted (%d -> %d files), %d old files vacuumed",
-        len(done),
-        len(compacted),
-        metrics["files_before"],
-        metrics["files_after"],
-        metrics["files_vacuumed"],
-    )
-    tables = {d.table: store.version(d.table) for d in compacted}
-    return StageResult(stage="maintain", tables=tables, metrics=metrics)
+    metrics.update({f"zordered.{d.table}": len(d.zorder_by) for d in done if d.zordered})
+    return metrics
 
 
 def remove_legacy_models(spark: SparkSession | None, root: str) -> int:

@@ -200,6 +200,47 @@ TABLES: dict[str, StructType] = {
 }
 
 
+# Delta table properties each table is created with (both backends, ``TableStore.write``).
+# Set at creation only: a table made before a property was declared keeps what it had.
+CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
+APPEND_ONLY = {"delta.appendOnly": "true"}
+TABLE_PROPERTIES: dict[str, dict[str, str]] = {
+    # An update could read only the rows committed since the last run (table_changes /
+    # load_cdf) instead of the whole table; delta-rs writes the change files too.
+    "events": CHANGE_DATA_FEED,
+    # Logs and audit trails: only ever appended to (run_metrics, tuning_trials,
+    # segment_lineage) or merged insert-only (events_rejected). Delta itself then
+    # refuses a delete, an update or an overwrite. Not the embedding cache
+    # (text_embeddings) nor texts: a cache may be rebuilt, texts may need erasing.
+    "run_metrics": APPEND_ONLY,
+    "events_rejected": APPEND_ONLY,
+    "segment_lineage": APPEND_ONLY,
+    "tuning_trials": APPEND_ONLY,
+}
+
+# The lookup key of each table that is read or merged by it: when maintain rewrites
+# such a table (it is due for compaction), it z-orders it by these columns, so that
+# a merge or a lookup on the key reads few files.
+ZORDER_BY: dict[str, tuple[str, ...]] = {
+    "user_profiles": ("user_id",),
+    "user_segments": ("user_id",),
+    "segment_history": ("user_id",),
+    "user_recommendations": ("user_id",),
+    "text_embeddings": ("text_hash",),
+}
+
+
+def table_properties(name: str) -> dict[str, str]:
+    """The Delta properties table ``name`` is created with (none for a table that is not
+    one of ``TABLES``)."""
+    return dict(TABLE_PROPERTIES.get(name, {}))
+
+
+def is_append_only(properties: dict[str, str]) -> bool:
+    """Whether Delta table properties make a table append-only."""
+    return properties.get("delta.appendOnly", "false").lower() == "true"
+
+
 # What each table is for and which command writes it (the README's "Tables").
 TABLE_NOTES: dict[str, tuple[str, str]] = {
     "runs": ("every command", "one row per run: command, status, config, model id"),
@@ -226,14 +267,25 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
 
 
 def tables_reference() -> str:
-    """Markdown: every table with its writer, purpose and typed columns (the README's
+    """Markdown: every table with its writer, purpose, Delta layout and typed columns (the README's
     "Tables" section is this text)."""
-    lines = ["| table | written by | holds | columns |", "|---|---|---|---|"]
+    lines = [
+        "| table | written by | holds | Delta layout | columns |",
+        "|---|---|---|---|---|",
+    ]
     for name, schema in TABLES.items():
         writer, purpose = TABLE_NOTES[name]
         columns = ", ".join(f"`{f.name} {f.dataType.simpleString()}`" for f in schema.fields)
-        lines.append(f"| `{name}` | {writer} | {purpose} | {columns} |")
+        lines.append(f"| `{name}` | {writer} | {purpose} | {_layout(name)} | {columns} |")
     return "\n".join(lines) + "\n"
+
+
+def _layout(name: str) -> str:
+    """A table's declared properties and z-order key, for the reference."""
+    parts = [f"`{key}={value}`" for key, value in table_properties(name).items()]
+    if name in ZORDER_BY:
+        parts.append("z-ordered by " + ", ".join(f"`{c}`" for c in ZORDER_BY[name]))
+    return "; ".join(parts)
 
 
 def conform(df: DataFrame, schema: StructType) -> DataFrame:

@@ -148,7 +148,7 @@ STAGES: tuple[Stage, ...] = (
         "maintain",
         "maintain",
         "run_maintain",
-        "every table -> compacted, checkpointed, old files vacuumed",
+        "every table -> compacted (z-ordered by its lookup key), checkpointed, old files vacuumed",
         commands=_ALL,
     ),
 )

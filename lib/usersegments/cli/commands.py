@@ -32,14 +32,36 @@ def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_tables(cfg: Config, args: argparse.Namespace) -> int:
-    """``usersegments tables``: every table under the store root, read only."""
-    from usersegments.console import print_tables
-    from usersegments.pipeline import open_context
+    """``usersegments tables``: every table under the store root, read only; with
+    ``--table NAME`` that table's first ``--rows`` rows, at ``--as-of-version N`` (a
+    Delta version of that table) or the latest."""
+    from usersegments.console import print_table_rows, print_tables
+    from usersegments.pipeline import finishing, open_context
 
-    ctx = open_context(cfg, "tables", lock=False)
-    print_tables(ctx.store)
-    ctx.run.finish()
+    check_tables_options(args)
+    with finishing(open_context(cfg, "tables", lock=False)) as ctx:
+        if args.table:
+            print_table_rows(ctx.store, args.table, args.as_of_version, args.rows)
+        else:
+            print_tables(ctx.store)
     return 0
+
+
+def check_tables_options(args: argparse.Namespace) -> None:
+    """Refuse ``tables`` options that do not go together, naming the fix (before Spark
+    starts)."""
+    from usersegments.errors import InputError
+
+    if args.as_of_version is not None and not args.table:
+        raise InputError(
+            f"--as-of-version {args.as_of_version} reads one table (each table has its own "
+            "versions): add --table NAME; `usersegments tables` lists every table's latest "
+            "version"
+        )
+    if args.as_of_version is not None and args.as_of_version < 0:
+        raise InputError(f"--as-of-version must be 0 or more, not {args.as_of_version}")
+    if args.rows < 0:
+        raise InputError(f"--rows must be 0 or more, not {args.rows}")
 
 
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:

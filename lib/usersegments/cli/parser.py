@@ -11,6 +11,7 @@ from usersegments.stages import RUN, STAGES, UPDATE, subcommand_stages
 DEFAULT_USERS = 2000
 DEFAULT_SEED = 7
 DEFAULT_DAYS = 60
+DEFAULT_ROWS_SHOWN = 20
 INPUT_FORMATS = ("auto", "parquet", "csv", "jsonl", "delta")
 
 
@@ -142,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--contracts",
         action="store_true",
         help="print every table's columns and types as Markdown instead (no Spark needed)",
+    )
+    tab.add_argument(
+        "--table", metavar="NAME", help="print the rows of table NAME instead of the list"
+    )
+    tab.add_argument(
+        "--as-of-version",
+        dest="as_of_version",
+        type=int,
+        metavar="N",
+        help="with --table: read the table as it was at its Delta version N (time travel, "
+        "as far back as store.vacuum_retention_hours keeps files)",
+    )
+    tab.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS_SHOWN,
+        metavar="N",
+        help=f"with --table: how many rows to print (default {DEFAULT_ROWS_SHOWN})",
     )
     return parser
 

@@ -112,6 +112,13 @@ class StoreConfig(Section):
         description="Compact a table (OPTIMIZE; delta-rs optimize.compact) once its current "
         "version has this many data files.",
     )
+    zorder: bool = Field(
+        True,
+        description="When maintain compacts a table with a lookup key (user_id for profiles, "
+        "segments, history and per-user recommendations; text_hash for text_embeddings), "
+        "z-order it by that key instead (OPTIMIZE ZORDER BY), so merges and lookups by the "
+        "key read few files.",
+    )
     vacuum_retention_hours: float = Field(
         168.0,
         ge=0,

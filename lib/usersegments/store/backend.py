@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -43,7 +43,14 @@ class Backend(Protocol):
 
     def read(self, path: str, version: int | None) -> DataFrame: ...
 
-    def write(self, df: DataFrame, path: str, mode: WriteMode, partition_by: list[str]) -> None: ...
+    def write(
+        self,
+        df: DataFrame,
+        path: str,
+        mode: WriteMode,
+        partition_by: list[str],
+        properties: Mapping[str, str],
+    ) -> None: ...
 
     def merge(
         self,
@@ -62,6 +69,10 @@ class Backend(Protocol):
 
     def file_count(self, path: str) -> int: ...
 
+    def properties(self, path: str) -> dict[str, str]: ...
+
     def compact(self, path: str) -> None: ...
+
+    def zorder(self, path: str, columns: Sequence[str]) -> None: ...
 
     def vacuum(self, path: str, retention_hours: float) -> int: ...

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,17 @@ class DeltaRsBackend:
         df = self.spark.read.schema(schema).option("basePath", path).parquet(*files)
         return df.select(*[F.col(f"`{c}`") for c in schema.fieldNames()])
 
-    def write(self, df: DataFrame, path: str, mode: WriteMode, partition_by: list[str]) -> None:
-        """Append or overwrite (schema included) the table at ``path``."""
+    def write(
+        self,
+        df: DataFrame,
+        path: str,
+        mode: WriteMode,
+        partition_by: list[str],
+        properties: Mapping[str, str],
+    ) -> None:
+        """Append or overwrite (schema included) the table at ``path``; a table this
+        creates gets ``properties`` (delta-rs raises the protocol they need, e.g.
+        writer version 4 for the change data feed)."""
         from deltalake import write_deltalake
 
         with self._staged(df) as reader:
@@ -91,6 +100,7 @@ class DeltaRsBackend:
                 mode=mode,
                 partition_by=partition_by or None,
                 schema_mode="overwrite" if mode == "overwrite" else None,
+                configuration=dict(properties) or None,
                 storage_options=self.storage_options,
             )
 
@@ -132,9 +142,18 @@ class DeltaRsBackend:
         """Data files in the latest version."""
         return len(self._table(path).file_uris())
 
+    def properties(self, path: str) -> dict[str, str]:
+        """The table's Delta properties (its metadata's configuration)."""
+        configuration = self._table(path).metadata().configuration or {}
+        return {str(k): str(v) for k, v in configuration.items()}
+
     def compact(self, path: str) -> None:
         """Rewrite small files into few (OPTIMIZE)."""
         self._table(path).optimize.compact()
+
+    def zorder(self, path: str, columns: Sequence[str]) -> None:
+        """Rewrite the files into few, rows clustered by ``columns`` (OPTIMIZE ZORDER BY)."""
+        self._table(path).optimize.z_order(list(columns))
 
     def vacuum(self, path: str, retention_hours: float) -> int:
         """Delete files no version of the last ``retention_hours`` needs, checkpoint the

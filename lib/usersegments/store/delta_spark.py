@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -60,11 +60,22 @@ class DeltaSparkBackend:
         """The Spark schema of the table's latest version."""
         return self.read(path, None).schema
 
-    def write(self, df: DataFrame, path: str, mode: WriteMode, partition_by: list[str]) -> None:
-        """Append or overwrite (schema included) the table at ``path``."""
+    def write(
+        self,
+        df: DataFrame,
+        path: str,
+        mode: WriteMode,
+        partition_by: list[str],
+        properties: Mapping[str, str],
+    ) -> None:
+        """Append or overwrite (schema included) the table at ``path``; a table this
+        creates gets ``properties`` (writer options named ``delta.*`` become the new
+        table's properties, as ``TBLPROPERTIES`` would)."""
         writer = df.write.format("delta").mode(mode)
         if mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
+        for key, value in properties.items():
+            writer = writer.option(key, value)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.save(path)
@@ -103,9 +114,18 @@ class DeltaSparkBackend:
         """Data files in the latest version."""
         return int(self.spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
 
+    def properties(self, path: str) -> dict[str, str]:
+        """The table's Delta properties (``DESCRIBE DETAIL``'s ``properties``)."""
+        detail = self._table(path).detail().select("properties").first()
+        return {str(k): str(v) for k, v in (detail["properties"] or {}).items()}
+
     def compact(self, path: str) -> None:
         """Rewrite small files into few (OPTIMIZE)."""
         self._table(path).optimize().executeCompaction()
+
+    def zorder(self, path: str, columns: Sequence[str]) -> None:
+        """Rewrite the files into few, rows clustered by ``columns`` (OPTIMIZE ZORDER BY)."""
+        self._table(path).optimize().executeZOrderBy(*columns)
 
     def vacuum(self, path: str, retention_hours: float) -> int:
         """Delete files no version of the last ``retention_hours`` needs; always 0 here."""

@@ -12,6 +12,7 @@ from pyspark.sql.types import StructType
 from usersegments.config import Config
 from usersegments.errors import ConfigError, InputError, MissingTableError, StoreError
 from usersegments.paths import is_local, local_path
+from usersegments.schema import is_append_only, table_properties
 from usersegments.session import (
     DELTA_CATALOG,
     DELTA_EXTENSION,
@@ -46,6 +47,12 @@ class Maintenance:
     files_after: int
     compacted: bool
     files_vacuumed: int
+    zorder_by: tuple[str, ...] = ()  # the columns it was z-ordered by; empty when not
+
+    @property
+    def zordered(self) -> bool:
+        """Whether this maintenance z-ordered the table (instead of a plain compaction)."""
+        return bool(self.zorder_by)
 
 
 class TableStore:
@@ -128,16 +135,23 @@ class TableStore:
     ) -> None:
         """Append ``df`` to table ``name`` (creating it) or overwrite it, schema included.
 
-        Appending rows whose columns or types differ from the table's raises
-        ``SchemaMismatchError`` before anything is written.
+        A table this creates gets the Delta properties its contract declares
+        (``schema.TABLE_PROPERTIES``). Appending rows whose columns or types differ
+        from the table's raises ``SchemaMismatchError``, and overwriting an
+        append-only table ``StoreError``, before anything is written.
         """
         check_choice("mode", mode, ("append", "overwrite"))
         partitions = list(partition_by or [])
         check_columns_exist(df, partitions, "partition_by")
         path = self.path(name)
-        if mode == "append" and self._backend.exists(path):
+        exists = self._backend.exists(path)
+        if exists and mode == "overwrite":
+            self._refuse_if_append_only(name, "an overwrite")
+        if exists and mode == "append":
             check_schema_compatible(self._backend.schema(path), df.schema, name)
-        self._backend.write(df, path, mode, partitions)
+        # Properties are the table's from its creation on: an overwrite keeps them.
+        properties = {} if exists else table_properties(name)
+        self._backend.write(df, path, mode, partitions, properties)
 
     def merge(
         self,
@@ -171,7 +185,26 @@ class TableStore:
             self.write(df, name, mode="append", partition_by=partition_by)
             return MergeResult(inserted=count, updated=0)
         check_schema_compatible(self._backend.schema(path), df.schema, name)
+        if when_matched == "update":
+            self._refuse_if_append_only(name, "a merge that updates matched rows")
         return self._backend.merge(df, path, keys, when_matched, when_not_matched)
+
+    def properties(self, name: str) -> dict[str, str]:
+        """The Delta properties of table ``name`` (``delta.appendOnly``, ...), as its
+        log records them."""
+        self.require(name)
+        return self._backend.properties(self.path(name))
+
+    def _refuse_if_append_only(self, name: str, what: str) -> None:
+        """Raise ``StoreError`` before ``what`` is tried on an append-only table (Delta
+        would refuse the commit anyway, after the rows were computed and written)."""
+        if is_append_only(self._backend.properties(self.path(name))):
+            raise StoreError(
+                f"table '{name}' is append-only (delta.appendOnly=true), so {what} is "
+                "refused: append to it (or merge with when_matched='ignore'), or, if its rows "
+                "must change, lift the property with ALTER TABLE delta.`"
+                f"{self.path(name)}` SET TBLPROPERTIES ('delta.appendOnly' = 'false')"
+            )
 
     def version(self, name: str) -> int:
         """The latest committed version of table ``name`` (0 after its first write)."""
@@ -188,19 +221,41 @@ class TableStore:
         self.require(name)
         return self._backend.file_count(self.path(name))
 
-    def maintain(self, name: str, compact_min_files: int, retention_hours: float) -> Maintenance:
+    def maintain(
+        self,
+        name: str,
+        compact_min_files: int,
+        retention_hours: float,
+        zorder_by: Sequence[str] = (),
+    ) -> Maintenance:
         """Keep table ``name`` fast to read as commits pile up: compact its small files
         into few (a new version with the same rows) once it has ``compact_min_files``,
-        checkpoint its log, and vacuum data files that no version of the last
-        ``retention_hours`` needs (time travel beyond that is given up)."""
+        z-ordering them by ``zorder_by`` when given (OPTIMIZE ZORDER BY: rows of a key
+        land in few files), checkpoint its log, and vacuum data files that no version
+        of the last ``retention_hours`` needs (time travel beyond that is given up)."""
+        columns = tuple(zorder_by)
+        if columns:
+            present = self.schema(name).fieldNames()
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise ValueError(
+                    f"zorder_by {missing} are not columns of table '{name}' (has {present})"
+                )
         before = self.file_count(name)
+        zordered: tuple[str, ...] = ()
         if before >= compact_min_files:
-            self._backend.compact(self.path(name))
+            if columns:
+                # A z-order rewrites every file, so it is done only when the table is
+                # due for a rewrite anyway; it compacts as it clusters.
+                self._backend.zorder(self.path(name), columns)
+                zordered = columns
+            else:
+                self._backend.compact(self.path(name))
         after = self.file_count(name)
         vacuumed = self._backend.vacuum(self.path(name), retention_hours)
         # Compacted means fewer files: a table already at one file per partition (events
         # by day) is left as it is by the backend.
-        return Maintenance(name, before, after, after < before, vacuumed)
+        return Maintenance(name, before, after, after < before, vacuumed, zordered)
 
     def tables(self) -> list[str]:
         """Names of the tables present under the root (local roots only)."""
