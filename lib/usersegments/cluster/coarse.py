@@ -106,10 +106,12 @@ def nearest_cluster(users: DataFrame, centroids: np.ndarray) -> DataFrame:
 def cluster_means(assigned: DataFrame, k: int, previous: np.ndarray | None) -> np.ndarray:
     """The unit mean of each cluster's features (k rows; a cluster left without users
     keeps its ``previous`` centroid, or a zero row when there is none)."""
-    means = assigned.groupBy("cluster_id").agg(Summarizer.mean(F.col(FEATURES)).alias("mean"))
-    dims = len(assigned.select(FEATURES).first()[0])
+    rows = (
+        assigned.groupBy("cluster_id").agg(Summarizer.mean(F.col(FEATURES)).alias("mean")).collect()
+    )
+    dims = len(rows[0]["mean"]) if rows else 0
     centroids = np.zeros((k, dims)) if previous is None else previous.copy()
-    for row in means.collect():
+    for row in rows:
         vector = row["mean"].toArray()
         norm = np.linalg.norm(vector)
         if norm > 0:
