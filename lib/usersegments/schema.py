@@ -127,6 +127,19 @@ SEGMENTS = _schema(
     ("run_id", StringType()),
 )
 
+USER_INTERESTS = _schema(
+    ("user_id", StringType()),
+    ("interest_rank", IntegerType()),
+    ("weight", DoubleType()),
+    ("segment_id", StringType()),
+    ("cluster_id", IntegerType()),
+    ("n_events", LongType()),
+    ("last_event_time", TimestampType()),
+    ("embedding", VECTOR),
+    ("run_id", StringType()),
+    ("as_of", TimestampType()),
+)
+
 SEGMENT_HISTORY = _schema(
     ("user_id", StringType()),
     ("segment_id", StringType()),
@@ -192,6 +205,7 @@ TABLES: dict[str, StructType] = {
     "user_profiles": USER_PROFILES,
     "user_segments": USER_SEGMENTS,
     "segments": SEGMENTS,
+    "user_interests": USER_INTERESTS,
     "segment_history": SEGMENT_HISTORY,
     "segment_recommendations": SEGMENT_RECOMMENDATIONS,
     "user_recommendations": USER_RECOMMENDATIONS,
@@ -224,6 +238,7 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
 ZORDER_BY: dict[str, tuple[str, ...]] = {
     "user_profiles": ("user_id",),
     "user_segments": ("user_id",),
+    "user_interests": ("user_id",),
     "segment_history": ("user_id",),
     "user_recommendations": ("user_id",),
     "text_embeddings": ("text_hash",),
@@ -255,6 +270,11 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "user_profiles": ("profile, update", "decayed weighted sums and the unit interest vector"),
     "user_segments": ("cluster, update", "each user's coarse cluster and segment"),
     "segments": ("cluster, label, update", "size, centroid, label, keywords, top items"),
+    "user_interests": (
+        "interests",
+        "up to `interests.max_per_user` interests per user (rank 1 = heaviest): engagement "
+        "share, vector, nearest segment",
+    ),
     "segment_history": ("update", "type-2 history of memberships (`valid_to` null = current)"),
     "segment_recommendations": ("recommend", "top items per segment"),
     "user_recommendations": ("recommend", "per-user lists (with `recommend.per_user`)"),

@@ -1,0 +1,105 @@
+"""Several interests per user: Ward on one user's event vectors (hand-made vectors), the
+Spark path on tiny frames, and the planted run (generated users with a secondary area)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from usersegments.interests import InterestRule, interests_of_users, user_interests
+
+RULE = InterestRule(distance_threshold=0.9, max_per_user=3, min_weight=0.1)
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def around(direction: np.ndarray, n: int, rng: np.random.Generator, spread: float = 0.15):
+    """``n`` unit vectors scattered around the unit ``direction``."""
+    x = direction[None, :] + spread * rng.normal(size=(n, len(direction))) / np.sqrt(len(direction))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def directions(dims: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.zeros(dims), np.zeros(dims)
+    a[0], b[1] = 1.0, 1.0
+    return a, b
+
+
+def times(n: int) -> np.ndarray:
+    return np.array(
+        [np.datetime64(T0.replace(tzinfo=None)) - np.timedelta64(i, "h") for i in range(n)]
+    )
+
+
+def test_two_directions_weighted_70_30_give_two_interests():
+    rng = np.random.default_rng(0)
+    a, b = directions()
+    x = np.vstack([around(a, 14, rng), around(b, 6, rng)])
+    w = np.ones(len(x))
+    found = user_interests(x, w, times(len(x)), RULE)
+    assert list(found["interest_rank"]) == [1, 2]
+    assert found["weight"].to_list() == pytest.approx([0.7, 0.3])
+    assert list(found["n_events"]) == [14, 6]
+    assert np.vstack(found["embedding"]) @ a == pytest.approx([1.0, 0.0], abs=0.05)
+    assert found["last_event_time"].iloc[0] == times(20)[0]
+    assert found["last_event_time"].iloc[1] == times(20)[14]
+
+
+def test_weights_not_counts_make_the_shares():
+    rng = np.random.default_rng(1)
+    a, b = directions()
+    x = np.vstack([around(a, 10, rng), around(b, 10, rng)])
+    w = np.r_[np.full(10, 3.5), np.full(10, 1.5)]  # e.g. purchases versus decayed views
+    found = user_interests(x, w, times(len(x)), RULE)
+    assert found["weight"].to_list() == pytest.approx([0.7, 0.3])
+
+
+def test_one_direction_gives_one_interest():
+    rng = np.random.default_rng(2)
+    a, _ = directions()
+    x = around(a, 30, rng)
+    found = user_interests(x, np.ones(30), times(30), RULE)
+    assert len(found) == 1
+    assert found["weight"].iloc[0] == pytest.approx(1.0)
+    assert found["n_events"].iloc[0] == 30
+
+
+def test_a_stray_event_is_dropped_and_the_rest_renormalised():
+    rng = np.random.default_rng(3)
+    a, b = directions()
+    x = np.vstack([around(a, 19, rng), around(b, 1, rng)])
+    found = user_interests(x, np.ones(20), times(20), RULE)
+    assert len(found) == 1 and found["weight"].iloc[0] == pytest.approx(1.0)
+    assert found["n_events"].iloc[0] == 19
+
+
+def test_at_most_max_per_user_interests_and_zero_weights_take_no_part():
+    rng = np.random.default_rng(4)
+    dims = 16
+    axes = np.eye(dims)[:5]
+    x = np.vstack([around(d, 8, rng) for d in axes])
+    found = user_interests(x, np.ones(len(x)), times(len(x)), RULE)
+    assert len(found) == 3
+    assert found["weight"].sum() == pytest.approx(1.0)
+    nothing = user_interests(x, np.zeros(len(x)), times(len(x)), RULE)
+    assert nothing.empty
+
+
+def test_interests_of_users_in_spark(spark):
+    rng = np.random.default_rng(5)
+    a, b = directions()
+    rows = []
+    for user, parts in (("two", [(a, 14), (b, 6)]), ("one", [(a, 10)])):
+        x = np.vstack([around(d, n, rng) for d, n in parts])
+        for i, v in enumerate(x):
+            rows.append((user, T0 - timedelta(hours=i), 1.0, [float(f) for f in v]))
+    frame = spark.createDataFrame(
+        rows, "user_id string, event_time timestamp, weight double, embedding array<float>"
+    )
+    found = interests_of_users(frame, RULE).toPandas().sort_values(["user_id", "interest_rank"])
+    assert found.groupby("user_id").size().to_dict() == {"one": 1, "two": 2}
+    assert found.loc[found["user_id"] == "two", "weight"].to_list() == pytest.approx([0.7, 0.3])
+    # Spark's own latest event time of the user, converted to pandas the same way.
+    latest = frame.filter("user_id = 'one'").agg({"event_time": "max"}).toPandas().iloc[0, 0]
+    assert found.loc[found["user_id"] == "one", "last_event_time"].iloc[0] == latest
