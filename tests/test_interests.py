@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from tests.helpers import metrics_of
 from usersegments.interests import InterestRule, interests_of_users, user_interests
 
 RULE = InterestRule(distance_threshold=0.9, max_per_user=3, min_weight=0.1)
@@ -103,3 +105,55 @@ def test_interests_of_users_in_spark(spark):
     # Spark's own latest event time of the user, converted to pandas the same way.
     latest = frame.filter("user_id = 'one'").agg({"event_time": "max"}).toPandas().iloc[0, 0]
     assert found.loc[found["user_id"] == "one", "last_event_time"].iloc[0] == latest
+
+
+def segment_areas(planted) -> pd.DataFrame:
+    """segment_id -> the planted primary area most of its members have."""
+    truth = planted.data.truth[["user_id", "area"]]
+    members = planted.store.read("user_segments").select("user_id", "segment_id").toPandas()
+    joined = members.merge(truth, on="user_id")
+    return (
+        joined.groupby("segment_id")["area"]
+        .agg(lambda a: a.value_counts().index[0])
+        .rename("segment_area")
+        .reset_index()
+    )
+
+
+@pytest.mark.slow
+def test_planted_secondary_areas_become_interests(planted):
+    interests = planted.store.read("user_interests").toPandas()
+    truth = planted.data.truth
+    placed = interests.merge(segment_areas(planted), on="segment_id").merge(truth, on="user_id")
+    assert (interests["run_id"] == planted.run_id).all()
+    assert interests.groupby("user_id")["weight"].sum().to_numpy() == pytest.approx(1.0)
+    assert interests["interest_rank"].max() <= planted.cfg.interests.max_per_user
+
+    with_secondary = truth[truth["secondary_share"] >= 0.15]["user_id"]
+    found = placed[
+        (placed["weight"] >= 0.1) & (placed["segment_area"] == placed["secondary_area"])
+    ]["user_id"]
+    tested = set(with_secondary) & set(interests["user_id"])
+    recall = len(tested & set(found)) / len(tested)
+
+    single = set(truth[truth["secondary_area"].isna()]["user_id"]) & set(interests["user_id"])
+    stray = placed[
+        (placed["weight"] >= 0.2)
+        & (placed["segment_area"] != placed["area"])
+        & placed["user_id"].isin(single)
+    ]["user_id"]
+    false_rate = stray.nunique() / len(single)
+
+    metrics = metrics_of(planted.store, planted.run_id, "interests")
+    print(
+        f"\nsecondary area (>= 15% of events) found as an interest of weight >= 0.1 in a "
+        f"segment of that area: {len(tested & set(found))}/{len(tested)} = {recall:.3f}"
+        f"\nsingle-interest users with an interest of weight >= 0.2 in another area: "
+        f"{stray.nunique()}/{len(single)} = {false_rate:.3f}"
+        f"\nusers with 1/2/3 interests: {metrics['users_with_1_interests']:.0f}/"
+        f"{metrics['users_with_2_interests']:.0f}/{metrics['users_with_3_interests']:.0f}, "
+        f"mean {metrics['interests_per_user_mean']:.2f}"
+    )
+    assert metrics["users_with_interests"] == interests["user_id"].nunique()
+    assert recall >= 0.8
+    assert false_rate <= 0.1
