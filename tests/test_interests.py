@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from tests.helpers import metrics_of
 from usersegments.interests import InterestRule, interests_of_users, user_interests
@@ -155,5 +156,36 @@ def test_planted_secondary_areas_become_interests(planted):
         f"mean {metrics['interests_per_user_mean']:.2f}"
     )
     assert metrics["users_with_interests"] == interests["user_id"].nunique()
+    segments = planted.store.read("segments").toPandas().set_index("segment_id")
+    reach = interests[interests["weight"] >= 0.1].groupby("segment_id")["user_id"].nunique()
+    assert segments["reach"].to_dict() == reach.reindex(segments.index, fill_value=0).to_dict()
+    assert (segments["reach"] >= 0).all() and segments["label"].notna().all()
     assert recall >= 0.8
     assert false_rate <= 0.1
+
+
+def test_an_update_rewrites_segments_of_a_store_from_before_reach(spark, rs_store):
+    """``segments`` written before it had ``reach``: an update's size refresh writes it
+    back with the column, null (not known until the next interests stage)."""
+    from pyspark.sql import types as T
+
+    from usersegments.dynamics.drift import refresh_sizes
+    from usersegments.schema import SEGMENTS, USER_SEGMENTS, conform
+
+    legacy = T.StructType([f for f in SEGMENTS.fields if f.name != "reach"])
+    rows = [(s, 0, 2, s, [], [], [1.0, 0.0], 0.9, "r0") for s in ("c00.s00", "c00.s01")]
+    rs_store.write(spark.createDataFrame(rows, legacy), "segments", mode="overwrite")
+    members = spark.createDataFrame(
+        [
+            (u, 0, s)
+            for u, s in (("a", "c00.s00"), ("b", "c00.s00"), ("c", "c00.s00"), ("d", "c00.s01"))
+        ],
+        "user_id string, cluster_id int, segment_id string",
+    )
+    for column in ("distance", "n_events_at_entry", "run_id", "as_of"):
+        members = members.withColumn(column, F.lit(None))
+    rs_store.write(conform(members, USER_SEGMENTS), "user_segments", mode="overwrite")
+    refresh_sizes(spark, rs_store, rs_store.read("segments").toPandas())
+    after = rs_store.read("segments").toPandas().set_index("segment_id")
+    assert after["size"].to_dict() == {"c00.s00": 3, "c00.s01": 1}
+    assert after["reach"].isna().all()

@@ -7,6 +7,7 @@ drift between stages, backends or releases.
 
 from __future__ import annotations
 
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -124,6 +125,7 @@ SEGMENTS = _schema(
     ("top_items", ArrayType(StringType(), containsNull=True)),
     ("centroid", VECTOR),
     ("cohesion", DoubleType()),
+    ("reach", LongType()),
     ("run_id", StringType()),
 )
 
@@ -269,7 +271,11 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "text_embeddings": ("embed", "one vector per distinct text and `model_id`"),
     "user_profiles": ("profile, update", "decayed weighted sums and the unit interest vector"),
     "user_segments": ("cluster, update", "each user's coarse cluster and segment"),
-    "segments": ("cluster, label, update", "size, centroid, label, keywords, top items"),
+    "segments": (
+        "cluster, interests, label, update",
+        "size, centroid, label, keywords, top items; `reach` = users with it as an interest "
+        "(null until the interests stage ran after the latest clustering)",
+    ),
     "user_interests": (
         "interests",
         "up to `interests.max_per_user` interests per user (rank 1 = heaviest): engagement "
@@ -306,6 +312,18 @@ def _layout(name: str) -> str:
     if name in ZORDER_BY:
         parts.append("z-ordered by " + ", ".join(f"`{c}`" for c in ZORDER_BY[name]))
     return "; ".join(parts)
+
+
+# Columns a table gained after stores were written: a frame read from an older store
+# lacks them, and they are filled with nulls (not known yet) before it is written back.
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",)}
+
+
+def with_later_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """``frame`` (rows of ``table`` read back) with ``LATER_COLUMNS[table]`` it lacks added
+    as nulls, so rewriting a table of an older store keeps its contract."""
+    missing = [c for c in LATER_COLUMNS.get(table, ()) if c not in frame.columns]
+    return frame.assign(**dict.fromkeys(missing)) if missing else frame
 
 
 def conform(df: DataFrame, schema: StructType) -> DataFrame:

@@ -109,7 +109,8 @@ STAGES: tuple[Stage, ...] = (
         "interests",
         "interests",
         "run_interests",
-        "events x user_profiles x segments -> user_interests (several interests per user)",
+        "events x user_profiles x segments -> user_interests (several interests per user), "
+        "segments.reach",
         commands=frozenset({RUN, DEMO}),
     ),
     Stage(

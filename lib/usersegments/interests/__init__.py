@@ -9,7 +9,8 @@ sides' centroids are further apart than ``interests.distance_threshold``, into a
 ``interests.max_per_user`` groups. Each group is an interest: its share of the user's
 decayed weighted engagement (below ``interests.min_weight`` dropped, the rest
 renormalised), its weighted unit centroid, event count and latest event, and the
-nearest existing segment to that centroid.
+nearest existing segment to that centroid. ``segments.reach`` counts the users with an
+interest in each segment.
 
 Modules:
 
@@ -17,6 +18,7 @@ Modules:
 - ``local``: one user's interests (numpy/scipy) and the per-user ``applyInPandas``.
 - ``assign``: the nearest segment of each interest (``cluster.assign_to_segments``).
 - ``metrics``: users by number of interests, the mean per user.
+- ``reach``: ``segments.reach``, the users with a segment as one of their interests.
 - ``stage``: ``run_interests``.
 """
 

@@ -1,4 +1,5 @@
-"""The interests stage: events x user_profiles x segments -> ``user_interests``."""
+"""The interests stage: events x user_profiles x segments -> ``user_interests``, and
+``segments.reach``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from pyspark.sql import functions as F
 from usersegments.cluster.features import clusterable, skipped_users
 from usersegments.config import Config
 from usersegments.embed import model_id, model_vectors
+from usersegments.frames import to_spark
 from usersegments.halflife import stored_profile_half_life, with_half_life
 from usersegments.interests.assign import full_space_segments, with_segments
 from usersegments.interests.events import recent_weighted_events
 from usersegments.interests.local import InterestRule, interests_of_users
 from usersegments.interests.metrics import interest_counts
+from usersegments.interests.reach import segment_reach, with_reach
 from usersegments.runlog import RunLog, StageResult
-from usersegments.schema import USER_INTERESTS, conform
+from usersegments.schema import SEGMENTS, USER_INTERESTS, conform
 from usersegments.store import TableStore
 from usersegments.times import max_time
 
@@ -25,12 +28,14 @@ log = logging.getLogger(__name__)
 
 def run_interests(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Find each clustered user's interests in their own recent events, weigh them as the
-    profile weighs events, place each at its nearest segment; overwrite ``user_interests``.
+    profile weighs events, place each at its nearest segment; overwrite ``user_interests``
+    and fill ``segments.reach``.
 
     The decay uses the half-life the stored profiles were built with
     (``halflife.stored_profile_half_life``) and their ``as_of``.
     """
     store.require(
+        "segments",
         "user_profiles",
         "user_segments",
         "events",
@@ -72,7 +77,12 @@ def run_interests(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
         store.write(rows, "user_interests", mode="overwrite")
     finally:
         found.unpersist()
-    metrics = interest_counts(store.read("user_interests"), cfg.interests.max_per_user)
+    stored = store.read("user_interests")
+    reach = segment_reach(stored, cfg.interests.min_weight)
+    # segments is small (one row per segment): rewritten from the driver, like label does.
+    segment_table = with_reach(store.read("segments").toPandas(), reach)
+    store.write(to_spark(spark, segment_table, SEGMENTS), "segments", mode="overwrite")
+    metrics = interest_counts(stored, cfg.interests.max_per_user)
     skipped = skipped_users(profiles, cfg.profile.min_events)
     metrics.update({f"users_skipped.{reason}": n for reason, n in skipped.items()})
     run.record_all("interests", metrics)
@@ -83,6 +93,6 @@ def run_interests(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
     )
     return StageResult(
         stage="interests",
-        tables={"user_interests": store.version("user_interests")},
+        tables={t: store.version(t) for t in ("user_interests", "segments")},
         metrics=metrics,
     )
