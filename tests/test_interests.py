@@ -96,9 +96,11 @@ def test_interests_of_users_in_spark(spark):
     for user, parts in (("two", [(a, 14), (b, 6)]), ("one", [(a, 10)])):
         x = np.vstack([around(d, n, rng) for d, n in parts])
         for i, v in enumerate(x):
-            rows.append((user, T0 - timedelta(hours=i), 1.0, [float(f) for f in v]))
+            rows.append((user, T0 - timedelta(hours=i), f"h{i}", 1.0, [float(f) for f in v]))
     frame = spark.createDataFrame(
-        rows, "user_id string, event_time timestamp, weight double, embedding array<float>"
+        rows,
+        "user_id string, event_time timestamp, text_hash string, weight double, "
+        "embedding array<float>",
     )
     found = interests_of_users(frame, RULE).toPandas().sort_values(["user_id", "interest_rank"])
     assert found.groupby("user_id").size().to_dict() == {"one": 1, "two": 2}

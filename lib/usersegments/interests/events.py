@@ -20,9 +20,9 @@ def recent_weighted_events(
     as_of: datetime,
     max_events: int,
 ) -> DataFrame:
-    """user_id, event_time, weight, embedding: the events of ``users`` (user_id) that have
-    a usable vector, weighted as the profile weighs them, capped to each user's
-    ``max_events`` most recent.
+    """user_id, event_time, text_hash, weight, embedding: the events of ``users``
+    (user_id) that have a usable vector, weighted as the profile weighs them, capped to
+    each user's ``max_events`` most recent.
 
     The decay is anchored at the user's latest event (``user_anchor``) before the cap,
     as in the profile; the cap keeps the most recent events, so the anchor is the same.
@@ -45,5 +45,5 @@ def recent_weighted_events(
     return (
         weighted.withColumn("_recent", F.row_number().over(recency))
         .filter(F.col("_recent") <= max_events)
-        .select("user_id", "event_time", "weight", "embedding")
+        .select("user_id", "event_time", "text_hash", "weight", "embedding")
     )

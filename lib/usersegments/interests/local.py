@@ -124,11 +124,14 @@ INTEREST_SCHEMA = T.StructType(
 
 
 def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
-    """``weighted`` (user_id, event_time, weight, embedding; one row per event, already
-    capped per user) -> one row per interest (``INTEREST_SCHEMA``), by ``user_interests``
+    """``weighted`` (user_id, event_time, text_hash, weight, embedding; one row per event,
+    already capped per user) -> one row per interest (``INTEREST_SCHEMA``), by ``user_interests``
     in ``groupBy("user_id").applyInPandas``: one user's events per pandas group."""
 
     def one_user(pdf: pd.DataFrame) -> pd.DataFrame:
+        # A group's rows arrive in shuffle order; sorted, Ward's ties break the same way
+        # on every run (a rerun after a crash writes the same interests).
+        pdf = pdf.sort_values(["event_time", "text_hash"], kind="stable")
         found = user_interests(
             np.vstack(pdf["embedding"].to_numpy()),
             pdf["weight"].to_numpy(),
@@ -139,7 +142,7 @@ def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
         return found
 
     return (
-        weighted.select("user_id", "event_time", "weight", "embedding")
+        weighted.select("user_id", "event_time", "text_hash", "weight", "embedding")
         .groupBy("user_id")
         .applyInPandas(one_user, schema=INTEREST_SCHEMA)
     )
