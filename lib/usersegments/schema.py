@@ -7,6 +7,7 @@ drift between stages, backends or releases.
 
 from __future__ import annotations
 
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -124,7 +125,21 @@ SEGMENTS = _schema(
     ("top_items", ArrayType(StringType(), containsNull=True)),
     ("centroid", VECTOR),
     ("cohesion", DoubleType()),
+    ("reach", LongType()),
     ("run_id", StringType()),
+)
+
+USER_INTERESTS = _schema(
+    ("user_id", StringType()),
+    ("interest_rank", IntegerType()),
+    ("weight", DoubleType()),
+    ("segment_id", StringType()),
+    ("cluster_id", IntegerType()),
+    ("n_events", LongType()),
+    ("last_event_time", TimestampType()),
+    ("embedding", VECTOR),
+    ("run_id", StringType()),
+    ("as_of", TimestampType()),
 )
 
 SEGMENT_HISTORY = _schema(
@@ -192,6 +207,7 @@ TABLES: dict[str, StructType] = {
     "user_profiles": USER_PROFILES,
     "user_segments": USER_SEGMENTS,
     "segments": SEGMENTS,
+    "user_interests": USER_INTERESTS,
     "segment_history": SEGMENT_HISTORY,
     "segment_recommendations": SEGMENT_RECOMMENDATIONS,
     "user_recommendations": USER_RECOMMENDATIONS,
@@ -224,6 +240,7 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
 ZORDER_BY: dict[str, tuple[str, ...]] = {
     "user_profiles": ("user_id",),
     "user_segments": ("user_id",),
+    "user_interests": ("user_id",),
     "segment_history": ("user_id",),
     "user_recommendations": ("user_id",),
     "text_embeddings": ("text_hash",),
@@ -254,7 +271,16 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "text_embeddings": ("embed", "one vector per distinct text and `model_id`"),
     "user_profiles": ("profile, update", "decayed weighted sums and the unit interest vector"),
     "user_segments": ("cluster, update", "each user's coarse cluster and segment"),
-    "segments": ("cluster, label, update", "size, centroid, label, keywords, top items"),
+    "segments": (
+        "cluster, interests, label, update",
+        "size, centroid, label, keywords, top items; `reach` = users with it as an interest "
+        "(null until the interests stage ran after the latest clustering)",
+    ),
+    "user_interests": (
+        "interests",
+        "up to `interests.max_per_user` interests per user (rank 1 = heaviest): engagement "
+        "share, vector, nearest segment",
+    ),
     "segment_history": ("update", "type-2 history of memberships (`valid_to` null = current)"),
     "segment_recommendations": ("recommend", "top items per segment"),
     "user_recommendations": ("recommend", "per-user lists (with `recommend.per_user`)"),
@@ -286,6 +312,18 @@ def _layout(name: str) -> str:
     if name in ZORDER_BY:
         parts.append("z-ordered by " + ", ".join(f"`{c}`" for c in ZORDER_BY[name]))
     return "; ".join(parts)
+
+
+# Columns a table gained after stores were written: a frame read from an older store
+# lacks them, and they are filled with nulls (not known yet) before it is written back.
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",)}
+
+
+def with_later_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """``frame`` (rows of ``table`` read back) with ``LATER_COLUMNS[table]`` it lacks added
+    as nulls, so rewriting a table of an older store keeps its contract."""
+    missing = [c for c in LATER_COLUMNS.get(table, ()) if c not in frame.columns]
+    return frame.assign(**dict.fromkeys(missing)) if missing else frame
 
 
 def conform(df: DataFrame, schema: StructType) -> DataFrame:

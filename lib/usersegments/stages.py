@@ -106,6 +106,14 @@ STAGES: tuple[Stage, ...] = (
         commands=frozenset({RUN, DEMO}),
     ),
     Stage(
+        "interests",
+        "interests",
+        "run_interests",
+        "events x user_profiles x segments -> user_interests (several interests per user), "
+        "segments.reach",
+        commands=frozenset({RUN, DEMO}),
+    ),
+    Stage(
         "label",
         "label",
         "run_label",

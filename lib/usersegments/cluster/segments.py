@@ -99,6 +99,8 @@ def segment_rows(fine: DataFrame, run_id: str) -> DataFrame:
         .withColumn("label", F.lit(None).cast("string"))
         .withColumn("keywords", F.array().cast("array<string>"))
         .withColumn("top_items", F.array().cast("array<string>"))
+        # Interests place users later (the interests stage); until then reach is unknown.
+        .withColumn("reach", F.lit(None).cast("long"))
         .withColumn("run_id", F.lit(run_id))
     )
     return conform(rows, SEGMENTS)

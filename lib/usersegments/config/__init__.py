@@ -12,7 +12,7 @@ Modules:
 
 - ``section``: the base of every section (unknown keys rejected) and shared field checks;
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
-- ``stages``: the profile, cluster, label, recommend, evaluate, update, report,
+- ``stages``: the profile, cluster, interests, label, recommend, evaluate, update, report,
   privacy and tune sections;
 - ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
   ``with_settings`` (dotted settings replaced in a config);
@@ -35,6 +35,7 @@ from usersegments.config.reference import config_reference, defaults_yaml
 from usersegments.config.stages import (
     ClusterConfig,
     EvaluateConfig,
+    InterestsConfig,
     LabelConfig,
     PrivacyConfig,
     ProfileConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "EmbedConfig",
     "EvaluateConfig",
     "InputConfig",
+    "InterestsConfig",
     "ItemColumnMapping",
     "LabelConfig",
     "PrivacyConfig",

@@ -15,6 +15,7 @@ from usersegments.config.section import Section, check_timezone, stringify_value
 from usersegments.config.stages import (
     ClusterConfig,
     EvaluateConfig,
+    InterestsConfig,
     LabelConfig,
     PrivacyConfig,
     ProfileConfig,
@@ -251,6 +252,7 @@ class Config(Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    interests: InterestsConfig = Field(default_factory=InterestsConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -1,5 +1,5 @@
 """The sections for the pipeline's stages: profile, cluster (with its sub-clusters),
-label, recommend, evaluate, update, report, privacy and tune."""
+interests, label, recommend, evaluate, update, report, privacy and tune."""
 
 from __future__ import annotations
 
@@ -157,6 +157,35 @@ class ClusterConfig(Section):
         if not value or any(k < 2 for k in value):
             raise ValueError(f"k_candidates must be a non-empty list of integers >= 2, got {value}")
         return sorted(set(value))
+
+
+class InterestsConfig(Section):
+    """Several interests per user, from their own events (see ``interests``)."""
+
+    max_events_per_user: int = Field(
+        200,
+        ge=2,
+        description="Only each user's this many most recent events are clustered (bounds "
+        "the memory of one user's group).",
+    )
+    distance_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=2,
+        description="Ward's dendrogram of a user's unit event vectors is split from the top "
+        "while the two sides' unit centroids are further apart than this (Euclidean; "
+        "0.9 = cosine similarity 0.6). On generated data, events of one area lie a median "
+        "0.98 apart and events of two areas 1.31: sides of one area average out below "
+        "0.9, sides of two areas stay above it.",
+    )
+    max_per_user: int = Field(3, ge=1, le=10, description="At most this many interests per user.")
+    min_weight: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Interests with a smaller share of the user's decayed weighted "
+        "engagement are dropped (the rest renormalised; the heaviest is always kept).",
+    )
 
 
 class LabelConfig(Section):

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster import unit_rows
 from usersegments.frames import to_spark
-from usersegments.schema import SEGMENTS
+from usersegments.schema import SEGMENTS, with_later_columns
 from usersegments.store import TableStore
 
 
@@ -66,7 +66,7 @@ def refresh_sizes(spark: SparkSession, store: TableStore, segments: pd.DataFrame
     """Rewrite ``segments.size`` from ``user_segments`` (centroids stay until a re-cluster)."""
     sizes = store.read("user_segments").groupBy("segment_id").count().toPandas()
     counted = dict(zip(sizes["segment_id"], sizes["count"], strict=True))
-    updated = segments.copy()
+    updated = with_later_columns(segments, "segments").copy()
     updated["size"] = [int(counted.get(s, 0)) for s in updated["segment_id"]]
     if (updated["size"] == segments["size"]).all():
         return

@@ -14,7 +14,7 @@ from usersegments.label.keywords import segment_keywords
 from usersegments.label.naming import label_segments
 from usersegments.privacy import with_texts
 from usersegments.runlog import RunLog, StageResult
-from usersegments.schema import SEGMENTS, conform
+from usersegments.schema import SEGMENTS, conform, with_later_columns
 from usersegments.store import TableStore
 from usersegments.times import max_time
 
@@ -54,7 +54,7 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         events.unpersist()
     # segments is small (one row per segment): described on the driver. A segment below
     # the privacy floor (possible after updates shrink it) is not described at all.
-    rows = segments.toPandas()
+    rows = with_later_columns(segments.toPandas(), "segments")
     small = set(rows.loc[rows["size"] < cfg.privacy.min_segment_size, "segment_id"])
     keywords = {s: k for s, k in keywords.items() if s not in small}
     top_items = {s: i for s, i in top_items.items() if s not in small}

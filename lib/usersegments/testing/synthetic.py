@@ -12,7 +12,9 @@ Files written under the output folder:
 - ``events.csv`` and ``events.parquet``: the events (times as strings in mixed
   formats: ISO-8601 with and without zone, epoch seconds, epoch milliseconds);
 - ``items.parquet`` / ``items.csv``: the catalog (item_id, text, category);
-- ``truth.parquet`` / ``truth.csv``: per user area, sub_style, drift_date, new_area;
+- ``truth.parquet`` / ``truth.csv``: per user area, sub_style, secondary_area, drift_date,
+  new_area, new_sub_style and ``secondary_share`` (the share of the user's generated
+  events about the secondary area, 0 without one; before bad rows are planted);
 - ``manifest.json``: counts of rows and of each kind of planted bad row.
 """
 
@@ -73,6 +75,7 @@ _TRUTH_COLUMNS = [
     "drift_date",
     "new_area",
     "new_sub_style",
+    "secondary_share",
 ]
 
 
@@ -108,8 +111,9 @@ class GeneratedData:
 
 @dataclass(frozen=True)
 class _Persona:
-    """One user's planted interests, fields in the order of the truth table's columns;
-    ``drift`` is None for users who never switch."""
+    """One user's planted interests, fields in the order of the truth table's first
+    columns (``secondary_share`` follows, counted from the events); ``drift`` is None
+    for users who never switch."""
 
     user_id: str
     area: str
@@ -160,11 +164,15 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
     truth_rows, events = [], []
     for u in range(s.users):
         persona = _draw_persona(rng, f"u{u:06d}", s, drift_date)
-        truth_rows.append(astuple(persona))
-        for off in _event_offsets(rng, persona, s, start):
+        offsets = _event_offsets(rng, persona, s, start)
+        secondary = 0
+        for off in offsets:
             when = start + timedelta(seconds=float(off))
             area, style = _event_interest(rng, persona, when, s)
+            secondary += area == persona.secondary
             events.append(_make_event(rng, persona.user_id, when, area, style, by_style))
+        # Noise events that land on the secondary area count too: they are its events.
+        truth_rows.append((*astuple(persona), secondary / len(offsets)))
 
     truth = pd.DataFrame(truth_rows, columns=_TRUTH_COLUMNS)
     frame, manifest = _plant_bad_rows(rng, pd.DataFrame(events, columns=_EVENT_COLUMNS), s)

@@ -1,0 +1,49 @@
+"""The events interests are found in: each clusterable user's most recent events with
+their vectors and the profile's event weights (type x time decay x value)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from usersegments.config import ProfileConfig
+from usersegments.profile import event_weight, usable_vector, user_anchor
+
+
+def recent_weighted_events(
+    events: DataFrame,
+    vectors: DataFrame,
+    users: DataFrame,
+    profile: ProfileConfig,
+    as_of: datetime,
+    max_events: int,
+) -> DataFrame:
+    """user_id, event_time, text_hash, weight, embedding: the events of ``users``
+    (user_id) that have a usable vector, weighted as the profile weighs them, capped to
+    each user's ``max_events`` most recent.
+
+    The decay is anchored at the user's latest event (``user_anchor``) before the cap,
+    as in the profile; the cap keeps the most recent events, so the anchor is the same.
+    ``profile.half_life_days`` must be resolved.
+    """
+    with_vectors = (
+        events.join(users, "user_id", "left_semi")
+        .join(vectors, "text_hash", "inner")
+        .filter(usable_vector("embedding"))
+    )
+    weighted = with_vectors.select(
+        "user_id",
+        "event_time",
+        "text_hash",
+        "embedding",
+        event_weight(profile, user_anchor(as_of)).alias("weight"),
+    )
+    # Newest first; text_hash breaks ties, so the cap keeps the same events every run.
+    recency = Window.partitionBy("user_id").orderBy(F.desc("event_time"), F.asc("text_hash"))
+    return (
+        weighted.withColumn("_recent", F.row_number().over(recency))
+        .filter(F.col("_recent") <= max_events)
+        .select("user_id", "event_time", "text_hash", "weight", "embedding")
+    )

@@ -1,0 +1,193 @@
+"""Several interests per user: Ward on one user's event vectors (hand-made vectors), the
+Spark path on tiny frames, and the planted run (generated users with a secondary area)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from tests.helpers import metrics_of
+from usersegments.interests import InterestRule, interests_of_users, user_interests
+
+RULE = InterestRule(distance_threshold=0.9, max_per_user=3, min_weight=0.1)
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def around(direction: np.ndarray, n: int, rng: np.random.Generator, spread: float = 0.15):
+    """``n`` unit vectors scattered around the unit ``direction``."""
+    x = direction[None, :] + spread * rng.normal(size=(n, len(direction))) / np.sqrt(len(direction))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def directions(dims: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.zeros(dims), np.zeros(dims)
+    a[0], b[1] = 1.0, 1.0
+    return a, b
+
+
+def times(n: int) -> np.ndarray:
+    return np.array(
+        [np.datetime64(T0.replace(tzinfo=None)) - np.timedelta64(i, "h") for i in range(n)]
+    )
+
+
+def test_two_directions_weighted_70_30_give_two_interests():
+    rng = np.random.default_rng(0)
+    a, b = directions()
+    x = np.vstack([around(a, 14, rng), around(b, 6, rng)])
+    w = np.ones(len(x))
+    found = user_interests(x, w, times(len(x)), RULE)
+    assert list(found["interest_rank"]) == [1, 2]
+    assert found["weight"].to_list() == pytest.approx([0.7, 0.3])
+    assert list(found["n_events"]) == [14, 6]
+    assert np.vstack(found["embedding"]) @ a == pytest.approx([1.0, 0.0], abs=0.05)
+    assert found["last_event_time"].iloc[0] == times(20)[0]
+    assert found["last_event_time"].iloc[1] == times(20)[14]
+
+
+def test_weights_not_counts_make_the_shares():
+    rng = np.random.default_rng(1)
+    a, b = directions()
+    x = np.vstack([around(a, 10, rng), around(b, 10, rng)])
+    w = np.r_[np.full(10, 3.5), np.full(10, 1.5)]  # e.g. purchases versus decayed views
+    found = user_interests(x, w, times(len(x)), RULE)
+    assert found["weight"].to_list() == pytest.approx([0.7, 0.3])
+
+
+def test_one_direction_gives_one_interest():
+    rng = np.random.default_rng(2)
+    a, _ = directions()
+    x = around(a, 30, rng)
+    found = user_interests(x, np.ones(30), times(30), RULE)
+    assert len(found) == 1
+    assert found["weight"].iloc[0] == pytest.approx(1.0)
+    assert found["n_events"].iloc[0] == 30
+
+
+def test_a_stray_event_is_dropped_and_the_rest_renormalised():
+    rng = np.random.default_rng(3)
+    a, b = directions()
+    x = np.vstack([around(a, 19, rng), around(b, 1, rng)])
+    found = user_interests(x, np.ones(20), times(20), RULE)
+    assert len(found) == 1 and found["weight"].iloc[0] == pytest.approx(1.0)
+    assert found["n_events"].iloc[0] == 19
+
+
+def test_at_most_max_per_user_interests_and_zero_weights_take_no_part():
+    rng = np.random.default_rng(4)
+    dims = 16
+    axes = np.eye(dims)[:5]
+    x = np.vstack([around(d, 8, rng) for d in axes])
+    found = user_interests(x, np.ones(len(x)), times(len(x)), RULE)
+    assert len(found) == 3
+    assert found["weight"].sum() == pytest.approx(1.0)
+    nothing = user_interests(x, np.zeros(len(x)), times(len(x)), RULE)
+    assert nothing.empty
+
+
+def test_interests_of_users_in_spark(spark):
+    rng = np.random.default_rng(5)
+    a, b = directions()
+    rows = []
+    for user, parts in (("two", [(a, 14), (b, 6)]), ("one", [(a, 10)])):
+        x = np.vstack([around(d, n, rng) for d, n in parts])
+        for i, v in enumerate(x):
+            rows.append((user, T0 - timedelta(hours=i), f"h{i}", 1.0, [float(f) for f in v]))
+    frame = spark.createDataFrame(
+        rows,
+        "user_id string, event_time timestamp, text_hash string, weight double, "
+        "embedding array<float>",
+    )
+    found = interests_of_users(frame, RULE).toPandas().sort_values(["user_id", "interest_rank"])
+    assert found.groupby("user_id").size().to_dict() == {"one": 1, "two": 2}
+    assert found.loc[found["user_id"] == "two", "weight"].to_list() == pytest.approx([0.7, 0.3])
+    # Spark's own latest event time of the user, converted to pandas the same way.
+    latest = frame.filter("user_id = 'one'").agg({"event_time": "max"}).toPandas().iloc[0, 0]
+    assert found.loc[found["user_id"] == "one", "last_event_time"].iloc[0] == latest
+
+
+def segment_areas(planted) -> pd.DataFrame:
+    """segment_id -> the planted primary area most of its members have."""
+    truth = planted.data.truth[["user_id", "area"]]
+    members = planted.store.read("user_segments").select("user_id", "segment_id").toPandas()
+    joined = members.merge(truth, on="user_id")
+    return (
+        joined.groupby("segment_id")["area"]
+        .agg(lambda a: a.value_counts().index[0])
+        .rename("segment_area")
+        .reset_index()
+    )
+
+
+@pytest.mark.slow
+def test_planted_secondary_areas_become_interests(planted):
+    interests = planted.store.read("user_interests").toPandas()
+    truth = planted.data.truth
+    placed = interests.merge(segment_areas(planted), on="segment_id").merge(truth, on="user_id")
+    assert (interests["run_id"] == planted.run_id).all()
+    assert interests.groupby("user_id")["weight"].sum().to_numpy() == pytest.approx(1.0)
+    assert interests["interest_rank"].max() <= planted.cfg.interests.max_per_user
+
+    with_secondary = truth[truth["secondary_share"] >= 0.15]["user_id"]
+    found = placed[
+        (placed["weight"] >= 0.1) & (placed["segment_area"] == placed["secondary_area"])
+    ]["user_id"]
+    tested = set(with_secondary) & set(interests["user_id"])
+    recall = len(tested & set(found)) / len(tested)
+
+    single = set(truth[truth["secondary_area"].isna()]["user_id"]) & set(interests["user_id"])
+    stray = placed[
+        (placed["weight"] >= 0.2)
+        & (placed["segment_area"] != placed["area"])
+        & placed["user_id"].isin(single)
+    ]["user_id"]
+    false_rate = stray.nunique() / len(single)
+
+    metrics = metrics_of(planted.store, planted.run_id, "interests")
+    print(
+        f"\nsecondary area (>= 15% of events) found as an interest of weight >= 0.1 in a "
+        f"segment of that area: {len(tested & set(found))}/{len(tested)} = {recall:.3f}"
+        f"\nsingle-interest users with an interest of weight >= 0.2 in another area: "
+        f"{stray.nunique()}/{len(single)} = {false_rate:.3f}"
+        f"\nusers with 1/2/3 interests: {metrics['users_with_1_interests']:.0f}/"
+        f"{metrics['users_with_2_interests']:.0f}/{metrics['users_with_3_interests']:.0f}, "
+        f"mean {metrics['interests_per_user_mean']:.2f}"
+    )
+    assert metrics["users_with_interests"] == interests["user_id"].nunique()
+    segments = planted.store.read("segments").toPandas().set_index("segment_id")
+    reach = interests[interests["weight"] >= 0.1].groupby("segment_id")["user_id"].nunique()
+    assert segments["reach"].to_dict() == reach.reindex(segments.index, fill_value=0).to_dict()
+    assert (segments["reach"] >= 0).all() and segments["label"].notna().all()
+    assert recall >= 0.8
+    assert false_rate <= 0.1
+
+
+def test_an_update_rewrites_segments_of_a_store_from_before_reach(spark, rs_store):
+    """``segments`` written before it had ``reach``: an update's size refresh writes it
+    back with the column, null (not known until the next interests stage)."""
+    from pyspark.sql import types as T
+
+    from usersegments.dynamics.drift import refresh_sizes
+    from usersegments.schema import SEGMENTS, USER_SEGMENTS, conform
+
+    legacy = T.StructType([f for f in SEGMENTS.fields if f.name != "reach"])
+    rows = [(s, 0, 2, s, [], [], [1.0, 0.0], 0.9, "r0") for s in ("c00.s00", "c00.s01")]
+    rs_store.write(spark.createDataFrame(rows, legacy), "segments", mode="overwrite")
+    members = spark.createDataFrame(
+        [
+            (u, 0, s)
+            for u, s in (("a", "c00.s00"), ("b", "c00.s00"), ("c", "c00.s00"), ("d", "c00.s01"))
+        ],
+        "user_id string, cluster_id int, segment_id string",
+    )
+    for column in ("distance", "n_events_at_entry", "run_id", "as_of"):
+        members = members.withColumn(column, F.lit(None))
+    rs_store.write(conform(members, USER_SEGMENTS), "user_segments", mode="overwrite")
+    refresh_sizes(spark, rs_store, rs_store.read("segments").toPandas())
+    after = rs_store.read("segments").toPandas().set_index("segment_id")
+    assert after["size"].to_dict() == {"c00.s00": 3, "c00.s01": 1}
+    assert after["reach"].isna().all()
