@@ -37,6 +37,13 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
 
     Ranks start at 1 (ties by term).
     """
+    return scored_terms(term_counts(weighted_terms, cfg), cfg)
+
+
+def term_counts(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
+    """segment_id, term, tf (summed weight), events, members: the terms that occur in
+    at least ``label.min_df`` events overall. One row per segment and term, so small
+    enough to cache while ``scored_terms`` reads it several times."""
     has_users = "user_id" in weighted_terms.columns
     members = (F.countDistinct("user_id") if has_users else F.count(F.lit(1))).alias("members")
     per_term = weighted_terms.groupBy("segment_id", "term").agg(
@@ -48,7 +55,11 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
         .filter(F.col("df") >= cfg.min_df)
         .select("term")
     )
-    kept = per_term.join(frequent, "term")
+    return per_term.join(frequent, "term")
+
+
+def scored_terms(kept: DataFrame, cfg: LabelConfig) -> DataFrame:
+    """``class_tfidf`` of the ``term_counts`` rows ``kept``."""
     class_totals = kept.groupBy("segment_id").agg(F.sum("tf").alias("class_total"))
     overall = class_totals.agg(
         F.avg("class_total").alias("mean_total"),
@@ -171,7 +182,13 @@ def segment_keywords(
         "weight", F.col("weight") / F.sum("weight").over(Window.partitionBy("user_id"))
     )
     exploded = weighted.select("segment_id", "user_id", F.explode("terms").alias("term"), "weight")
-    ranked = class_tfidf(exploded, cfg.label).collect()
+    # Every join of the scoring reads the counts again: without the cache each one would
+    # tokenize all member events anew (a hundred Spark jobs for one label stage).
+    counts = term_counts(exploded, cfg.label).persist()
+    try:
+        ranked = scored_terms(counts, cfg.label).collect()
+    finally:
+        counts.unpersist()
     candidates: dict[str, list[tuple[str, float]]] = {}
     for row in ranked:
         candidates.setdefault(row["segment_id"], []).append((row["term"], row["score"]))

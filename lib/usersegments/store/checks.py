@@ -34,16 +34,17 @@ def check_unique_keys(df: DataFrame, keys: list[str], name: str) -> None:
     null_key = F.lit(False)
     for key in keys:
         null_key = null_key | F.col(key).isNull()
-    nulls = df.filter(null_key).limit(1).count()
-    if nulls:
+    # One pass over the source (a null key groups like any other value).
+    bad = df.groupBy(*keys).count().filter(null_key | (F.col("count") > 1)).limit(1).collect()
+    if not bad:
+        return
+    example = {k: bad[0][k] for k in keys}
+    if any(v is None for v in example.values()):
         raise ValueError(f"merge into '{name}': key columns {keys} must not be null")
-    dup = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).collect()
-    if dup:
-        example = {k: dup[0][k] for k in keys}
-        raise ValueError(
-            f"merge into '{name}': source rows must have unique keys {keys}; "
-            f"{example} appears {dup[0]['count']} times"
-        )
+    raise ValueError(
+        f"merge into '{name}': source rows must have unique keys {keys}; "
+        f"{example} appears {bad[0]['count']} times"
+    )
 
 
 def check_schema_compatible(table: StructType, incoming: StructType, name: str) -> None:
