@@ -319,6 +319,38 @@ def reference_assignment(
     return Assignment(f"reference (k = {k[0]} / {k[1]})", frame, centroids, seconds, detail, k)
 
 
+# Reference seeds whose spread of NMI(coarse cluster, area) the notes print.
+SPREAD_SEEDS = range(5)
+
+
+def reference_seed_spread(
+    events: pd.DataFrame,
+    matrix: np.ndarray,
+    k: int,
+    min_events: int,
+    truth: pd.DataFrame,
+    users: pd.Index,
+) -> str:
+    """NMI(coarse cluster, area) of the reference's coarse KMeans (``n_init=10``) over
+    ``SPREAD_SEEDS``, on ``users``: how far the seed alone moves the figure."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    counts = events["user_id"].value_counts()
+    kept = events[events["user_id"].isin(counts[counts >= min_events].index)]
+    ids, x = user_means(kept, matrix)
+    area = truth.set_index("user_id").loc[users, "area"]
+    figures = []
+    for seed in SPREAD_SEEDS:
+        labels = pd.Series(KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x).labels_, ids)
+        figures.append(nmi(area, labels.loc[users]))
+    return (
+        f"The reference's NMI(coarse cluster, area) over KMeans seeds {SPREAD_SEEDS.start}-"
+        f"{SPREAD_SEEDS.stop - 1}: min {min(figures):.3f}, median {np.median(figures):.3f}, "
+        f"max {max(figures):.3f} (the seed alone moves it this much)."
+    )
+
+
 # ---------------------------------------------------------------------------
 # The held-out posts' vectors
 
@@ -419,6 +451,7 @@ def score(methods: list[Assignment], truth: pd.DataFrame, later, v, g) -> dict:
         common = common.intersection(m.users["user_id"])
         fit_users = fit_users.intersection(m.users["user_id"])
     out = {"scored": len(scored), "common": len(common), "fit_users": len(fit_users), "rows": {}}
+    out["common_users"] = common
     for m in methods:
         by_user = m.users.set_index("user_id")
         covered = scored.index.isin(by_user.index).sum()
@@ -588,8 +621,12 @@ def benchmark(args: argparse.Namespace, workdir: Path, command: str) -> str:
     print(f"held-out posts embedded in {embed_s:.0f} s; text_hash check {match:.1%}", flush=True)
     _, x_all = user_means(events, matrix)
     g = unit_rows(x_all.mean(axis=0, keepdims=True))[0]
-    scores = score(methods, pd.read_parquet(args.data / "truth.parquet"), later, v, g)
-    lines = notes(run, args, match, len(later), embed_s) + [f for f in failures if f]
+    truth = pd.read_parquet(args.data / "truth.parquet")
+    scores = score(methods, truth, later, v, g)
+    spread = reference_seed_spread(
+        events, matrix, ours.k[0], args.reference_min_events, truth, scores["common_users"]
+    )
+    lines = notes(run, args, match, len(later), embed_s) + [spread] + [f for f in failures if f]
     return render(scores, lines, command)
 
 
