@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from tests.conftest import PLANTED_OVERRIDES, run_job, set_args
 from tests.helpers import metrics_of
 from usersegments.config import load_config
+from usersegments.errors import ConfigError
 from usersegments.evaluate import holdout_split
 from usersegments.label import (
     LabelGenerator,
@@ -472,5 +473,5 @@ def test_label_generator_phrases_labels_with_a_local_model(tmp_path):
     assert "Keywords: trail running, hiking" in LabelGenerator.prompt(
         ["trail running", "hiking"], []
     )
-    with pytest.raises(Exception, match="label.generator"):
+    with pytest.raises(ConfigError, match="label.generator"):
         LabelGenerator(str(tmp_path / "absent"), 4)
