@@ -35,7 +35,7 @@ test-fast: check-java $(STAMP) $(DELTA_JARS)
 
 install: $(STAMP) $(DELTA_JARS)
 
-# Local installs pin the CPU build of torch (constraints/local.txt); the library
+# Local installs pin torch==2.13.0 (constraints/local.txt); the library
 # itself accepts a range so clusters can bring their CUDA build.
 $(STAMP): pyproject.toml constraints/local.txt
 	@test -n "$(PYTHON)" || { echo "No python3 found: install Python 3.10+ (e.g. apt-get install -y python3 python3-venv)"; exit 1; }
