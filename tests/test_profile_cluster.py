@@ -128,6 +128,41 @@ def test_subgroups_recover_planted_groups_and_cap_path():
     assert len(labels) == len(x) and adjusted_rand_score(truth, labels) > 0.9
 
 
+def test_a_cluster_too_big_for_one_worker_is_fitted_on_a_sample_in_spark(spark):
+    """A coarse cluster above cluster.sub.max_local_points never reaches one worker
+    whole: its sub-groups come from a sample and every member is assigned in Spark.
+    With a cap above every cluster the same function groups each cluster whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from usersegments.cluster.local import fine_segments
+
+    x, truth = blobs(60, np.eye(16)[:4] * 3, 0.3)  # 4 planted groups of 60
+    cluster = np.where(truth < 2, 1, 2)  # two coarse clusters of 120 users
+    ids = [f"u{i:03d}" for i in range(len(x))]
+    users = spark.createDataFrame(
+        pd.DataFrame({"user_id": ids, "cluster_id": cluster, "features": list(x.astype(float))}),
+        "user_id string, cluster_id int, features array<double>",
+    )
+
+    def grouped(cap: int) -> pd.DataFrame:
+        sub = load_config(
+            overrides=["cluster.sub.target_size=60", f"cluster.sub.max_local_points={cap}"]
+        ).cluster.sub
+        out = fine_segments(users, sub, min_size=20, seed=5).toPandas()
+        return out.set_index("user_id").loc[ids]
+
+    sampled, whole = grouped(40), grouped(1000)  # 40 of each 120 / all 120
+    for out in (sampled, whole):
+        assert len(out) == len(x)
+        assert list(out["cluster_id"]) == list(cluster)
+        assert adjusted_rand_score(truth, out["segment_id"]) > 0.95
+        sizes = out.groupby(["cluster_id", "sub_id"]).size()
+        for c in (1, 2):  # s00 is the largest of its cluster
+            assert list(sizes.loc[c].sort_index()) == sorted(sizes.loc[c], reverse=True)
+        assert out["distance"].between(0, 2).all()
+    assert adjusted_rand_score(sampled["segment_id"], whole["segment_id"]) > 0.95
+
+
 def test_subcluster_group_enforces_min_size_and_numbers_by_size():
     x, _ = blobs(30, np.eye(8)[:3] * 3, 0.2, seed=1)
     x = np.vstack([x, x[:5] + 0.01])  # a tiny fourth blob-ish tail
