@@ -273,3 +273,63 @@ def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid
     assert (after["cluster_id"].to_numpy() == truth).all()
     assert 1 <= result.refine_passes <= 10
     assert np.allclose(np.linalg.norm(result.centroids, axis=1), 1.0)
+
+
+def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tmp_path):
+    """ARI/NMI against a truth file come from (label, cluster) counts aggregated in
+    Spark, equal to scikit-learn's on the per-user labels; a drift before as_of scores
+    the user on the new area."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from usersegments.evaluate.truth import (
+        adjusted_rand,
+        contingency,
+        normalized_mutual_info,
+        score_against_truth,
+    )
+
+    rng = np.random.default_rng(4)
+    n = 300
+    area = rng.choice(["a", "b", "c"], n)
+    cluster = np.where(rng.random(n) < 0.8, pd.Series(area).map({"a": 0, "b": 1, "c": 2}), 3)
+    style = rng.choice(["x", "y"], n)
+    segment = [f"c{c:02d}.s{int(s == 'x'):02d}" for c, s in zip(cluster, style, strict=True)]
+    drifted = np.arange(n) < 30
+    truth = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "area": area,
+            "sub_style": style,
+            "new_area": np.where(drifted, "c", None),
+            "new_sub_style": np.where(drifted, "y", None),
+            "drift_date": pd.to_datetime(np.where(drifted, "2024-01-05", None), utc=True),
+        }
+    )
+    path = tmp_path / "truth.parquet"
+    truth.to_parquet(path)
+    segs = spark.createDataFrame(
+        pd.DataFrame({"user_id": truth["user_id"], "cluster_id": cluster, "segment_id": segment})
+    )
+    before, after = (
+        score_against_truth(spark, segs, str(path), datetime(2024, 1, d, tzinfo=timezone.utc))
+        for d in (1, 9)
+    )
+    assert before["truth_users"] == after["truth_users"] == n
+    assert before["ari_cluster_vs_area"] == pytest.approx(adjusted_rand_score(area, cluster))
+    assert before["nmi_cluster_vs_area"] == pytest.approx(
+        normalized_mutual_info_score(area, cluster)
+    )
+    labels = pd.Series(area) + "/" + style
+    assert before["nmi_segment_vs_substyle"] == pytest.approx(
+        normalized_mutual_info_score(labels, segment)
+    )
+    assert before["ari_segment_vs_substyle"] == pytest.approx(adjusted_rand_score(labels, segment))
+    moved = np.where(drifted, "c", area)
+    assert after["ari_cluster_vs_area"] == pytest.approx(adjusted_rand_score(moved, cluster))
+    # Degenerate tables follow scikit-learn too.
+    one = np.array([[5.0]])
+    assert adjusted_rand(one) == adjusted_rand_score([0] * 5, [0] * 5) == 1.0
+    assert normalized_mutual_info(one) == 1.0
+    split = np.array([[3.0, 2.0]])
+    assert normalized_mutual_info(split) == normalized_mutual_info_score([0] * 5, [0, 0, 0, 1, 1])
+    assert contingency(segs, "cluster_id", "segment_id").sum() == n

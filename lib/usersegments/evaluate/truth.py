@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from usersegments.config import PrivacyConfig
 from usersegments.errors import InputError
+from usersegments.ingest.parsing import parse_event_time
 
 
 def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
@@ -29,6 +32,29 @@ def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
     return truth
 
 
+def truth_frame(spark: SparkSession, path: str, privacy: PrivacyConfig | None = None) -> DataFrame:
+    """The truth file as a Spark DataFrame (nothing of it on the driver), user ids
+    pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
+    from usersegments.privacy import pseudonym_column, pseudonym_key
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(
+            f"--truth {path!r} does not exist: pass the truth file `usersegments generate` "
+            "wrote (Parquet or CSV)"
+        )
+    if p.suffix in (".parquet", ".pq"):
+        truth = spark.read.parquet(str(p))
+    else:
+        truth = spark.read.csv(str(p), header=True, inferSchema=True)
+    truth = truth.withColumn("user_id", F.col("user_id").cast("string"))
+    if privacy is not None and privacy.pseudonymize_user_ids:
+        truth = truth.withColumn(
+            "user_id", pseudonym_column(F.col("user_id"), pseudonym_key(privacy, spark))
+        )
+    return truth
+
+
 def score_against_truth(
     spark: SparkSession,
     segs: DataFrame,
@@ -39,32 +65,90 @@ def score_against_truth(
     """ARI/NMI of coarse clusters vs the planted area and of segments vs (area, sub-style).
 
     A user whose planted drift happened before ``as_of`` is scored on the new interest.
+    Computed from contingency tables aggregated in Spark: only (truth label, cluster)
+    counts reach the driver, never a row per user.
     """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    truth = read_truth(truth_path, privacy)
+    truth = truth_frame(spark, truth_path, privacy)
+    drifted = F.lit(False)
+    if as_of is not None:
+        # Whatever the file holds: a timestamp, text, or epoch nanoseconds (pandas'
+        # timestamps, read as numbers by the session), parsed as ingest parses times.
+        zone = spark.conf.get("spark.sql.session.timeZone")
+        drift_time = parse_event_time(F.col("drift_date").cast("string"), zone)
+        drifted = drift_time.isNotNull() & (drift_time <= F.lit(as_of))
     joined = (
         segs.select("user_id", "cluster_id", "segment_id")
-        .toPandas()
-        .merge(truth, on="user_id", how="inner")
+        .join(truth, "user_id")
+        .select(
+            "cluster_id",
+            "segment_id",
+            F.when(drifted, F.col("new_area")).otherwise(F.col("area")).alias("_area"),
+            F.when(drifted, F.concat_ws("/", "new_area", "new_sub_style"))
+            .otherwise(F.concat_ws("/", "area", "sub_style"))
+            .alias("_style"),
+        )
+        .cache()
     )
-    if joined.empty:
+    try:
+        by_cluster = contingency(joined, "_area", "cluster_id")
+        by_segment = contingency(joined, "_style", "segment_id")
+    finally:
+        joined.unpersist()
+    users = int(by_cluster.sum())
+    if users == 0:
         return {"truth_users": 0}
-    as_of_ts = pd.Timestamp(as_of)
-    as_of_ts = as_of_ts.tz_localize("UTC") if as_of_ts.tzinfo is None else as_of_ts
-    drifted = joined["drift_date"].notna() & (
-        pd.to_datetime(joined["drift_date"], utc=True) <= as_of_ts
-    )
-    area = joined["area"].where(~drifted, joined["new_area"])
-    style = joined["sub_style"].where(~drifted, joined["new_sub_style"])
     return {
-        "truth_users": len(joined),
-        "ari_cluster_vs_area": float(adjusted_rand_score(area, joined["cluster_id"])),
-        "nmi_cluster_vs_area": float(normalized_mutual_info_score(area, joined["cluster_id"])),
-        "nmi_segment_vs_substyle": float(
-            normalized_mutual_info_score(area + "/" + style, joined["segment_id"])
-        ),
-        "ari_segment_vs_substyle": float(
-            adjusted_rand_score(area + "/" + style, joined["segment_id"])
-        ),
+        "truth_users": users,
+        "ari_cluster_vs_area": adjusted_rand(by_cluster),
+        "nmi_cluster_vs_area": normalized_mutual_info(by_cluster),
+        "nmi_segment_vs_substyle": normalized_mutual_info(by_segment),
+        "ari_segment_vs_substyle": adjusted_rand(by_segment),
     }
+
+
+def contingency(df: DataFrame, truth_col: str, predicted_col: str) -> np.ndarray:
+    """Counts of users per (truth label, predicted label): labels x clusters, aggregated
+    in Spark."""
+    rows = df.groupBy(truth_col, predicted_col).count().collect()
+    truths = {v: i for i, v in enumerate(sorted({str(r[0]) for r in rows}))}
+    predicted = {v: i for i, v in enumerate(sorted({str(r[1]) for r in rows}))}
+    table = np.zeros((len(truths), len(predicted)), dtype=np.float64)
+    for r in rows:
+        table[truths[str(r[0])], predicted[str(r[1])]] = r["count"]
+    return table
+
+
+def adjusted_rand(table: np.ndarray) -> float:
+    """Adjusted Rand index of a contingency table (as scikit-learn's, from labels)."""
+    n = table.sum()
+    pairs = float((table * (table - 1) / 2).sum())
+    rows = table.sum(axis=1)
+    cols = table.sum(axis=0)
+    row_pairs = float((rows * (rows - 1) / 2).sum())
+    col_pairs = float((cols * (cols - 1) / 2).sum())
+    total = n * (n - 1) / 2
+    if total == 0:
+        return 1.0
+    expected = row_pairs * col_pairs / total
+    best = (row_pairs + col_pairs) / 2
+    if best == expected:  # one cluster on both sides, or every point its own
+        return 1.0
+    return float((pairs - expected) / (best - expected))
+
+
+def normalized_mutual_info(table: np.ndarray) -> float:
+    """NMI (arithmetic mean of the entropies) of a contingency table, as scikit-learn's."""
+    rows_n, cols_n = table.shape
+    if rows_n == cols_n == 1:
+        return 1.0
+    n = table.sum()
+    p = table / n
+    pr, pc = p.sum(axis=1), p.sum(axis=0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pr, pc)[nz])).sum())
+    h_rows = float(-(pr[pr > 0] * np.log(pr[pr > 0])).sum())
+    h_cols = float(-(pc[pc > 0] * np.log(pc[pc > 0])).sum())
+    mean = (h_rows + h_cols) / 2
+    if mi <= 0 or mean <= 0:
+        return 0.0
+    return float(min(1.0, mi / mean))
