@@ -15,17 +15,23 @@ from usersegments.errors import InputError
 from usersegments.ingest.parsing import parse_event_time
 
 
-def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
-    """The generator's truth file (Parquet or CSV) as pandas; its user ids are
-    pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
-    from usersegments.privacy import pseudonym_key, pseudonymize_ids
-
+def existing_truth_file(path: str) -> Path:
+    """``path`` as a Path; an ``InputError`` naming ``--truth`` when there is no such file."""
     p = Path(path)
     if not p.exists():
         raise InputError(
             f"--truth {path!r} does not exist: pass the truth file `usersegments generate` "
             "wrote (Parquet or CSV)"
         )
+    return p
+
+
+def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
+    """The generator's truth file (Parquet or CSV) as pandas; its user ids are
+    pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
+    from usersegments.privacy import pseudonym_key, pseudonymize_ids
+
+    p = existing_truth_file(path)
     truth = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
     if privacy is not None and privacy.pseudonymize_user_ids:
         truth["user_id"] = pseudonymize_ids(truth["user_id"].astype(str), pseudonym_key(privacy))
@@ -37,12 +43,7 @@ def truth_frame(spark: SparkSession, path: str, privacy: PrivacyConfig | None = 
     pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
     from usersegments.privacy import pseudonym_column, pseudonym_key
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(
-            f"--truth {path!r} does not exist: pass the truth file `usersegments generate` "
-            "wrote (Parquet or CSV)"
-        )
+    p = existing_truth_file(path)
     if p.suffix in (".parquet", ".pq"):
         truth = spark.read.parquet(str(p))
     else:
