@@ -38,7 +38,6 @@ from usersegments.store.checks import (
 from usersegments.store.delta_rs import DeltaRsBackend
 from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, DeltaSparkBackend
 
-
 # The source column of ``replace_groups`` that marks a stored row to delete.
 DELETE_FLAG = "_usersegments_delete"
 
