@@ -366,3 +366,27 @@ def test_reach_follows_the_update(interests_update):
     reach = interests[interests["weight"] >= 0.1].groupby("segment_id")["user_id"].nunique()
     segments = store.read("segments").toPandas().set_index("segment_id")
     assert segments["reach"].to_dict() == reach.reindex(segments.index, fill_value=0).to_dict()
+
+
+def test_co_interest_counts_users_sharing_two_segments(spark):
+    from usersegments.interests.reach import co_interest
+
+    rows = [
+        ("u", 1, 0.6, "a"),
+        ("u", 2, 0.4, "b"),
+        ("v", 1, 0.5, "a"),
+        ("v", 2, 0.3, "b"),
+        ("v", 3, 0.2, "c"),
+        ("w", 1, 0.95, "c"),
+        ("w", 2, 0.05, "a"),  # below min_weight: not an interest that counts
+        ("x", 1, 0.5, "b"),
+        ("x", 2, 0.5, "b"),  # two interests in one segment: one user, no pair
+    ]
+    interests = spark.createDataFrame(
+        rows, "user_id string, interest_rank int, weight double, segment_id string"
+    )
+    pairs = co_interest(interests, 0.1)
+    got = {
+        (a, b): n for a, b, n in pairs[["segment_a", "segment_b", "users"]].itertuples(index=False)
+    }
+    assert got == {("a", "b"): 2, ("a", "c"): 1, ("b", "c"): 1}
