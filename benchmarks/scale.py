@@ -40,12 +40,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from usersegments.stages import RUN, stages_of
+
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_PER_USER = 21.3  # what the generator's defaults make on average
-STAGES = ("ingest", "embed", "profile", "cluster", "label", "recommend", "report", "maintain")
+# The stages of `usersegments run`, each its own column, from the registry (a new stage,
+# e.g. interests, is measured without touching this file).
+STAGES = stages_of(RUN)
 # The stages whose work grows with the number of events or users; embed is bounded by
 # the number of distinct texts, which a catalog caps (see the notes under the table).
-LINEAR_STAGES = ("ingest", "profile", "cluster", "label", "recommend")
+# interests runs Ward once per user over at most interests.max_events_per_user events.
+LINEAR_STAGES = ("ingest", "profile", "cluster", "interests", "label", "recommend")
 
 
 # ---------------------------------------------------------------------------
@@ -420,6 +425,8 @@ NOTES = [
     "phrases from a combinatorial vocabulary, so distinct texts grow slower than events "
     "(the embed stage logs how many), and embed time grows "
     "with them: almost all of it is the model running on the CPU.",
+    "- **interests** runs Ward per user (`applyInPandas`) over each user's most recent "
+    "`interests.max_events_per_user` events: linear in users, each group bounded.",
     "- **report** grows little: its map samples `report.map_sample` users; it still "
     "reads the tables for counts and item texts.",
     "- **maintain** (compaction, checkpoint, vacuum) costs little on a fresh store; "

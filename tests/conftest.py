@@ -193,7 +193,15 @@ def run_job(job: str, *args: str) -> int:
 # Fixtures that run the pipeline end to end: a test that uses one is slow wherever
 # it lives, so the unit lane (``make test-fast``, ``-m "not slow"``) leaves it out.
 END_TO_END_FIXTURES = frozenset(
-    {"planted", "dynamic", "notebook_runs", "uninterrupted", "tuned", "report_root"}
+    {
+        "planted",
+        "dynamic",
+        "notebook_runs",
+        "uninterrupted",
+        "tuned",
+        "report_root",
+        "interests_update",
+    }
 )
 
 

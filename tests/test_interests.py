@@ -112,8 +112,13 @@ def test_interests_of_users_in_spark(spark):
 
 def segment_areas(planted) -> pd.DataFrame:
     """segment_id -> the planted primary area most of its members have."""
-    truth = planted.data.truth[["user_id", "area"]]
-    members = planted.store.read("user_segments").select("user_id", "segment_id").toPandas()
+    return areas_of_segments(planted.store, planted.data.truth)
+
+
+def areas_of_segments(store, truth: pd.DataFrame) -> pd.DataFrame:
+    """segment_id, segment_area: the planted primary area most of its members have."""
+    truth = truth[["user_id", "area"]]
+    members = store.read("user_segments").select("user_id", "segment_id").toPandas()
     joined = members.merge(truth, on="user_id")
     return (
         joined.groupby("segment_id")["area"]
@@ -191,3 +196,197 @@ def test_an_update_rewrites_segments_of_a_store_from_before_reach(spark, rs_stor
     after = rs_store.read("segments").toPandas().set_index("segment_id")
     assert after["size"].to_dict() == {"c00.s00": 3, "c00.s01": 1}
     assert after["reach"].isna().all()
+
+
+# ---------------------------------------------------------------------------
+# The update recomputes the interests of the users with new events, and only theirs.
+
+INTEREST_COLUMNS = ["user_id", "interest_rank", "weight", "segment_id", "run_id"]
+
+
+def interest_table(store) -> pd.DataFrame:
+    return (
+        store.read("user_interests")
+        .select(*INTEREST_COLUMNS)
+        .toPandas()
+        .sort_values(["user_id", "interest_rank"])
+        .reset_index(drop=True)
+    )
+
+
+def copied_events(source: pd.DataFrame, user: str, start: datetime, step: timedelta):
+    """``source``'s event rows as ``user``'s, one every ``step`` from ``start``."""
+    rows = source[["event_type", "item_id", "text", "value"]].copy()
+    rows.insert(0, "user_id", user)
+    rows.insert(1, "event_time", [(start + i * step).isoformat() for i in range(len(rows))])
+    rows["_bad"] = ""
+    return rows
+
+
+@pytest.fixture(scope="module")
+def interests_update(spark, tmp_path_factory):
+    """300 generated users through profile, cluster and interests; then an update whose
+    new events belong to 3 users (1%): two single-area users engage with a new area
+    (12 events copied from another area's users), one user with a secondary area keeps
+    to their primary area for 40 more days (24 events of single-area users of it)."""
+    from tests.conftest import PLANTED_OVERRIDES, make_config
+    from tests.helpers import new_run
+    from usersegments.cluster import run_cluster
+    from usersegments.dynamics import run_update
+    from usersegments.embed import run_embed
+    from usersegments.ingest import run_ingest
+    from usersegments.interests import run_interests
+    from usersegments.profile import run_profile
+    from usersegments.store import TableStore
+    from usersegments.testing.synthetic import (
+        GeneratedData,
+        GeneratorSettings,
+        generate,
+        generated_times,
+        write,
+    )
+
+    root = tmp_path_factory.mktemp("interests-update")
+    data = generate(GeneratorSettings(users=300, seed=13, drift_share=0.0, bad_row_share=0.0))
+    paths = write(data, root / "window1")
+    cfg = make_config(root / "store", *PLANTED_OVERRIDES, "update.recluster_threshold=1.0")
+    store = TableStore.from_config(spark, cfg)
+    full = new_run(spark, store, cfg, "run")
+    run_ingest(spark, store, cfg, full, events=[paths["events_parquet"]], items=paths["items"])
+    for stage in (run_embed, run_profile, run_cluster, run_interests):
+        stage(spark, store, cfg, full)
+    full.flush()
+    before = interest_table(store)
+
+    truth = data.truth.set_index("user_id")
+    events = data.events.assign(_time=generated_times(data.events)).dropna(subset=["_time"])
+    end = events["_time"].max().to_pydatetime()
+    hour = timedelta(hours=1)
+    counts = before.groupby("user_id").size()
+    single = [u for u in counts[counts == 1].index if pd.isna(truth.loc[u, "secondary_area"])]
+    new_area = {}
+    new_rows = []
+    for user in single[:2]:
+        other = next(a for a in truth["area"].unique() if a != truth.loc[user, "area"])
+        donors = truth.index[(truth["area"] == other) & truth["secondary_area"].isna()]
+        source = events[events["user_id"].isin(donors)].head(12)
+        new_rows.append(copied_events(source, user, end + hour, hour))
+        new_area[user] = other
+    two = counts[counts == 2].index
+    fading = next(u for u in two if pd.notna(truth.loc[u, "secondary_area"]))
+    # Their primary area's events only (copied from users with that area alone).
+    primary = truth.loc[fading, "area"]
+    donors = truth.index[(truth["area"] == primary) & truth["secondary_area"].isna()]
+    source = events[events["user_id"].isin(donors)].head(24)
+    new_rows.append(copied_events(source, fading, end + hour, timedelta(days=40) / 24))
+    new = pd.concat(new_rows, ignore_index=True)
+    new_paths = write(GeneratedData(new, data.items, data.truth, data.settings), root / "new")
+
+    update = new_run(spark, store, cfg, "update")
+    run_ingest(
+        spark, store, cfg, update, events=[new_paths["events_parquet"]], items=paths["items"]
+    )
+    run_embed(spark, store, cfg, update)
+    result = run_update(spark, store, cfg, update)
+    update.flush()
+    return {
+        "store": store,
+        "cfg": cfg,
+        "truth": data.truth,
+        "full": full,
+        "update": update,
+        "result": result,
+        "before": before,
+        "after": interest_table(store),
+        "new_area": new_area,
+        "fading": fading,
+    }
+
+
+def test_an_update_recomputes_the_interests_of_users_with_new_events_only(interests_update):
+    u = interests_update
+    m = u["result"].metrics
+    changed = {*u["new_area"], u["fading"]}
+    before, after = u["before"], u["after"]
+    print(
+        f"\nupdate with new events for {len(changed)} of {before['user_id'].nunique()} users: "
+        f"{m['interests_users_recomputed']} recomputed, rows inserted/updated/deleted "
+        f"{m['interests_rows_inserted']}/{m['interests_rows_updated']}/"
+        f"{m['interests_rows_deleted']}, gaining {m['interests_users_gaining']}, "
+        f"losing {m['interests_users_losing']}"
+    )
+    assert m["users_folded"] == len(changed)
+    assert m["interests_users_recomputed"] == len(changed)
+    recorded = metrics_of(u["store"], u["update"], "update")
+    assert recorded["interests_users_recomputed"] == len(changed)
+    touched = m["interests_rows_inserted"] + m["interests_rows_updated"]
+    touched += m["interests_rows_deleted"]
+    assert touched == len(before[before["user_id"].isin(changed)]) + m["interests_rows_inserted"]
+    # Every other user's rows are as the full run wrote them, run_id included.
+    others_before = before[~before["user_id"].isin(changed)].reset_index(drop=True)
+    others_after = after[~after["user_id"].isin(changed)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others_after, others_before)
+    assert (others_after["run_id"] == u["full"].run_id).all()
+    mine = after[after["user_id"].isin(changed)]
+    assert set(mine["user_id"]) == changed and (mine["run_id"] == u["update"].run_id).all()
+    # No stale row: each recomputed user's ranks run 1..n and their weights sum to 1.
+    for _, rows in mine.groupby("user_id"):
+        assert list(rows["interest_rank"]) == list(range(1, len(rows) + 1))
+        assert rows["weight"].sum() == pytest.approx(1.0)
+
+
+def test_a_user_engaging_with_a_new_area_gains_that_interest(interests_update):
+    u = interests_update
+    areas = areas_of_segments(u["store"], u["truth"])
+    after = u["after"].merge(areas, on="segment_id")
+    for user, area in u["new_area"].items():
+        theirs = after[(after["user_id"] == user) & (after["weight"] >= 0.1)]
+        assert area in set(theirs["segment_area"]), theirs
+    assert u["result"].metrics["interests_users_gaining"] >= len(u["new_area"])
+
+
+def test_an_interest_without_new_events_fades(interests_update):
+    u = interests_update
+    secondary = u["truth"].set_index("user_id").loc[u["fading"], "secondary_area"]
+    areas = areas_of_segments(u["store"], u["truth"])
+
+    def secondary_weight(table: pd.DataFrame) -> float:
+        rows = table[table["user_id"] == u["fading"]].merge(areas, on="segment_id")
+        return float(rows.loc[rows["segment_area"] == secondary, "weight"].sum())
+
+    before, after = secondary_weight(u["before"]), secondary_weight(u["after"])
+    print(f"\nsecondary interest of {u['fading']}: weight {before:.3f} -> {after:.3f}")
+    assert before >= 0.1
+    assert after < before / 2
+
+
+def test_reach_follows_the_update(interests_update):
+    store = interests_update["store"]
+    interests = store.read("user_interests").toPandas()
+    reach = interests[interests["weight"] >= 0.1].groupby("segment_id")["user_id"].nunique()
+    segments = store.read("segments").toPandas().set_index("segment_id")
+    assert segments["reach"].to_dict() == reach.reindex(segments.index, fill_value=0).to_dict()
+
+
+def test_co_interest_counts_users_sharing_two_segments(spark):
+    from usersegments.interests.reach import co_interest
+
+    rows = [
+        ("u", 1, 0.6, "a"),
+        ("u", 2, 0.4, "b"),
+        ("v", 1, 0.5, "a"),
+        ("v", 2, 0.3, "b"),
+        ("v", 3, 0.2, "c"),
+        ("w", 1, 0.95, "c"),
+        ("w", 2, 0.05, "a"),  # below min_weight: not an interest that counts
+        ("x", 1, 0.5, "b"),
+        ("x", 2, 0.5, "b"),  # two interests in one segment: one user, no pair
+    ]
+    interests = spark.createDataFrame(
+        rows, "user_id string, interest_rank int, weight double, segment_id string"
+    )
+    pairs = co_interest(interests, 0.1)
+    got = {
+        (a, b): n for a, b, n in pairs[["segment_a", "segment_b", "users"]].itertuples(index=False)
+    }
+    assert got == {("a", "b"): 2, ("a", "c"): 1, ("b", "c"): 1}

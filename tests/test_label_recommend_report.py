@@ -219,6 +219,38 @@ def test_per_user_lists_leave_out_seen_items(spark):
     assert got == {"u": ["i2", "i3"], "v": ["i1", "i2"]}
 
 
+def test_per_user_lists_blend_interests_by_weight(spark):
+    from usersegments.recommend import user_lists
+
+    recs = spark.createDataFrame(
+        [
+            ("a", "a1", 1, 10.0),
+            ("a", "a2", 2, 8.0),
+            ("a", "a3", 3, 2.0),
+            ("b", "b1", 1, 1.0),
+            ("b", "b2", 2, 0.5),
+        ],
+        "segment_id string, item_id string, rank int, score double",
+    )
+    groups = spark.createDataFrame(
+        [("u", "a"), ("v", "a"), ("w", "b")], "user_id string, segment_id string"
+    )
+    # u: 60% a, 40% b; v has no interests (its segment's list); w's only interest is in
+    # a segment without recommendations ("c"): its own segment's list.
+    interests = spark.createDataFrame(
+        [("u", "a", 0.6), ("u", "b", 0.4), ("w", "c", 1.0)],
+        "user_id string, segment_id string, weight double",
+    )
+    seen = spark.createDataFrame([("u", "a1")], "user_id string, item_id string")
+    out = user_lists(recs, groups, interests, seen, 3).toPandas()
+    got = {u: list(g.sort_values("rank")["item_id"]) for u, g in out.groupby("user_id")}
+    # u: a2 0.6 x 8/10 = 0.48, b1 0.4 x 1 = 0.4, b2 0.4 x 0.5 = 0.2, a3 0.6 x 0.2 = 0.12.
+    assert got == {"u": ["a2", "b1", "b2"], "v": ["a1", "a2", "a3"], "w": ["b1", "b2"]}
+    u = out[out["user_id"] == "u"].set_index("item_id")
+    assert u["score"].to_dict() == pytest.approx({"a2": 0.48, "b1": 0.4, "b2": 0.2})
+    assert u["segment_id"].to_dict() == {"a2": "a", "b1": "b", "b2": "b"}
+
+
 def test_holdout_keeps_min_events_for_training(spark):
     from datetime import datetime, timedelta
 
@@ -230,31 +262,70 @@ def test_holdout_keeps_min_events_for_training(spark):
     assert held == {"a5", "a4"}  # b would keep only 2 < 3 events
 
 
-def test_segments_beat_popularity_offline(planted, capsys):
-    """``jobs/evaluate.py`` on the planted run."""
-    store, cfg = planted.store, planted.cfg
+@pytest.fixture(scope="module")
+def planted_evaluation(planted):
+    """``jobs/evaluate.py`` on the planted run: its printed output, run id and metrics."""
+    import contextlib
+    import io
+
+    store = planted.store
     # k as the planted run chose it: the job re-clusters without trying every candidate.
     k_chosen = int(metrics_of(store, planted.run_id, "cluster")["k"])
-    code = run_job(
-        "evaluate.py",
-        "--output",
-        store.root,
-        *set_args(*PLANTED_OVERRIDES, f"cluster.k={k_chosen}"),
-        "--truth",
-        planted.paths["truth"],
-    )
-    out = capsys.readouterr().out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = run_job(
+            "evaluate.py",
+            "--output",
+            store.root,
+            *set_args(*PLANTED_OVERRIDES, f"cluster.k={k_chosen}"),
+            "--truth",
+            planted.paths["truth"],
+        )
+    out = printed.getvalue()
     assert code == 0, out
+    run_id = store.read("runs").filter("command = 'evaluate'").first()["run_id"]
+    return {"out": out, "run_id": run_id, "metrics": metrics_of(store, run_id, "evaluate")}
+
+
+def test_segments_beat_popularity_offline(planted, planted_evaluation):
+    store, cfg = planted.store, planted.cfg
+    out, run_id, m = (planted_evaluation[key] for key in ("out", "run_id", "metrics"))
     k = cfg.evaluate.k
     assert f"hit rate@{k}" in out
-    run_id = store.read("runs").filter("command = 'evaluate'").first()["run_id"]
-    m = metrics_of(store, run_id, "evaluate")
     assert m["users_tested"] > 500 and m["holdout_last"] == cfg.evaluate.holdout_last
     assert m[f"hit_rate@{k}.segment"] > m[f"hit_rate@{k}.popularity"], m
     assert m[f"recall@{k}.segment"] > m[f"recall@{k}.popularity"], m
     assert m["ari_cluster_vs_area"] > 0.7, m
     # The stored tables are untouched by the evaluation's re-clustering.
     assert store.read("user_segments").filter(F.col("run_id") == run_id).count() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 20 acceptance not met: on the planted run blended lists hit 0.107 vs 0.124 "
+    "for the primary segment (hit rate@10, 468 users with several interests, the same users "
+    "and held-out events for both). Not a blend-weight problem: the generator draws items "
+    "uniformly within a sub-style, so every slot of the primary list is worth the same "
+    "(0.012 held-out hits per slot at ranks 1-40), while a slot from another interest's "
+    "segment is worth 0.0004-0.002 (a secondary area is 20% of a user's events spread over "
+    "all its sub-styles); the blend hit 0 of the 91 held-out secondary-area items. Anchored, "
+    "slot-quota and probability-mixture blends all measured below the primary list "
+    "(0.094-0.109)",
+)
+def test_blended_interest_lists_match_or_beat_the_primary_segment(planted, planted_evaluation):
+    """Users with several interests: their interests' segment lists blended by weight
+    find at least as many held-out items as their primary segment's list alone."""
+    k = planted.cfg.evaluate.k
+    m = planted_evaluation["metrics"]
+    blended, primary = m[f"hit_rate@{k}.blended_multi"], m[f"hit_rate@{k}.segment_multi"]
+    print(
+        f"\nusers with several interests: {m['users_tested_multi']:.0f}; hit rate@{k} blended "
+        f"{blended:.3f} vs primary segment {primary:.3f}; recall@{k} "
+        f"{m[f'recall@{k}.blended_multi']:.3f} vs {m[f'recall@{k}.segment_multi']:.3f}"
+    )
+    assert m["users_tested_multi"] >= 50
+    assert "interests blended" in planted_evaluation["out"]
+    assert blended >= primary, m
 
 
 class _Page(HTMLParser):
@@ -319,7 +390,18 @@ def test_report_is_an_offline_explorer_with_a_page_per_segment(planted):
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert files == sorted(["index.html", page.scripts[0]])
     assert not re.search(r"(src|href)=['\"]https?://", html)  # nothing from the network
-    assert {"map", "hierarchy", "ingest", "k_selection"} <= set(page.payload["figures"])
+    assert {"map", "hierarchy", "ingest", "k_selection", "co_interest"} <= set(
+        page.payload["figures"]
+    )
+    # The co-interest heat map: symmetric, the diagonal the segments' reach.
+    heat = page.payload["figures"]["co_interest"]["data"][0]
+    z = heat["z"]
+    assert heat["type"] == "heatmap" and len(z) == len(heat["x"]) >= 2
+    assert all(z[i][j] == z[j][i] for i in range(len(z)) for j in range(len(z)))
+    reach = {r["segment_id"]: r["reach"] for r in store.read("segments").collect()}
+    shown = [x.split(" ")[0] for x in heat["x"]]
+    assert [z[i][i] for i in range(len(z))] == [reach[s] for s in shown]
+    assert sum(z[i][j] for i in range(len(z)) for j in range(i + 1, len(z))) > 0
     assert {f"page-{p}" for p in ("overview", "map", "hierarchy", "segments", "movement")} <= set(
         page.ids
     )

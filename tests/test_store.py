@@ -101,6 +101,21 @@ def test_merge_rejects_duplicate_and_null_keys(spark, store):
         store.merge(null_key, "t", on=["id"])
 
 
+def test_replace_groups_leaves_no_stale_row_and_other_groups_alone(spark, store):
+    schema = "user_id string, rank int, weight double"
+    stored = [("u", 1, 0.5), ("u", 2, 0.3), ("u", 3, 0.2), ("v", 1, 0.6), ("v", 2, 0.4)]
+    store.write(spark.createDataFrame(stored, schema), "t")
+    # u now has two interests (rank 3 must go), w is new; v is not in the source.
+    change = spark.createDataFrame([("u", 1, 0.7), ("u", 2, 0.3), ("w", 1, 1.0)], schema)
+    result = store.replace_groups(change, "t", on=["user_id", "rank"], group=["user_id"])
+    assert (result.inserted, result.updated, result.deleted) == (1, 2, 1)
+    expected = [("u", 1, 0.7), ("u", 2, 0.3), ("v", 1, 0.6), ("v", 2, 0.4), ("w", 1, 1.0)]
+    assertDataFrameEqual(store.read("t"), spark.createDataFrame(expected, schema))
+    again = store.replace_groups(change, "t", on=["user_id", "rank"], group=["user_id"])
+    assert again.deleted == 0 and again.inserted == 0
+    assertDataFrameEqual(store.read("t"), spark.createDataFrame(expected, schema))
+
+
 def test_time_travel(spark, store):
     df = sample(spark)
     store.write(df.filter("id = 'a'"), "t")

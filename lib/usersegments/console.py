@@ -91,6 +91,8 @@ def print_run_summary(ctx: Context, results: Mapping[str, StageResult]) -> None:
         _print_profile(results["profile"], results.get("recommend"))
     if "cluster" in results:
         _print_segments(results["cluster"])
+    if "interests" in results:
+        _print_interests(results["interests"])
     if "label" in results:
         _print_largest_segments(ctx.store)
 
@@ -184,6 +186,27 @@ def _print_segments(cluster: StageResult) -> None:
     print_table(f"segments ({cluster.seconds:.1f}s)", columns, [row])
 
 
+def _print_interests(interests: StageResult) -> None:
+    """Users by number of interests and the mean per user."""
+    m = interests.metrics
+    counts = sorted(
+        (int(k.split("_")[2]), int(v))
+        for k, v in m.items()
+        if k.startswith("users_with_") and k.endswith("_interests") and k.split("_")[2].isdigit()
+    )
+    print_table(
+        f"interests ({interests.seconds:.1f}s)",
+        ["users", *[f"with {n}" for n, _ in counts], "per user"],
+        [
+            (
+                int(m["users_with_interests"]),
+                *[u for _, u in counts],
+                round(m["interests_per_user_mean"], 2),
+            )
+        ],
+    )
+
+
 def _print_largest_segments(store: TableStore) -> None:
     largest = (
         store.read("segments")
@@ -214,6 +237,19 @@ def print_evaluation(result: StageResult, k: int) -> None:
             for s in ("segment", "cluster", "popularity")
         ],
     )
+    if "users_tested_multi" in m:
+        print_table(
+            f"users with several interests ({int(m['users_tested_multi'])} tested)",
+            ["per-user list", f"hit rate@{k}", f"recall@{k}"],
+            [
+                (
+                    title,
+                    round(m[f"hit_rate@{k}.{s}_multi"], 3),
+                    round(m[f"recall@{k}.{s}_multi"], 3),
+                )
+                for s, title in (("blended", "interests blended"), ("segment", "primary segment"))
+            ],
+        )
     truth = {
         "ari_cluster_vs_area": "ARI cluster/area",
         "nmi_cluster_vs_area": "NMI cluster/area",
@@ -299,6 +335,20 @@ def print_churn(update: StageResult) -> None:
             )
         ],
     )
+    if "interests_users_recomputed" in m:
+        print_table(
+            "interests of users with new events",
+            ["users recomputed", "gaining an interest", "losing one", "rows written", "deleted"],
+            [
+                (
+                    int(m["interests_users_recomputed"]),
+                    int(m["interests_users_gaining"]),
+                    int(m["interests_users_losing"]),
+                    int(m.get("interests_rows_inserted", 0) + m.get("interests_rows_updated", 0)),
+                    int(m.get("interests_rows_deleted", 0)),
+                )
+            ],
+        )
     if m.get("reclustered"):
         print_table(
             "re-clustered: segment lineage",

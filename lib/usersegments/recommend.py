@@ -5,9 +5,13 @@ recency-decayed, event-weighted popularity of the item among the group's
 members, per member: ``sum(w_e) / members``, with ``w_e`` the profile event
 weight (type x value) decayed from the run's ``as_of`` with ``recommend.half_life_days``
 (``auto``: derived from the events each run, see ``usersegments.halflife``). The top
-``recommend.top_n`` per segment go to ``segment_recommendations``; with
-``recommend.per_user`` each member also gets the segment's list minus the
-items they already touched, in ``user_recommendations``.
+``recommend.top_n`` per segment go to ``segment_recommendations``.
+
+With ``recommend.per_user`` each user also gets a list in ``user_recommendations``,
+minus the items they already touched: a user with interests (``user_interests``) gets the
+lists of their interests' segments blended by interest weight (``blended``: an item
+scores ``sum(interest weight x its score / the segment's best score)``, so a secondary
+interest's best items come in between the primary's), others their segment's list.
 """
 
 from __future__ import annotations
@@ -91,6 +95,58 @@ def without_seen(
     return per_user.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= n)
 
 
+def blended(recommendations: DataFrame, interests: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+    """Each user's list blended from their interests' segment lists, top ``n``.
+
+    ``recommendations``: segment_id, item_id, score; ``interests``: user_id, segment_id,
+    weight; ``seen``: user_id, item_id (left out). An item scores the sum over the user's
+    interests of ``weight x score / best score of that segment`` (segments' popularity
+    scales differ; relative to the best, a segment's top item is worth its interest's
+    weight). Columns user_id, segment_id (the interest the item owes most to), item_id,
+    rank (from 1, ties by item id), score (the blended one).
+    """
+    best = Window.partitionBy("segment_id")
+    relative = recommendations.select(
+        "segment_id", "item_id", (F.col("score") / F.max("score").over(best)).alias("_relative")
+    )
+    contributions = (
+        interests.select("user_id", "segment_id", "weight")
+        .join(relative, "segment_id")
+        .join(seen.select("user_id", "item_id").distinct(), ["user_id", "item_id"], "left_anti")
+        .withColumn("_part", F.col("weight") * F.col("_relative"))
+    )
+    per_item = contributions.groupBy("user_id", "item_id").agg(
+        F.sum("_part").alias("score"), F.max_by("segment_id", "_part").alias("segment_id")
+    )
+    order = Window.partitionBy("user_id").orderBy(F.desc("score"), F.asc("item_id"))
+    return per_item.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= n)
+
+
+def user_lists(
+    recommendations: DataFrame,
+    groups: DataFrame,
+    interests: DataFrame | None,
+    seen: DataFrame,
+    n: int,
+) -> DataFrame:
+    """Every user's list: ``blended`` from their ``interests`` (user_id, segment_id, weight)
+    in the recommended segments, else their segment's (``groups``: user_id, segment_id)
+    list without what they saw. Columns user_id, segment_id, item_id, rank, score."""
+    columns = ["user_id", "segment_id", "item_id", "rank", "score"]
+    if interests is None:
+        return without_seen(recommendations, groups, seen, "segment_id", n).select(*columns)
+    recommended = recommendations.select("segment_id").distinct()
+    usable = interests.join(recommended, "segment_id", "left_semi").join(
+        groups.select("user_id"), "user_id", "left_semi"
+    )
+    rest = groups.join(usable.select("user_id").distinct(), "user_id", "left_anti")
+    return (
+        blended(recommendations, usable, seen, n)
+        .select(*columns)
+        .unionByName(without_seen(recommendations, rest, seen, "segment_id", n).select(*columns))
+    )
+
+
 def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Write ``segment_recommendations`` (and ``user_recommendations`` when configured)."""
     store.require(
@@ -123,7 +179,10 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
         metrics: dict[str, float] = half_life.metrics()
         if cfg.recommend.per_user:
             seen = events.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
-            per_user = without_seen(top, groups, seen, "segment_id", cfg.recommend.top_n)
+            interests = None
+            if store.exists("user_interests"):
+                interests = store.read("user_interests").select("user_id", "segment_id", "weight")
+            per_user = user_lists(top, groups, interests, seen, cfg.recommend.top_n)
             per_user = per_user.join(texts.select("item_id", "text"), "item_id", "left")
             store.write(
                 conform(per_user.withColumn("run_id", F.lit(run.run_id)), USER_RECOMMENDATIONS),

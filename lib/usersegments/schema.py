@@ -274,16 +274,21 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "segments": (
         "cluster, interests, label, update",
         "size, centroid, label, keywords, top items; `reach` = users with it as an interest "
-        "(null until the interests stage ran after the latest clustering)",
+        "(null after a clustering until the interests stage ran; an update keeps it current)",
     ),
     "user_interests": (
-        "interests",
+        "interests, update",
         "up to `interests.max_per_user` interests per user (rank 1 = heaviest): engagement "
-        "share, vector, nearest segment",
+        "share, vector, nearest segment; an update rewrites the rows of users with new events",
     ),
     "segment_history": ("update", "type-2 history of memberships (`valid_to` null = current)"),
     "segment_recommendations": ("recommend", "top items per segment"),
-    "user_recommendations": ("recommend", "per-user lists (with `recommend.per_user`)"),
+    "user_recommendations": (
+        "recommend",
+        "per-user lists (with `recommend.per_user`): the user's interests' segment lists "
+        "blended by interest weight (`segment_id` = the interest an item owes most to), "
+        "else their segment's; seen items left out",
+    ),
     "segment_lineage": ("update", "re-clustering matches: continued, born, split, merged, ended"),
     "tuning_trials": (
         "tune",

@@ -16,6 +16,7 @@ from usersegments.dynamics.fold import fold_pending
 from usersegments.dynamics.history import reconcile_history
 from usersegments.dynamics.recluster import recluster
 from usersegments.embed import model_id, model_vectors
+from usersegments.interests.refresh import refresh_interests
 from usersegments.runlog import RunLog, StageResult
 from usersegments.store import TableStore
 from usersegments.times import max_time
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 REQUIRED_TABLES = ("user_profiles", "user_segments", "segments", "events", "text_embeddings")
 UPDATED_TABLES = ("user_profiles", "user_segments", "segments", "segment_history")
+# Updated when a full run wrote it (the update recomputes the interests of changed users).
+OPTIONAL_TABLES = ("user_interests",)
 
 
 def run_update(
@@ -34,7 +37,8 @@ def run_update(
     recluster_now: bool = False,
 ) -> StageResult:
     """Fold pending events into profiles, reassign changed users, keep history, measure
-    drift, and re-cluster with stable ids when drift is high (or when asked)."""
+    drift, re-cluster with stable ids when drift is high (or when asked), and recompute
+    the interests of the users with new events (``interests.refresh``)."""
     store.require(*REQUIRED_TABLES, fix="run `usersegments run` before `update`")
     mid = model_id(cfg.embed)
     run.model_id = run.model_id or mid
@@ -60,12 +64,14 @@ def run_update(
     )
     moved_share = metrics.get("moved_share", 0.0)
     metrics.update(resegment(spark, store, cfg, run, segments_before, recluster_now, moved_share))
+    # After the segments are final: interests are placed at them, reach counts them.
+    metrics.update(refresh_interests(spark, store, cfg, run, bool(metrics["reclustered"])))
     metrics.update(size_change(segments_before, store))
     metrics["history_rows_merged"] = reconcile_history(store, as_of, run.run_id)
     run.record_all("update", metrics)
-    return StageResult(
-        stage="update", tables={t: store.version(t) for t in UPDATED_TABLES}, metrics=metrics
-    )
+    tables = {t: store.version(t) for t in UPDATED_TABLES}
+    tables.update({t: store.version(t) for t in OPTIONAL_TABLES if store.exists(t)})
+    return StageResult(stage="update", tables=tables, metrics=metrics)
 
 
 def reassign_stale(

@@ -11,7 +11,11 @@ the stored tables is changed. Each tested user then gets the top
 - ``cluster``: their coarse cluster's most popular items;
 - ``popularity``: the most popular items overall (the baseline);
 
-minus the items they touched in training (``evaluate.exclude_seen``).
+minus the items they touched in training (``evaluate.exclude_seen``). The users with
+two interests or more (found in their training events) are also scored with the lists
+of their interests' segments blended by weight (what ``recommend.per_user`` writes)
+against their primary segment's list alone: ``hit_rate@K.blended_multi`` and
+``hit_rate@K.segment_multi``.
 ``hit_rate@K`` is the share of tested users with at least one held-out item
 among their K; ``recall@K`` the mean share of each user's held-out items found.
 With ``--truth``, ARI/NMI of the training clustering against the planted truth.
@@ -20,6 +24,7 @@ Every figure goes to ``run_metrics`` (stage ``evaluate``).
 Modules:
 
 - ``holdout``: the holdout split, hit rate and recall of each recommender.
+- ``interests``: blended interest lists against primary-segment lists (several interests).
 - ``truth``: the planted truth file and ARI/NMI against it (also used by ``cluster``).
 - ``drift``: where planted drifters are after an update (``drift_recovery``).
 - ``stage``: the ``run_evaluate`` stage.
@@ -34,6 +39,7 @@ from usersegments.evaluate.holdout import (
     hit_and_recall,
     holdout_split,
     score_strategies,
+    tested_and_seen,
 )
 from usersegments.evaluate.stage import holdout_count, run_evaluate
 from usersegments.evaluate.truth import read_truth, score_against_truth
@@ -49,4 +55,5 @@ __all__ = [
     "run_evaluate",
     "score_against_truth",
     "score_strategies",
+    "tested_and_seen",
 ]

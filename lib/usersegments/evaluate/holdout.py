@@ -75,6 +75,18 @@ def group_hit_rate(
     return hit_and_recall(recommended, held_out, tested)
 
 
+def tested_and_seen(
+    user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg: Config
+) -> tuple[DataFrame, DataFrame]:
+    """The tested users (clustered, with held-out items; user_id) and the items each saw
+    in training (user_id, item_id; none when ``evaluate.exclude_seen`` is off)."""
+    tested = user_segments.select("user_id").join(held_out.select("user_id").distinct(), "user_id")
+    seen = train.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
+    if not cfg.evaluate.exclude_seen:
+        seen = seen.limit(0)
+    return tested, seen
+
+
 def score_strategies(
     user_segments: DataFrame, train: DataFrame, held_out: DataFrame, cfg: Config, as_of: datetime
 ) -> dict[str, float]:
@@ -84,10 +96,7 @@ def score_strategies(
     groups = user_segments.select(
         "user_id", "segment_id", F.col("cluster_id").cast("string").alias("cluster_id")
     ).withColumn("everyone", F.lit("all"))
-    tested = groups.select("user_id").join(held_out.select("user_id").distinct(), "user_id")
-    seen = train.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
-    if not ecfg.exclude_seen:
-        seen = seen.limit(0)
+    tested, seen = tested_and_seen(user_segments, train, held_out, cfg)
     metrics: dict[str, float] = {}
     for strategy, column in zip(STRATEGIES, ("segment_id", "cluster_id", "everyone"), strict=True):
         figures = group_hit_rate(train, held_out, groups, column, tested, seen, cfg, as_of)

@@ -13,7 +13,8 @@ from usersegments.cluster.stage import cluster_users
 from usersegments.config import Config
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
-from usersegments.evaluate.holdout import holdout_split, score_strategies
+from usersegments.evaluate.holdout import holdout_split, score_strategies, tested_and_seen
+from usersegments.evaluate.interests import blended_versus_primary, training_interests
 from usersegments.evaluate.truth import score_against_truth
 from usersegments.profile import profiles_from_sums, weighted_sums
 from usersegments.recommend import with_recommend_half_life
@@ -61,12 +62,16 @@ def run_evaluate(
     run.record_all("evaluate", metrics)
     k = cfg.evaluate.k
     log.info(
-        "evaluate: hit_rate@%d segment %.3f, cluster %.3f, popularity %.3f over %d users",
+        "evaluate: hit_rate@%d segment %.3f, cluster %.3f, popularity %.3f over %d users; "
+        "users with several interests: blended %.3f, primary segment %.3f over %d",
         k,
         metrics[f"hit_rate@{k}.segment"],
         metrics[f"hit_rate@{k}.cluster"],
         metrics[f"hit_rate@{k}.popularity"],
         metrics["users_tested"],
+        metrics[f"hit_rate@{k}.blended_multi"],
+        metrics[f"hit_rate@{k}.segment_multi"],
+        metrics["users_tested_multi"],
     )
     return StageResult(stage="evaluate", metrics=metrics)
 
@@ -100,6 +105,15 @@ def _evaluate_split(
     clustered = cluster_users(spark, profiles, cfg, run.run_id)
     try:
         metrics = score_strategies(clustered.user_segments, train, held_out, cfg, as_of)
+        tested, seen = tested_and_seen(clustered.user_segments, train, held_out, cfg)
+        interests = training_interests(
+            train, vectors, tested, clustered.user_segments, profiles, train_profile, cfg, as_of
+        )
+        metrics.update(
+            blended_versus_primary(
+                interests, clustered.user_segments, train, held_out, tested, seen, cfg, as_of
+            )
+        )
         metrics["holdout_last"] = n_out
         metrics["profile_half_life_days"] = profile_half_life.days
         metrics["recommend_half_life_days"] = recommend_half_life.days

@@ -12,14 +12,20 @@ renormalised), its weighted unit centroid, event count and latest event, and the
 nearest existing segment to that centroid. ``segments.reach`` counts the users with an
 interest in each segment.
 
+``update`` recomputes the interests of the users whose profile took new events, and only
+theirs (``refresh``): their rows are replaced as a group, so a user who lost an interest
+keeps no stale row, and ``segments.reach`` follows.
+
 Modules:
 
 - ``events``: the capped, weighted events of the clusterable users.
 - ``local``: one user's interests (numpy/scipy) and the per-user ``applyInPandas``.
 - ``assign``: the nearest segment of each interest (``cluster.assign_to_segments``).
 - ``metrics``: users by number of interests, the mean per user.
-- ``reach``: ``segments.reach``, the users with a segment as one of their interests.
-- ``stage``: ``run_interests``.
+- ``reach``: ``segments.reach``, the users with a segment as one of their interests;
+  ``co_interest``, the users two segments share as interests (the report's heat map).
+- ``stage``: ``run_interests``; ``found_interests``/``interest_rows``, shared with ``refresh``.
+- ``refresh``: the update's step: the users with new events recomputed, their rows merged.
 """
 
 from __future__ import annotations

@@ -3,14 +3,16 @@
 One page, hash-routed (``#overview``, ``#map``, ``#hierarchy``, ``#segments``,
 ``#movement``, ``#quality``, ``#segment/<id>``), its Plotly figures drawn by the
 plotly.js bundled once per folder under ``assets/``; nothing is loaded from the
-network. Spark aggregates; only per-segment and per-run figures, per-user segment
-paths counted per distinct path, and a sample of users for the map reach the driver.
+network. Spark aggregates; only per-segment, per-segment-pair (co-interest) and per-run
+figures, per-user segment paths counted per distinct path, and a sample of users for the
+map reach the driver.
 
 Modules:
     gather   -- ``ReportData`` and ``gather``: the current state, read from the tables
     history  -- segments over runs through Delta time travel: run timeline, snapshots, user paths
     changes  -- what changed since the previous run, one sentence per big change
-    figures  -- the Plotly figures: map, hierarchy, sizes over runs, Sankey, per segment, quality
+    figures  -- the Plotly figures: map, hierarchy, sizes over runs, Sankey, per segment,
+                quality, co-interest heat map
     sections -- the overview's figures and tables (key figures, quality, ingest)
     text     -- item texts shown once and short, figures formatted without "nan"
     render   -- the HTML from ``templates/report.html.j2`` (autoescaped) with the figures as JSON

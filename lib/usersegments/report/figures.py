@@ -332,3 +332,43 @@ def evaluation_figure(evaluate_metrics: dict[str, float]) -> Figure | None:
         barmode="group",
         yaxis={"range": [0, 1]},
     )
+
+
+def co_interest_figure(data: ReportData) -> Figure | None:
+    """Heat map of the described segments that share users as interests: a cell = users
+    with both segments among their interests, the diagonal = the segment's reach. None
+    when no two segments share a user (or no interests were found)."""
+    described = data.segments[data.segments["size"] >= data.min_segment_size]
+    names = set(described["segment_id"])
+    pairs = data.co_interest[
+        data.co_interest["segment_a"].isin(names) & data.co_interest["segment_b"].isin(names)
+    ]
+    if pairs.empty:
+        return None
+    shown = sorted(set(pairs["segment_a"]) | set(pairs["segment_b"]))
+    index = {s: i for i, s in enumerate(shown)}
+    z = np.zeros((len(shown), len(shown)))
+    for a, b, users in pairs[["segment_a", "segment_b", "users"]].itertuples(index=False):
+        z[index[a], index[b]] = z[index[b], index[a]] = users
+    reach = dict(zip(described["segment_id"], described.get("reach", []), strict=False))
+    for s, i in index.items():
+        # reach is null until the interests stage ran after the latest clustering.
+        z[i, i] = int(reach[s]) if pd.notna(reach.get(s)) else 0
+    labels = dict(zip(described["segment_id"], described["label"], strict=True))
+    ticks = [_legend_name(s, labels.get(s)) for s in shown]
+    return figure(
+        [
+            {
+                "type": "heatmap",
+                "x": ticks,
+                "y": ticks,
+                "z": z.tolist(),
+                "colorscale": "Blues",
+                "hovertemplate": "%{y}<br>%{x}<br>%{z} users<extra></extra>",
+            }
+        ],
+        "Segments that share users (users with both as interests; diagonal: reach)",
+        height=max(360, 22 * len(shown) + 160),
+        xaxis={"tickangle": -45, "automargin": True},
+        yaxis={"automargin": True, "autorange": "reversed"},
+    )

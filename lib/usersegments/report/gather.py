@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config
 from usersegments.embed import model_id
+from usersegments.interests.reach import co_interest
 from usersegments.label import item_texts
 from usersegments.privacy import with_texts
 from usersegments.report.history import History, gather_history
@@ -20,6 +21,7 @@ from usersegments.times import max_time
 
 CARD_RECOMMENDATIONS = 5  # recommendations shown per card; the table holds recommend.top_n
 METRIC_COLUMNS = ["run_id", "stage", "metric", "value", "recorded_at"]
+CO_COLUMNS = ["segment_a", "segment_b", "users"]
 
 
 @dataclass
@@ -43,6 +45,9 @@ class ReportData:
     runs_total: int = 0
     projection: str = "pca"
     change_min_share: float = 0.1
+    # segment_a, segment_b, users: users with both segments as interests (none without
+    # the interests stage).
+    co_interest: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CO_COLUMNS))
 
 
 def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
@@ -81,7 +86,15 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
         model=run_row.get("model_id") or model_id(cfg.embed),
         table_rows={"users segmented": total, "events": events.count()},
         min_segment_size=cfg.privacy.min_segment_size,
+        co_interest=_co_interest(store, cfg.interests.min_weight),
     )
+
+
+def _co_interest(store: TableStore, min_weight: float) -> pd.DataFrame:
+    """Segment pairs x users with both as interests (``interests.co_interest``)."""
+    if not store.exists("user_interests"):
+        return pd.DataFrame(columns=CO_COLUMNS)
+    return co_interest(store.read("user_interests"), min_weight)
 
 
 def _map_sample(

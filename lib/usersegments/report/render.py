@@ -173,6 +173,8 @@ def _segment_page(row: pd.Series, data: ReportData) -> dict[str, Any]:
         "cluster_id": int(row["cluster_id"]),
         "color": cluster_color(int(row["cluster_id"])),
         "size": fmt(int(row["size"])),
+        # Users with the segment as one of their interests (null before the interests stage).
+        "reach": fmt(int(row["reach"])) if pd.notna(row.get("reach")) else "–",
         "cohesion": f"{float(row['cohesion']):.3f}",
         "keywords": list(row["keywords"]),
         "top_items": list(dict.fromkeys(items)),

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from usersegments.report.figures import (
+    co_interest_figure,
     evaluation_figure,
     hierarchy_figure,
     ingest_figure,
@@ -52,6 +53,7 @@ def overview_figures(data: ReportData, seed: int = 0) -> tuple[dict[str, Any], i
         "ingest": ingest_figure(_accepted(data), data.rejected_by_reason),
         "k_selection": k_selection_figure(data.cluster_metrics),
         "evaluation": evaluation_figure(data.evaluate_metrics),
+        "co_interest": co_interest_figure(data),
     }
     return {name: fig for name, fig in figures.items() if fig is not None}, points
 

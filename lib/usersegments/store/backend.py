@@ -17,10 +17,11 @@ NotMatchedAction = Literal["insert", "ignore"]
 
 @dataclass(frozen=True)
 class MergeResult:
-    """Rows a merge inserted into and updated in its target table."""
+    """Rows a merge inserted into, updated in and deleted from its target table."""
 
     inserted: int
     updated: int
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Backend(Protocol):
         on: Sequence[str],
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
+        delete_flag: str | None = None,
     ) -> MergeResult: ...
 
     def version(self, path: str) -> int: ...

@@ -111,12 +111,18 @@ class DeltaRsBackend:
         on: Sequence[str],
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
+        delete_flag: str | None = None,
     ) -> MergeResult:
-        """Upsert ``df`` on the keys ``on`` with a streamed delta-rs merge."""
+        """Upsert ``df`` on the keys ``on`` with a streamed delta-rs merge; with
+        ``delete_flag`` (a boolean column of ``df``, not written), a matched row whose
+        source row has it set is deleted and a flagged unmatched row is not inserted."""
         predicate = " AND ".join(f't."{k}" = s."{k}"' for k in on)
         # The target's column order, so that insert_all/update_all line up by name and type.
         target_columns = self.schema(path).fieldNames()
-        with self._staged(df.select(*[F.col(f"`{c}`") for c in target_columns])) as reader:
+        source = [F.col(f"`{c}`") for c in target_columns]
+        if delete_flag is not None:
+            source.append(F.col(f"`{delete_flag}`"))
+        with self._staged(df.select(*source)) as reader:
             merger = self._table(path).merge(
                 source=reader,
                 predicate=predicate,
@@ -124,14 +130,27 @@ class DeltaRsBackend:
                 target_alias="t",
                 streamed_exec=True,
             )
-            if when_matched == "update":
-                merger = merger.when_matched_update_all()
-            if when_not_matched == "insert":
-                merger = merger.when_not_matched_insert_all()
+            if delete_flag is None:
+                if when_matched == "update":
+                    merger = merger.when_matched_update_all()
+                if when_not_matched == "insert":
+                    merger = merger.when_not_matched_insert_all()
+            else:
+                flagged = f's."{delete_flag}"'
+                # The flag is no target column: the clauses name the target's columns.
+                columns = {f'"{c}"': f's."{c}"' for c in target_columns}
+                merger = merger.when_matched_delete(predicate=flagged)
+                if when_matched == "update":
+                    merger = merger.when_matched_update(updates=columns)
+                if when_not_matched == "insert":
+                    merger = merger.when_not_matched_insert(
+                        updates=columns, predicate=f"NOT {flagged}"
+                    )
             metrics = merger.execute()
         return MergeResult(
             inserted=int(metrics.get("num_target_rows_inserted", 0)),
             updated=int(metrics.get("num_target_rows_updated", 0)),
+            deleted=int(metrics.get("num_target_rows_deleted", 0)),
         )
 
     def version(self, path: str) -> int:

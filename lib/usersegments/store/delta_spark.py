@@ -87,14 +87,27 @@ class DeltaSparkBackend:
         on: Sequence[str],
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
+        delete_flag: str | None = None,
     ) -> MergeResult:
-        """Upsert ``df`` on the keys ``on``; the counts are the merge's own metrics."""
+        """Upsert ``df`` on the keys ``on``; the counts are the merge's own metrics. With
+        ``delete_flag`` (a boolean column of ``df``, not written), a matched row whose
+        source row has it set is deleted and a flagged unmatched row is not inserted."""
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in on)
         builder = self._table(path).alias("t").merge(df.alias("s"), condition)
-        if when_matched == "update":
-            builder = builder.whenMatchedUpdateAll()
-        if when_not_matched == "insert":
-            builder = builder.whenNotMatchedInsertAll()
+        if delete_flag is None:
+            if when_matched == "update":
+                builder = builder.whenMatchedUpdateAll()
+            if when_not_matched == "insert":
+                builder = builder.whenNotMatchedInsertAll()
+        else:
+            flagged = f"s.`{delete_flag}`"
+            # The flag is no target column: the clauses name the target's columns.
+            columns = {f"`{c}`": f"s.`{c}`" for c in self.schema(path).fieldNames()}
+            builder = builder.whenMatchedDelete(condition=flagged)
+            if when_matched == "update":
+                builder = builder.whenMatchedUpdate(set=columns)
+            if when_not_matched == "insert":
+                builder = builder.whenNotMatchedInsert(condition=f"NOT {flagged}", values=columns)
         # execute() returns this merge's metrics row. The table's latest history entry
         # is not a substitute: a merge with nothing to write may commit nothing, and
         # that entry is then an earlier commit's.
@@ -104,6 +117,7 @@ class DeltaSparkBackend:
         return MergeResult(
             inserted=int(metrics["num_inserted_rows"] or 0),
             updated=int(metrics["num_updated_rows"] or 0),
+            deleted=int(metrics["num_deleted_rows"] or 0),
         )
 
     def version(self, path: str) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from usersegments.config import Config
@@ -36,6 +37,9 @@ from usersegments.store.checks import (
 )
 from usersegments.store.delta_rs import DeltaRsBackend
 from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, DeltaSparkBackend
+
+# The source column of ``replace_groups`` that marks a stored row to delete.
+DELETE_FLAG = "_usersegments_delete"
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,49 @@ class TableStore:
         if when_matched == "update":
             self._refuse_if_append_only(name, "a merge that updates matched rows")
         return self._backend.merge(df, path, keys, when_matched, when_not_matched)
+
+    def replace_groups(
+        self, df: DataFrame, name: str, on: Sequence[str], group: Sequence[str]
+    ) -> MergeResult:
+        """Make the rows of every group in ``df`` (its distinct ``group`` values, a part of
+        the key ``on``) exactly ``df``'s, in one merge: rows of those groups are updated
+        or inserted on ``on``, and their stored rows whose key ``df`` lacks are deleted.
+        Rows of other groups are not touched. A missing table is created.
+
+        Why not an upsert: a group may shrink (a user with three interests now has two),
+        and an upsert would leave the third row behind. Why not delete then insert: one
+        commit, so a reader never sees a group without rows and a crash leaves the old ones.
+        """
+        keys, groups = list(on), list(group)
+        if not set(groups) <= set(keys):
+            raise ValueError(f"replace_groups: group {groups} must be part of the key {keys}")
+        check_columns_exist(df, keys, "on")
+        check_unique_keys(df, keys, name)
+        path = self.path(name)
+        if not self._backend.exists(path):
+            count = df.count()
+            self.write(df, name, mode="append")
+            return MergeResult(inserted=count, updated=0)
+        check_schema_compatible(self._backend.schema(path), df.schema, name)
+        self._refuse_if_append_only(name, "a merge that deletes rows")
+        # Stored keys of the groups in df that df no longer has: each becomes a source row
+        # flagged for deletion (its other columns null; only the key is matched on).
+        gone = (
+            self.read(name)
+            .select(*keys)
+            .join(df.select(*groups).distinct(), groups, "left_semi")
+            .join(df.select(*keys), keys, "left_anti")
+        )
+        markers = gone.select(
+            *[
+                F.col(f.name) if f.name in keys else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in df.schema
+            ]
+        )
+        source = df.withColumn(DELETE_FLAG, F.lit(False)).unionByName(
+            markers.withColumn(DELETE_FLAG, F.lit(True))
+        )
+        return self._backend.merge(source, path, keys, "update", "insert", delete_flag=DELETE_FLAG)
 
     def properties(self, name: str) -> dict[str, str]:
         """The Delta properties of table ``name`` (``delta.appendOnly``, ...), as its
