@@ -221,8 +221,8 @@ TABLES: dict[str, StructType] = {
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 APPEND_ONLY = {"delta.appendOnly": "true"}
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
-    # An update could read only the rows committed since the last run (table_changes /
-    # load_cdf) instead of the whole table; delta-rs writes the change files too.
+    # An update reads only the rows committed since the events version the stored
+    # profiles hold (``dynamics.changes``: readChangeFeed / load_cdf), not the whole table.
     "events": CHANGE_DATA_FEED,
     # Logs and audit trails: only ever appended to (run_metrics, tuning_trials,
     # segment_lineage) or merged insert-only (events_rejected). Delta itself then
@@ -256,6 +256,11 @@ def table_properties(name: str) -> dict[str, str]:
 def is_append_only(properties: dict[str, str]) -> bool:
     """Whether Delta table properties make a table append-only."""
     return properties.get("delta.appendOnly", "false").lower() == "true"
+
+
+def records_changes(properties: dict[str, str]) -> bool:
+    """Whether Delta table properties make a table record its change data feed."""
+    return properties.get("delta.enableChangeDataFeed", "false").lower() == "true"
 
 
 # What each table is for and which command writes it (the README's "Tables").
