@@ -62,6 +62,7 @@ EVENTS = _schema(
     ("value", DoubleType()),
     ("category", StringType()),
     ("event_date", DateType()),
+    ("event_month", DateType()),  # the first day of event_date's month: the partition
     ("run_id", StringType()),
 )
 
@@ -234,6 +235,13 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     "tuning_trials": APPEND_ONLY,
 }
 
+# The columns each table is partitioned by when it is created (``TableStore`` keeps a
+# table's partitioning for life). events by month, not by day: a 20-year log makes 240
+# partitions, not ~7,300 folders of tiny files whose listing and commits dominate a run.
+# Stores created before event_month keep their event_date partitions (and no
+# event_month column: ingest writes an existing table's columns).
+PARTITION_BY: dict[str, tuple[str, ...]] = {"events": ("event_month",)}
+
 # The lookup key of each table that is read or merged by it: when maintain rewrites
 # such a table (it is due for compaction), it z-orders it by these columns, so that
 # a merge or a lookup on the key reads few files.
@@ -251,6 +259,11 @@ def table_properties(name: str) -> dict[str, str]:
     """The Delta properties table ``name`` is created with (none for a table that is not
     one of ``TABLES``)."""
     return dict(TABLE_PROPERTIES.get(name, {}))
+
+
+def partition_columns(name: str) -> list[str]:
+    """The columns table ``name`` is partitioned by when created (none when not declared)."""
+    return list(PARTITION_BY.get(name, ()))
 
 
 def is_append_only(properties: dict[str, str]) -> bool:
@@ -312,8 +325,9 @@ def tables_reference() -> str:
 
 
 def _layout(name: str) -> str:
-    """A table's declared properties and z-order key, for the reference."""
-    parts = [f"`{key}={value}`" for key, value in table_properties(name).items()]
+    """A table's declared partitioning, properties and z-order key, for the reference."""
+    parts = [f"partitioned by `{c}`" for c in partition_columns(name)]
+    parts += [f"`{key}={value}`" for key, value in table_properties(name).items()]
     if name in ZORDER_BY:
         parts.append("z-ordered by " + ", ".join(f"`{c}`" for c in ZORDER_BY[name]))
     return "; ".join(parts)
@@ -321,7 +335,8 @@ def _layout(name: str) -> str:
 
 # Columns a table gained after stores were written: a frame read from an older store
 # lacks them, and they are filled with nulls (not known yet) before it is written back.
-LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",)}
+# (events.event_month: an older events table keeps its columns, see PARTITION_BY.)
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",), "events": ("event_month",)}
 
 
 def with_later_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:
