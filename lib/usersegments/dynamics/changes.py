@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from usersegments.errors import ChangeFeedUnavailable
 from usersegments.profile import EVENTS_VERSION, NO_EVENTS_VERSION
 from usersegments.runlog import RunLog
+from usersegments.schema import records_changes
 from usersegments.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,12 @@ def _full_scan_reason(
         return DISABLED
     if held is None:
         return NO_VERSION
+    if not records_changes(store.properties("events")):
+        log.warning(
+            "update: the events table does not record its changes (created before "
+            "delta.enableChangeDataFeed?); reading the whole table"
+        )
+        return NO_FEED
     if held > through:
         log.warning(
             "update: the recorded events version %d is past the table's %d (was the events "
@@ -181,9 +188,7 @@ def _read_changes(
 def _read_whole(
     store: TableStore, columns: Sequence[str], through: int, held: int | None, reason: str
 ) -> EventsRead:
-    """Every event (the fold keeps the pending ones)."""
-    if reason not in (DISABLED, NO_VERSION):
-        log.info("update: reading the whole events table (%s)", reason)
+    """Every event (the fold keeps the pending ones); ``events_to_fold`` logs ``reason``."""
     frame = store.read("events").select(*columns)
     # A version recorded past the table's vouches for nothing about this table.
     valid = held if held is not None and held <= through else None
