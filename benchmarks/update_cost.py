@@ -1,6 +1,7 @@
 """What an incremental update costs against a full run.
 
     .venv/bin/python benchmarks/update_cost.py [--users 5000] [--share 0.01] [--days 7]
+        [--whole-table]
 
 Generates ``--users`` users (real texts, real MiniLM embeddings, local mode,
 delta-rs). The events of ``--share`` of the users in the last ``--days`` days
@@ -8,7 +9,9 @@ are held back as the update batch; everything else goes through a full
 ``usersegments run`` (ingest, embed, profile, cluster, label, recommend), then
 the batch through ``usersegments update`` (ingest, embed, fold, reassign,
 history, recommend). The report stage is left out of both. Prints seconds per
-stage of each and the ratio update / full.
+stage of each, the ratio update / full, and how the update read the events: only
+the rows committed since the profiles' events version (the change data feed, the
+default) or, with ``--whole-table`` (``update.read_changes=false``), every event.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.01)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--whole-table",
+        action="store_true",
+        help="update.read_changes=false: the update reads every event (the old path)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = tempfile.mkdtemp(prefix="usersegments-update-cost-")
@@ -77,7 +85,12 @@ def main() -> None:
         batch_paths = write(batch, f"{work}/batch")
         cfg = load_config(
             "conf/local.yaml",
-            ["spark.ui=off", "spark.log_level=ERROR", "update.recluster_threshold=1.0"],
+            [
+                "spark.ui=off",
+                "spark.log_level=ERROR",
+                "update.recluster_threshold=1.0",
+                f"update.read_changes={str(not args.whole_table).lower()}",
+            ],
             f"{work}/store",
         )
         full, full_seconds = timed_run(
@@ -107,6 +120,11 @@ def main() -> None:
             )
         print(f"{'total':<12}{full_seconds:>10.1f}{update_seconds:>12.1f}")
         print(f"update / full: {update_seconds / full_seconds:.3f}")
+        how = "change data feed" if m["events_read_via_changes"] else "whole table"
+        print(
+            f"update read {int(m['events_rows_read'])} event rows ({how}), "
+            f"folded {int(m['events_folded'])}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -173,10 +173,11 @@ def test_contract_properties_cross_between_the_backends(spark, tmp_path, creator
     when = datetime(2024, 1, 1, 9, 0)
 
     def event(text: str):
-        row = ("e1", "u1", when, "view", "i1", text, "h", 1.0, "c", date(2024, 1, 1), "r")
+        day = date(2024, 1, 1)
+        row = ("e1", "u1", when, "view", "i1", text, "h", 1.0, "c", day, day, "r")
         return spark.createDataFrame([row], EVENTS)
 
-    first.write(event("old"), "events", partition_by=["event_date"])
+    first.write(event("old"), "events", partition_by=["event_month"])
     second.merge(event("new"), "events", on=["event_id"])
     changes = (
         spark.read.format("delta")

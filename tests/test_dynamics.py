@@ -241,3 +241,143 @@ def test_reclustering_unchanged_data_keeps_segment_ids(spark, dynamic):
     assert segs.select("segment_id").distinct().count() == len(new_ids)
     open_rows = store.read("segment_history").filter(F.col("valid_to").isNull())
     assert open_rows.join(segs, ["user_id", "segment_id"], "left_anti").count() == 0
+
+
+# ---------------------------------------------------------------------------
+# An update reads only the events committed since the profiles' events version
+
+
+PROFILE_FIGURES = ("weighted_sum", "weight_total", "embedding", "n_events")
+
+
+def few_users_later(data, users: int, days: int):
+    """(history, batch): the batch is the last ``days`` days of ``users`` users' events."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from usersegments.testing.synthetic import generated_times
+
+    picked = sorted(data.events["user_id"].dropna().unique())[:users]
+    recent = generated_times(data.events) >= pd.Timestamp(data.settings.end - timedelta(days))
+    in_batch = (data.events["user_id"].isin(picked) & recent.fillna(False)).to_numpy()
+    parts = [data.events[mask].reset_index(drop=True) for mask in (~in_batch, in_batch)]
+    return replace(data, events=parts[0]), replace(data, events=parts[1])
+
+
+def profile_rows(store: TableStore) -> pd.DataFrame:
+    pdf = store.read("user_profiles").toPandas().set_index("user_id").sort_index()
+    return pdf[[*PROFILE_FIGURES, "events_through", "last_event_time"]]
+
+
+def assert_same_profiles(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.index) == list(b.index)
+    for column in ("weighted_sum", "embedding"):
+        x, y = (np.vstack(f[column].to_numpy()).astype(float) for f in (a, b))
+        assert np.abs(x - y).max() <= 1e-6, column
+    assert np.allclose(a["weight_total"], b["weight_total"], rtol=0, atol=1e-6)
+    for column in ("n_events", "events_through", "last_event_time"):
+        assert (a[column] == b[column]).all(), column
+
+
+def disable_change_data_feed(store: TableStore) -> None:
+    """Turn the events table's feed off, as a table created before the property is."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(store.path("events"))
+    table.alter.set_table_properties({"delta.enableChangeDataFeed": "false"})
+
+
+@pytest.fixture(
+    scope="module",
+    params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)],
+)
+def few_new(request, spark, tmp_path_factory):
+    """A full run over most of the log, then new events of 4 users ingested and embedded
+    by an update run, and that run's update in three copies of the store: reading the
+    change data feed, reading the whole table (update.read_changes=false), and reading
+    a table whose feed is off."""
+    import shutil
+
+    from tests.conftest import SMALL, require_delta_spark
+    from usersegments.runlog import RunLog
+
+    if request.param == "delta-spark":
+        require_delta_spark(spark)
+    root = tmp_path_factory.mktemp(f"few-new-{request.param}")
+    data = generate(GeneratorSettings(users=80, seed=9, drift_share=0.0))
+    history, batch = few_users_later(data, users=4, days=10)
+    paths = {name: write(part, root / name) for name, part in (("h", history), ("b", batch))}
+    settings = (f"store.backend={request.param}", "profile.half_life_days=14", *SMALL)
+    cfg = make_config(root / "changes", *settings)
+    store = TableStore.from_config(spark, cfg)
+    full = new_run(spark, store, cfg, "run")
+    h, b = paths["h"], paths["b"]
+    run_ingest(spark, store, cfg, full, events=[h["events_parquet"]], items=h["items"])
+    run_embed(spark, store, cfg, full)
+    run_profile(spark, store, cfg, full)
+    run_cluster(spark, store, cfg, full)
+    full.finish()
+    update = new_run(spark, store, cfg, "update")
+    ingested = run_ingest(spark, store, cfg, update, events=[b["events_parquet"]], items=b["items"])
+    run_embed(spark, store, cfg, update)
+    update.flush()
+    runs = {}
+    for name, extra in (("whole", "update.read_changes=false"), ("no_feed", None)):
+        shutil.copytree(root / "changes", root / name)
+        other_cfg = make_config(root / name, *settings, *([extra] if extra else []))
+        other = TableStore.from_config(spark, other_cfg)
+        if name == "no_feed":
+            disable_change_data_feed(other)
+        runs[name] = (other, other_cfg, RunLog(spark, other, other_cfg, "update", update.run_id))
+    runs["changes"] = (store, cfg, update)
+    out = {"new_events": ingested.metrics["accepted"]}
+    for name, (s, c, r) in runs.items():
+        result = run_update(spark, s, c, r)
+        r.flush()
+        out[name] = {"store": s, "metrics": result.metrics, "profiles": profile_rows(s)}
+    return out
+
+
+def test_an_update_reads_only_the_new_events_and_folds_what_a_full_scan_folds(few_new):
+    changes, whole = few_new["changes"], few_new["whole"]
+    m, w = changes["metrics"], whole["metrics"]
+    assert m["events_read_via_changes"] == 1
+    assert 0 < m["events_rows_read"] == few_new["new_events"]
+    assert m["events_folded"] == w["events_folded"] == few_new["new_events"]
+    assert w["events_read_via_changes"] == 0 and w["events_full_scan.disabled"] == 1
+    assert w["events_rows_read"] == whole["store"].read("events").count()
+    assert 0 < m["users_folded"] == w["users_folded"] <= 4
+    assert_same_profiles(changes["profiles"], whole["profiles"])
+    # The recorded figures and the events version the profiles now hold.
+    store = changes["store"]
+    latest = store.read("runs").orderBy(F.desc("started_at")).first()["run_id"]
+    update = metrics_of(store, latest, "update")
+    assert update["events_rows_read"] == m["events_rows_read"]
+    assert update["events_version"] == store.version("events")
+    assert update["events_read_after_version"] == store.version("events") - 1
+
+
+def test_an_update_of_a_table_without_change_data_feed_reads_it_whole(few_new):
+    m = few_new["no_feed"]["metrics"]
+    assert m["events_read_via_changes"] == 0
+    assert m["events_full_scan.no_change_data_feed"] == 1
+    assert m["events_folded"] == few_new["new_events"]
+    assert_same_profiles(few_new["no_feed"]["profiles"], few_new["changes"]["profiles"])
+
+
+def test_the_events_version_is_the_latest_recorded_and_none_when_it_cannot_vouch(spark, rs_store):
+    from usersegments.dynamics.changes import recorded_events_version
+    from usersegments.schema import RUN_METRICS
+
+    assert recorded_events_version(rs_store) is None
+    t = datetime(2024, 1, 1)
+    rows = [
+        ("r1", "profile", "events_version", 3.0, t),
+        ("r2", "update", "events_version", 7.0, t.replace(hour=1)),
+        ("r2", "update", "events_rows_read", 9.0, t.replace(hour=2)),
+    ]
+    rs_store.write(spark.createDataFrame(rows, RUN_METRICS), "run_metrics")
+    assert recorded_events_version(rs_store) == 7
+    later = [("r3", "profile", "events_version", -1.0, t.replace(hour=3))]
+    rs_store.write(spark.createDataFrame(later, RUN_METRICS), "run_metrics")
+    assert recorded_events_version(rs_store) is None

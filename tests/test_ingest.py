@@ -151,7 +151,10 @@ def test_generated_data_reconciles_with_its_manifest(spark, ingest, tmp_path):
         == events.filter("item_id is null").count()
     )
     assert events.select("event_date").distinct().count() > 30
-    assert store.history("events")[-1].parameters.get("partitionBy") == '["event_date"]'
+    # Partitioned by month: a few folders for two months of events, not one per day.
+    months = events.select("event_month").distinct().count()
+    assert months == events.select(F.trunc("event_date", "month")).distinct().count() <= 4
+    assert store.history("events")[-1].parameters.get("partitionBy") == '["event_month"]'
 
 
 def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
@@ -416,3 +419,29 @@ def test_read_raw_events_strings_only(spark, tmp_path):
     write_text(tmp_path / "a.csv", "user_id,event_time,text,value\nu,1,t,2\n")
     raw = read_raw_events(spark, resolve_inputs([str(tmp_path / "a.csv")]), cfg.input, False)
     assert all(dtype == "string" for _, dtype in raw.dtypes)
+
+
+def test_an_events_table_from_before_event_month_keeps_its_columns_and_partitions(
+    spark, ingest, tmp_path
+):
+    # A store from before the month partitioning: events partitioned by event_date, no
+    # event_month column, no change data feed. Ingest appends to it as it is.
+    from deltalake import DeltaTable
+
+    from usersegments.schema import EVENTS
+
+    root = tmp_path / "old"
+    old_columns = [f.name for f in EVENTS.fields if f.name != "event_month"]
+    old = spark.createDataFrame([], EVENTS).select(*old_columns)
+    rs = TableStore.from_config(spark, make_config(root, "store.backend=delta-rs"))
+    rs._backend.write(old, rs.path("events"), "append", ["event_date"], {})
+    csv = write_text(
+        tmp_path / "e.csv",
+        "user_id,event_time,event_type,text\n"
+        "u1,2026-01-05T10:00:00Z,view,trail shoes\n"
+        "u1,2026-02-07T10:00:00Z,view,road shoes\n",
+    )
+    store, m = ingest(csv, store_root=root)
+    assert m["accepted"] == 2
+    assert store.read("events").columns == old_columns
+    assert DeltaTable(store.path("events")).metadata().partition_columns == ["event_date"]

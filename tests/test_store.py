@@ -392,3 +392,30 @@ def test_tables_command_reads_a_table_as_of_a_version(spark, store, capsys):
     assert "add --table NAME" in capsys.readouterr().err
     assert cli.main([*args, "--table", "t", "--as-of-version", "7"]) == 1
     assert "versions 0..1; version 7 does not exist" in capsys.readouterr().err
+
+
+def test_inserted_since_reads_only_the_rows_of_later_commits(spark, store):
+    # events records its change data feed: an insert-only merge's rows come back alone,
+    # typed as the table, whichever backend wrote and reads it.
+    first, later = sample(spark).filter("id != 'c'"), sample(spark)
+    store.merge(first, "events", on=["id"], when_matched="ignore", partition_by=["day"])
+    store.merge(later, "events", on=["id"], when_matched="ignore")
+    assert store.version("events") == 1
+    with store.inserted_since("events", 0, 1, ["id", "ts", "day", "vec"]) as rows:
+        assert rows.schema == store.read("events").select("id", "ts", "day", "vec").schema
+        assertDataFrameEqual(rows, later.filter("id = 'c'").select("id", "ts", "day", "vec"))
+    with store.inserted_since("events", 1, 1) as rows:
+        assert rows.count() == 0 and rows.columns == store.read("events").columns
+    with pytest.raises(StoreError, match="versions 0..1"):
+        with store.inserted_since("events", 0, 2):
+            pass
+
+
+def test_inserted_since_refuses_a_table_without_change_data_feed(spark, store):
+    from usersegments.errors import ChangeFeedUnavailable
+
+    store.write(sample(spark), "t")
+    store.write(sample(spark), "t")
+    with pytest.raises(ChangeFeedUnavailable, match="delta.enableChangeDataFeed"):
+        with store.inserted_since("t", 0, 1):
+            pass

@@ -34,6 +34,12 @@ class StoreError(UserSegmentsError):
     """The table store cannot do what was asked (backend missing, unreadable table...)."""
 
 
+class ChangeFeedUnavailable(StoreError):
+    """A table's change data feed cannot give the rows asked for: the table was created
+    without ``delta.enableChangeDataFeed``, or the versions are no longer readable
+    (vacuumed files, expired log entries). Callers fall back to reading the table."""
+
+
 class MissingTableError(StoreError):
     """A stage needs a table that an earlier stage has not written yet; the message
     names the table and the command that writes it."""

@@ -205,6 +205,8 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     """
     mid = model_id(cfg.embed)
     run.model_id = mid
+    # Taken before the read: the profiles hold every event of this version (or later).
+    events_version = store.version("events")
     events = store.read("events").select(
         "user_id", "event_time", "event_type", "value", "text_hash", "run_id"
     )
@@ -235,9 +237,24 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
         else "profile.half_life_days",
     )
     run.record_all("profile", metrics)
+    run.record("profile", EVENTS_VERSION, profiled_events_version(events_version, metrics))
     return StageResult(
         stage="profile", tables={"user_profiles": store.version("user_profiles")}, metrics=metrics
     )
+
+
+# run_metrics metric of the profile and update stages: the events table version whose
+# every event the stored profiles hold (``dynamics.changes`` reads only later commits);
+# NO_EVENTS_VERSION when a stage cannot vouch for one.
+EVENTS_VERSION = "events_version"
+NO_EVENTS_VERSION = -1
+
+
+def profiled_events_version(events_version: int, metrics: dict[str, float]) -> int:
+    """The events version the new profiles hold every event of (updates read only the
+    events committed after it, ``dynamics.changes``): none when some events had no
+    vector, as a later embed may give them one and the next update must then read them."""
+    return events_version if metrics["events_without_vector"] == 0 else NO_EVENTS_VERSION
 
 
 def profile_counts(profiles: DataFrame, events: DataFrame, min_events: int) -> dict[str, int]:

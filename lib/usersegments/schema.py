@@ -62,6 +62,7 @@ EVENTS = _schema(
     ("value", DoubleType()),
     ("category", StringType()),
     ("event_date", DateType()),
+    ("event_month", DateType()),  # the first day of event_date's month: the partition
     ("run_id", StringType()),
 )
 
@@ -221,8 +222,8 @@ TABLES: dict[str, StructType] = {
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 APPEND_ONLY = {"delta.appendOnly": "true"}
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
-    # An update could read only the rows committed since the last run (table_changes /
-    # load_cdf) instead of the whole table; delta-rs writes the change files too.
+    # An update reads only the rows committed since the events version the stored
+    # profiles hold (``dynamics.changes``: readChangeFeed / load_cdf), not the whole table.
     "events": CHANGE_DATA_FEED,
     # Logs and audit trails: only ever appended to (run_metrics, tuning_trials,
     # segment_lineage) or merged insert-only (events_rejected). Delta itself then
@@ -233,6 +234,13 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     "segment_lineage": APPEND_ONLY,
     "tuning_trials": APPEND_ONLY,
 }
+
+# The columns each table is partitioned by when it is created (``TableStore`` keeps a
+# table's partitioning for life). events by month, not by day: a 20-year log makes 240
+# partitions, not ~7,300 folders of tiny files whose listing and commits dominate a run.
+# Stores created before event_month keep their event_date partitions (and no
+# event_month column: ingest writes an existing table's columns).
+PARTITION_BY: dict[str, tuple[str, ...]] = {"events": ("event_month",)}
 
 # The lookup key of each table that is read or merged by it: when maintain rewrites
 # such a table (it is due for compaction), it z-orders it by these columns, so that
@@ -253,9 +261,19 @@ def table_properties(name: str) -> dict[str, str]:
     return dict(TABLE_PROPERTIES.get(name, {}))
 
 
+def partition_columns(name: str) -> list[str]:
+    """The columns table ``name`` is partitioned by when created (none when not declared)."""
+    return list(PARTITION_BY.get(name, ()))
+
+
 def is_append_only(properties: dict[str, str]) -> bool:
     """Whether Delta table properties make a table append-only."""
     return properties.get("delta.appendOnly", "false").lower() == "true"
+
+
+def records_changes(properties: dict[str, str]) -> bool:
+    """Whether Delta table properties make a table record its change data feed."""
+    return properties.get("delta.enableChangeDataFeed", "false").lower() == "true"
 
 
 # What each table is for and which command writes it (the README's "Tables").
@@ -312,8 +330,9 @@ def tables_reference() -> str:
 
 
 def _layout(name: str) -> str:
-    """A table's declared properties and z-order key, for the reference."""
-    parts = [f"`{key}={value}`" for key, value in table_properties(name).items()]
+    """A table's declared partitioning, properties and z-order key, for the reference."""
+    parts = [f"partitioned by `{c}`" for c in partition_columns(name)]
+    parts += [f"`{key}={value}`" for key, value in table_properties(name).items()]
     if name in ZORDER_BY:
         parts.append("z-ordered by " + ", ".join(f"`{c}`" for c in ZORDER_BY[name]))
     return "; ".join(parts)
@@ -321,7 +340,8 @@ def _layout(name: str) -> str:
 
 # Columns a table gained after stores were written: a frame read from an older store
 # lacks them, and they are filled with nulls (not known yet) before it is written back.
-LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",)}
+# (events.event_month: an older events table keeps its columns, see PARTITION_BY.)
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"segments": ("reach",), "events": ("event_month",)}
 
 
 def with_later_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:

@@ -306,6 +306,12 @@ class UpdateConfig(Section):
         description="An updated user changes segment only after at least this many events "
         "since they entered their current one (a stray event never moves a user).",
     )
+    read_changes: bool = Field(
+        True,
+        description="Read only the events committed since the events version the stored "
+        "profiles hold, through the events table's change data feed; false, or a table "
+        "without the feed, reads the whole table (the reason is recorded in run_metrics).",
+    )
     match_similarity: float = Field(
         0.8,
         gt=0,

@@ -7,7 +7,9 @@ finishes the work without duplicates:
 1. **ingest** the new files (events MERGE on event_id) and **embed** texts not
    in the cache;
 2. **fold** into ``user_profiles`` the events each user has that the profile
-   does not hold yet (``run_id > events_through``), without re-reading old
+   does not hold yet (``run_id > events_through``), reading only the events
+   committed since the events version the profiles hold (the change data feed,
+   see ``changes``; the whole table when it cannot), without re-reading old
    events: ``S_new = S_old * exp(-ln2 * dt / half_life) + sum(w_i v_i)``, the
    same for the total weight, ``dt`` moving the sum from the user's old decay anchor
    (latest event) to the new one and each new event weighted relative to the new
@@ -32,6 +34,8 @@ finishes the work without duplicates:
 
 Modules:
 
+- ``changes``: which events an update reads (the change data feed since the
+  recorded events version, or the whole table, and why) (step 2);
 - ``fold``: pending events and folding them into the stored profile sums (step 2);
 - ``assign``: stale users and their nearest-segment reassignment (step 3);
 - ``history``: SCD2 ``segment_history`` changes and reconciliation (step 4);

@@ -41,13 +41,16 @@ def movement_figures(rows: DataFrame, previous: DataFrame) -> dict[str, float]:
 
 
 def novelty(
-    store: TableStore, vectors: DataFrame, segments: pd.DataFrame, run_id: str, distance: float
+    events: DataFrame, vectors: DataFrame, segments: pd.DataFrame, run_id: str, distance: float
 ) -> dict[str, float]:
-    """Share of the texts embedded by this run farther than ``distance`` from every centroid."""
+    """Share of the texts embedded by this run farther than ``distance`` from every centroid.
+
+    ``events``: the events the update read (``changes.events_to_fold``), which hold every
+    event this run ingested, without scanning the table again.
+    """
     # Texts first seen by this run's embed stage are those its events brought in.
     fresh = (
-        store.read("events")
-        .filter(F.col("run_id") == run_id)
+        events.filter(F.col("run_id") == run_id)
         .select("text_hash")
         .distinct()
         .join(vectors, "text_hash")

@@ -14,6 +14,7 @@ run, ``halflife.stored_profile_half_life``), never a re-derived one. The fold an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from pyspark.sql import DataFrame
@@ -103,28 +104,48 @@ def fold_as_of(cfg: Config, pending: DataFrame, profiles: DataFrame) -> datetime
     return max(t for t in (latest, stored_as_of) if t is not None)
 
 
-def fold_pending(
-    store: TableStore, cfg: Config, run: RunLog, vectors: DataFrame
-) -> tuple[int, int, datetime | None]:
-    """Fold every pending event into ``user_profiles``; (events folded, users, as_of).
+@dataclass(frozen=True)
+class Folded:
+    """What ``fold_pending`` did: events folded, users written, the as_of it decayed to
+    (None when nothing was pending), and pending events left out for want of a vector."""
 
-    ``as_of`` is None when no event was pending (nothing was written). The half-life is
-    the stored profiles' (``halflife.stored_profile_half_life``), recorded as
-    ``profile_half_life_days`` of the update.
+    events: int
+    users: int
+    as_of: datetime | None
+    unembedded: int
+
+
+def unembedded_events(pending: DataFrame, vectors: DataFrame) -> int:
+    """Pending events with a text but no vector yet (a later embed may give them one):
+    the fold leaves them out, so they stay pending."""
+    with_text = pending.filter(F.col("text_hash").isNotNull())
+    return with_text.join(vectors, "text_hash", "left_anti").count()
+
+
+def fold_pending(
+    store: TableStore, cfg: Config, run: RunLog, vectors: DataFrame, events: DataFrame
+) -> Folded:
+    """Fold the pending ones of ``events`` (``PENDING_COLUMNS``: the rows the update read,
+    see ``changes``) into ``user_profiles``.
+
+    The half-life is the stored profiles' (``halflife.stored_profile_half_life``),
+    recorded as ``profile_half_life_days`` of the update.
     """
     profiles = store.read("user_profiles")
-    pending = pending_events(store.read("events").select(*PENDING_COLUMNS), profiles).cache()
+    pending = pending_events(events, profiles).cache()
     try:
         n_events = pending.count()
         if n_events == 0:
-            return 0, 0, None
+            return Folded(0, 0, None, 0)
+        unembedded = unembedded_events(pending, vectors)
         as_of = fold_as_of(cfg, pending, profiles)
-        events = store.read("events").select("user_id", "event_time")
-        days = stored_profile_half_life(store, cfg.profile, events, run)
+        # Read only by stores without a recorded half-life, which derive one from the log.
+        log_events = store.read("events").select("user_id", "event_time")
+        days = stored_profile_half_life(store, cfg.profile, log_events, run)
         run.record("update", "profile_half_life_days", days)
         fresh = weighted_sums(pending, vectors, with_half_life(cfg.profile, days), as_of)
         folded = fold_profiles(profiles, fresh, days, as_of, run.run_id)
         result = store.merge(conform(folded, USER_PROFILES), "user_profiles", on=["user_id"])
     finally:
         pending.unpersist()
-    return n_events, result.inserted + result.updated, as_of
+    return Folded(n_events, result.inserted + result.updated, as_of, unembedded)

@@ -11,12 +11,14 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config
 from usersegments.dynamics.assign import previous_segments, reassign, stale_users
+from usersegments.dynamics.changes import EventsRead, events_to_fold, version_to_record
 from usersegments.dynamics.drift import novelty, refresh_sizes, size_change
-from usersegments.dynamics.fold import fold_pending
+from usersegments.dynamics.fold import PENDING_COLUMNS, fold_pending
 from usersegments.dynamics.history import reconcile_history
 from usersegments.dynamics.recluster import recluster
 from usersegments.embed import model_id, model_vectors
 from usersegments.interests.refresh import refresh_interests
+from usersegments.profile import EVENTS_VERSION
 from usersegments.runlog import RunLog, StageResult
 from usersegments.store import TableStore
 from usersegments.times import max_time
@@ -44,24 +46,11 @@ def run_update(
     run.model_id = run.model_id or mid
     vectors = model_vectors(store, mid)
     segments_before = store.read("segments").toPandas()
-    previous = previous_segments(store).cache()
-    try:
-        previous.count()
-        baseline_as_of = max_time(previous, "prev_as_of")
-        reconcile_history(store, baseline_as_of, run.run_id)  # seeds it on the first update
-        events_folded, users_folded, as_of = fold_pending(store, cfg, run, vectors)
-        metrics: dict[str, float] = {"events_folded": events_folded, "users_folded": users_folded}
-        as_of, reassigned = reassign_stale(store, cfg, run, previous, segments_before, as_of)
-        as_of = as_of or baseline_as_of
-        metrics.update(reassigned)
-        metrics["mean_distance_full_run"] = float(
-            previous.agg(F.avg("prev_distance")).first()[0] or 0.0
+    with events_to_fold(store, run, PENDING_COLUMNS, cfg.update.read_changes) as read:
+        metrics, as_of = fold_and_reassign(store, cfg, run, vectors, segments_before, read)
+        metrics.update(
+            novelty(read.frame, vectors, segments_before, run.run_id, cfg.update.novelty_distance)
         )
-    finally:
-        previous.unpersist()
-    metrics.update(
-        novelty(store, vectors, segments_before, run.run_id, cfg.update.novelty_distance)
-    )
     moved_share = metrics.get("moved_share", 0.0)
     metrics.update(resegment(spark, store, cfg, run, segments_before, recluster_now, moved_share))
     # After the segments are final: interests are placed at them, reach counts them.
@@ -72,6 +61,39 @@ def run_update(
     tables = {t: store.version(t) for t in UPDATED_TABLES}
     tables.update({t: store.version(t) for t in OPTIONAL_TABLES if store.exists(t)})
     return StageResult(stage="update", tables=tables, metrics=metrics)
+
+
+def fold_and_reassign(
+    store: TableStore,
+    cfg: Config,
+    run: RunLog,
+    vectors: DataFrame,
+    segments_before: pd.DataFrame,
+    read: EventsRead,
+) -> tuple[dict[str, float], datetime]:
+    """Fold the pending events of ``read`` into the profiles, record the events version
+    the profiles now hold, and reassign the stale users; (figures, the update's as_of)."""
+    previous = previous_segments(store).cache()
+    try:
+        previous.count()
+        baseline_as_of = max_time(previous, "prev_as_of")
+        reconcile_history(store, baseline_as_of, run.run_id)  # seeds it on the first update
+        folded = fold_pending(store, cfg, run, vectors, read.frame)
+        # Queued now, written to run_metrics after the fold's commit: never ahead of it.
+        run.record("update", EVENTS_VERSION, version_to_record(read, folded.unembedded))
+        metrics: dict[str, float] = {
+            "events_folded": folded.events,
+            "users_folded": folded.users,
+            **read.metrics(),
+        }
+        as_of, reassigned = reassign_stale(store, cfg, run, previous, segments_before, folded.as_of)
+        metrics.update(reassigned)
+        metrics["mean_distance_full_run"] = float(
+            previous.agg(F.avg("prev_distance")).first()[0] or 0.0
+        )
+    finally:
+        previous.unpersist()
+    return metrics, as_of or baseline_as_of
 
 
 def reassign_stale(

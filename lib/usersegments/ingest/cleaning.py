@@ -123,7 +123,7 @@ def _combine_text(item_text: Column, event_text: Column, source: str) -> Column:
 
 
 def finish_accepted(classified: DataFrame, max_text_chars: int) -> DataFrame:
-    """Accepted rows with truncated text, text_hash, event_id and event_date."""
+    """Accepted rows with truncated text, text_hash, event_id, event_date and event_month."""
     accepted = classified.filter(F.col("reject_reason").isNull())
     text = F.col("_full_text")
     accepted = accepted.withColumn("_truncated", F.length(text) > max_text_chars).withColumn(
@@ -142,6 +142,7 @@ def finish_accepted(classified: DataFrame, max_text_chars: int) -> DataFrame:
             "text_hash": F.sha2(F.col("text"), 256),
             "event_id": F.sha2(identity, 256),
             "event_date": F.to_date(F.col("event_time")),
+            "event_month": F.trunc(F.to_date(F.col("event_time")), "month"),
         }
     )
 

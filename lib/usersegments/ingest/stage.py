@@ -30,6 +30,7 @@ from usersegments.ingest.sources import resolve_inputs
 from usersegments.ingest.unreadable import reading
 from usersegments.privacy import pseudonym_key, pseudonymize_raw
 from usersegments.runlog import RunLog, StageResult
+from usersegments.schema import partition_columns
 from usersegments.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,11 @@ def _write(
         rejected_rows = sum(v for k, v in by_reason.items() if k is not None) + capped_rows
         check_rejections(rows_read, rejected_rows, quarantine, icfg, now)
         merged_events = store.merge(
-            to_events(kept, run_id),
+            in_table_columns(store, to_events(kept, run_id), "events"),
             "events",
             on=["event_id"],
             when_matched="ignore",
-            partition_by=["event_date"],
+            partition_by=partition_columns("events"),
         )
     finally:
         kept.unpersist()
@@ -162,6 +163,15 @@ def _write(
         heavy_users=int(figures["heavy_users"] or 0),
         watermark_micros=figures["watermark_micros"],
     )
+
+
+def in_table_columns(store: TableStore, frame: DataFrame, name: str) -> DataFrame:
+    """``frame`` with the columns of table ``name`` when it exists: a table keeps the
+    columns and partitioning it was created with (an events table from before
+    ``event_month`` gets no such column), a new one takes the contract's."""
+    if not store.exists(name):
+        return frame
+    return frame.select(*[F.col(f"`{c}`") for c in store.schema(name).fieldNames()])
 
 
 def _kept_figures(kept: DataFrame) -> Row:

@@ -17,7 +17,7 @@ Modules:
 - ``delta_spark``: the delta-spark backend and ``DELTA_SPARK_PACKAGE`` (its jars).
 
 >>> store = TableStore.from_config(spark, cfg)          # doctest: +SKIP
->>> store.write(df, "events", mode="append", partition_by=["event_date"])  # doctest: +SKIP
+>>> store.write(df, "events", mode="append", partition_by=["event_month"])  # doctest: +SKIP
 >>> store.merge(df, "events", on=["event_id"])           # doctest: +SKIP
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -13,6 +14,11 @@ from pyspark.sql.types import StructType
 WriteMode = Literal["append", "overwrite"]
 MatchedAction = Literal["update", "ignore"]
 NotMatchedAction = Literal["insert", "ignore"]
+
+# The change data feed's column naming what a row's change was, and the value of an
+# insert (the only change read: the tables read by change are only ever inserted into).
+CHANGE_TYPE_COLUMN = "_change_type"
+INSERT_CHANGE = "insert"
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,12 @@ class Backend(Protocol):
     ) -> MergeResult: ...
 
     def version(self, path: str) -> int: ...
+
+    # The rows inserted by the commits after_version + 1 .. through_version, read from
+    # the change data feed; the frame is valid inside the context (staged files may back it).
+    def inserted_rows(
+        self, path: str, after_version: int, through_version: int, columns: Sequence[str]
+    ) -> AbstractContextManager[DataFrame]: ...
 
     def history(self, path: str) -> list[TableVersion]: ...
 

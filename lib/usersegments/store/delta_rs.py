@@ -14,19 +14,24 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
-from usersegments.errors import StoreError
+from usersegments.errors import ChangeFeedUnavailable, StoreError
 from usersegments.store.backend import (
+    CHANGE_TYPE_COLUMN,
+    INSERT_CHANGE,
     MatchedAction,
     MergeResult,
     NotMatchedAction,
@@ -161,6 +166,42 @@ class DeltaRsBackend:
         """Data files in the latest version."""
         return len(self._table(path).file_uris())
 
+    @contextmanager
+    def inserted_rows(
+        self, path: str, after_version: int, through_version: int, columns: Sequence[str]
+    ) -> Iterator[DataFrame]:
+        """The ``columns`` of the rows inserted by the commits after ``after_version`` up to
+        ``through_version``, from ``load_cdf``: its Arrow batches are written to staged
+        Parquet files of at most ``batch_rows`` rows (memory stays bounded by one batch)
+        that Spark reads; the files are removed when the context ends."""
+        from deltalake.exceptions import DeltaError
+
+        table = self._table(path)
+        wanted = pa.schema([pa.schema(table.schema().to_arrow()).field(c) for c in columns])
+        wanted = _all_nullable(wanted)
+        folder = self._staging_folder("changes")
+        try:
+            try:
+                feed = table.load_cdf(
+                    starting_version=after_version + 1,
+                    ending_version=through_version,
+                    columns=[*columns, CHANGE_TYPE_COLUMN],
+                )
+                reader = pa.RecordBatchReader.from_stream(feed)
+                written = _stage_inserts(reader, wanted, folder, self.batch_rows)
+            except (DeltaError, OSError, ValueError) as error:  # expired log, vacuumed file
+                raise ChangeFeedUnavailable(
+                    f"the change data feed of {path!r} for versions {after_version + 1}.."
+                    f"{through_version} cannot be read: {error}"
+                ) from error
+            schema = from_arrow_schema(wanted)
+            if written:
+                yield self.spark.read.schema(schema).parquet(folder)
+            else:
+                yield self.spark.createDataFrame([], schema)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def properties(self, path: str) -> dict[str, str]:
         """The table's Delta properties (its metadata's configuration)."""
         configuration = self._table(path).metadata().configuration or {}
@@ -204,6 +245,41 @@ class DeltaRsBackend:
 
     def _staged(self, df: DataFrame) -> StagedRows:
         return StagedRows(df, self.staging_dir, self.batch_rows)
+
+    def _staging_folder(self, what: str) -> str:
+        base = self.staging_dir or tempfile.gettempdir()
+        return os.path.join(base, f"usersegments-{what}-{uuid.uuid4().hex}")
+
+
+def _stage_inserts(
+    feed: pa.RecordBatchReader, schema: pa.Schema, folder: str, rows_per_file: int
+) -> int:
+    """Write the insert rows of ``feed`` (cast to ``schema``) into Parquet files under
+    ``folder``, a new file once one holds ``rows_per_file``; returns the rows written."""
+    os.makedirs(folder, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    in_file = total = 0
+    try:
+        for batch in feed:
+            # load_cdf hands strings as string_view, which pyarrow cannot filter: cast to
+            # the table's own types (what Spark is told to read) first.
+            change = batch.column(CHANGE_TYPE_COLUMN).cast(pa.string())
+            inserts = _conform_batch(batch, schema).filter(pc.equal(change, INSERT_CHANGE))
+            if not inserts.num_rows:
+                continue
+            if writer is None or in_file >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                name = os.path.join(folder, f"part-{total:012d}.parquet")
+                writer = pq.ParquetWriter(name, schema)
+                in_file = 0
+            writer.write_batch(inserts)
+            in_file += inserts.num_rows
+            total += inserts.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return total
 
 
 class StagedRows:

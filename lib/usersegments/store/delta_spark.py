@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -11,7 +12,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from usersegments import delta_jars
+from usersegments.errors import ChangeFeedUnavailable
 from usersegments.store.backend import (
+    CHANGE_TYPE_COLUMN,
+    INSERT_CHANGE,
     MatchedAction,
     MergeResult,
     NotMatchedAction,
@@ -123,6 +127,32 @@ class DeltaSparkBackend:
     def version(self, path: str) -> int:
         """The latest committed version."""
         return int(self._table(path).history(1).collect()[0]["version"])
+
+    @contextmanager
+    def inserted_rows(
+        self, path: str, after_version: int, through_version: int, columns: Sequence[str]
+    ) -> Iterator[DataFrame]:
+        """The ``columns`` of the rows inserted by the commits after ``after_version`` up to
+        ``through_version``: a batch read of the change data feed (``readChangeFeed`` with
+        ``startingVersion``/``endingVersion``). Delta refuses a range it recorded no change
+        data for when the frame is made; files vacuumed since fail when it is computed."""
+        from pyspark.errors import PySparkException
+
+        try:
+            changes = (
+                self.spark.read.format("delta")
+                .option("readChangeFeed", "true")
+                .option("startingVersion", after_version + 1)
+                .option("endingVersion", through_version)
+                .load(path)
+            )
+        except PySparkException as error:
+            raise ChangeFeedUnavailable(
+                f"the change data feed of {path!r} for versions {after_version + 1}.."
+                f"{through_version} cannot be read: {str(error).splitlines()[0]}"
+            ) from error
+        inserts = changes.filter(F.col(CHANGE_TYPE_COLUMN) == INSERT_CHANGE)
+        yield inserts.select(*[F.col(f"`{c}`") for c in columns])
 
     def file_count(self, path: str) -> int:
         """Data files in the latest version."""

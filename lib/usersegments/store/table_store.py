@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -11,9 +12,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from usersegments.config import Config
-from usersegments.errors import ConfigError, InputError, MissingTableError, StoreError
+from usersegments.errors import (
+    ChangeFeedUnavailable,
+    ConfigError,
+    InputError,
+    MissingTableError,
+    StoreError,
+)
 from usersegments.paths import is_local, local_path
-from usersegments.schema import is_append_only, table_properties
+from usersegments.schema import is_append_only, records_changes, table_properties
 from usersegments.session import (
     DELTA_CATALOG,
     DELTA_EXTENSION,
@@ -115,6 +122,45 @@ class TableStore:
                 f"table '{name}' has versions 0..{current}; version {version} does not exist"
             )
         return self._backend.read(self.path(name), version)
+
+    @contextmanager
+    def inserted_since(
+        self,
+        name: str,
+        after_version: int,
+        through_version: int,
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[DataFrame]:
+        """Context manager: the rows (``columns``, default all) that the commits after
+        ``after_version`` up to ``through_version`` inserted into table ``name``, read from
+        its change data feed; use the frame inside the context only.
+
+        Raises ``ChangeFeedUnavailable`` when the table does not record its changes
+        (created without ``delta.enableChangeDataFeed``) or the versions cannot be read
+        any more; an error of the computation itself (a vacuumed file) surfaces when the
+        frame is first computed. ``after_version == through_version`` is an empty frame.
+        """
+        self.require(name)
+        current = self.version(name)
+        if not 0 <= after_version <= through_version <= current:
+            raise StoreError(
+                f"table '{name}' has versions 0..{current}; cannot read the changes after "
+                f"version {after_version} through {through_version}"
+            )
+        if not records_changes(self.properties(name)):
+            raise ChangeFeedUnavailable(
+                f"table '{name}' does not record its changes (it was created without "
+                "delta.enableChangeDataFeed, e.g. by an older version)"
+            )
+        schema = self.schema(name)
+        wanted = list(columns) if columns is not None else schema.fieldNames()
+        if after_version == through_version:
+            fields = [schema[c] for c in wanted]
+            yield self.spark.createDataFrame([], StructType(fields))
+            return
+        path = self.path(name)
+        with self._backend.inserted_rows(path, after_version, through_version, wanted) as rows:
+            yield rows
 
     def read_path(self, path: str) -> DataFrame:
         """Any Delta table by its path (an input, not one of this store's tables)."""
