@@ -326,6 +326,11 @@ def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tm
     assert before["ari_segment_vs_substyle"] == pytest.approx(adjusted_rand_score(labels, segment))
     moved = np.where(drifted, "c", area)
     assert after["ari_cluster_vs_area"] == pytest.approx(adjusted_rand_score(moved, cluster))
+    # No user drifted: pandas writes the all-null columns without a text type.
+    still = truth.assign(new_area=None, new_sub_style=None, drift_date=pd.NaT)
+    still.to_parquet(path)
+    unmoved = score_against_truth(spark, segs, str(path), datetime(2024, 1, 9, tzinfo=timezone.utc))
+    assert unmoved == pytest.approx(before)
     # Degenerate tables follow scikit-learn too.
     one = np.array([[5.0]])
     assert adjusted_rand(one) == adjusted_rand_score([0] * 5, [0] * 5) == 1.0

@@ -38,6 +38,10 @@ def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
     return truth
 
 
+# The truth columns scored: the planted interest, and the one a drifted user moved to.
+LABEL_COLUMNS = ("area", "sub_style", "new_area", "new_sub_style")
+
+
 def truth_frame(spark: SparkSession, path: str, privacy: PrivacyConfig | None = None) -> DataFrame:
     """The truth file as a Spark DataFrame (nothing of it on the driver), user ids
     pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
@@ -48,7 +52,13 @@ def truth_frame(spark: SparkSession, path: str, privacy: PrivacyConfig | None = 
         truth = spark.read.parquet(str(p))
     else:
         truth = spark.read.csv(str(p), header=True, inferSchema=True)
-    truth = truth.withColumn("user_id", F.col("user_id").cast("string"))
+    # Labels as text whatever the file's types: a column that is null throughout (no
+    # user drifted) comes back from pandas as numbers or as no type at all.
+    for column in ("user_id", *LABEL_COLUMNS):
+        present = column in truth.columns
+        truth = truth.withColumn(column, (F.col(column) if present else F.lit(None)).cast("string"))
+    if "drift_date" not in truth.columns:
+        truth = truth.withColumn("drift_date", F.lit(None).cast("string"))
     if privacy is not None and privacy.pseudonymize_user_ids:
         truth = truth.withColumn(
             "user_id", pseudonym_column(F.col("user_id"), pseudonym_key(privacy, spark))
