@@ -296,6 +296,15 @@ def user_means(events: pd.DataFrame, matrix: np.ndarray) -> tuple[pd.Index, np.n
     return pd.Index(users), unit_rows(sums)
 
 
+def reference_means(
+    events: pd.DataFrame, matrix: np.ndarray, min_events: int
+) -> tuple[pd.Index, np.ndarray]:
+    """The reference's users (at least ``min_events`` earlier posts) and their unit means."""
+    counts = events["user_id"].value_counts()
+    kept = events[events["user_id"].isin(counts[counts >= min_events].index)]
+    return user_means(kept, matrix)
+
+
 def reference_assignment(
     events: pd.DataFrame, matrix: np.ndarray, k: tuple[int, int], min_events: int, seed: int
 ) -> Assignment:
@@ -304,9 +313,7 @@ def reference_assignment(
     from sklearn.cluster import KMeans
 
     started = time.perf_counter()
-    counts = events["user_id"].value_counts()
-    kept = events[events["user_id"].isin(counts[counts >= min_events].index)]
-    users, x = user_means(kept, matrix)
+    users, x = reference_means(events, matrix, min_events)
     coarse = KMeans(n_clusters=k[0], n_init=10, random_state=seed).fit(x)
     fine = KMeans(n_clusters=k[1], n_init=10, random_state=seed).fit(x)
     seconds = time.perf_counter() - started
@@ -336,9 +343,7 @@ def reference_seed_spread(
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
-    counts = events["user_id"].value_counts()
-    kept = events[events["user_id"].isin(counts[counts >= min_events].index)]
-    ids, x = user_means(kept, matrix)
+    ids, x = reference_means(events, matrix, min_events)
     area = truth.set_index("user_id").loc[users, "area"]
     figures = []
     for seed in SPREAD_SEEDS:
