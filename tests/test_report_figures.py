@@ -54,8 +54,8 @@ def _two_runs(paths: list[tuple[tuple[str | None, ...], int]]) -> History:
         for path, users in paths:
             if path[run] is not None:
                 sizes[path[run]] = sizes.get(path[run], 0) + users
-        rows += [(run, s, n, s, int(s[2]), [1.0, 0.0]) for s, n in sorted(sizes.items())]
-    columns = ["run", "segment_id", "size", "label", "cluster_id", "centroid"]
+        rows += [(run, s, n, s, int(s[2]), 0.01 * run) for s, n in sorted(sizes.items())]
+    columns = ["run", "segment_id", "size", "label", "cluster_id", "drift"]
     snapshots = pd.DataFrame(rows, columns=columns)
     return History(runs=runs, snapshots=snapshots, paths=paths, path_runs=[0, 1])
 
@@ -212,9 +212,29 @@ def test_segment_pages_share_one_frame_and_fill_each_segment_s_values():
     figures = segment_figures(history, "c00.s00")
     size = {line["name"]: line["y"] for line in figures["size"]["data"]}
     assert size == {"users": [10, 10], "reach": [12, 14]}
-    assert figures["drift"]["data"][0]["y"] == [0.0, 0.0]
+    assert figures["drift"]["data"][0]["y"] == [0.0, 0.01]
     # A segment born in the second run: no reach recorded, so no reach line.
     later = segment_figures(history, "c01.s00")
     assert [line["name"] for line in later["size"]["data"]] == ["users"]
     assert later["size"]["data"][0]["y"] == [None, 5]
     assert fill_segment_figures(frames, {"users": [None, None]}) == {}
+
+
+def test_centroid_drift_is_the_cosine_distance_from_the_segment_s_first_run():
+    import math
+
+    from usersegments.report.history import centroid_drift
+
+    rows = [
+        (2, "a", [0.0, 2.0]),
+        (0, "a", [1.0, 0.0]),
+        (1, "a", [1.0, 1.0]),
+        (1, "b", [0.0, 0.0]),  # a zero centroid: as far as can be
+        (2, "b", [3.0, 4.0]),
+    ]
+    frame = pd.DataFrame(rows, columns=["run", "segment_id", "centroid"])
+    keys = zip(frame["segment_id"], frame["run"], strict=True)
+    drift = dict(zip(keys, centroid_drift(frame), strict=True))
+    assert drift[("a", 0)] == 0.0 and drift[("a", 2)] == 1.0
+    assert drift[("a", 1)] == round(1 - 1 / math.sqrt(2), 5)
+    assert drift[("b", 1)] == 1.0 and drift[("b", 2)] == 1.0

@@ -19,7 +19,7 @@ from plotly.colors import qualitative
 
 from usersegments.errors import ConfigError
 from usersegments.report.gather import CO_INTEREST_SEGMENTS, ReportData
-from usersegments.report.history import History, centroid_drift, flows
+from usersegments.report.history import History, drift_series, flows
 from usersegments.report.text import item_title
 
 Figure = dict[str, Any]  # Plotly's figure JSON: {"data": [...], "layout": {...}}
@@ -312,7 +312,7 @@ def segment_series(
     history: History, seg: str, rows: pd.DataFrame, drift: list[float | None]
 ) -> dict[str, list]:
     """A segment's values in each run by line name: users, reach (when the runs recorded
-    it) and centroid drift (``history.centroid_drift``); None where it was absent."""
+    it) and centroid drift (``history.drift_series``); None where it was absent."""
     runs = range(len(history.names))
     sizes = dict(zip(rows["run"], rows["size"], strict=True))
     series: dict[str, list] = {"users": [_int(sizes.get(i)) for i in runs], "drift": drift}
@@ -346,7 +346,7 @@ def segment_figures(
         rows = history.snapshots[history.snapshots["segment_id"] == seg]
     if not history.names or rows.empty:
         return {}
-    drift = centroid_drift(rows).get(seg, [])
+    drift = drift_series(rows).get(seg, [])
     series = segment_series(history, seg, rows, drift)
     return fill_segment_figures(segment_figure_frames(history), series)
 

@@ -29,6 +29,9 @@ SNAPSHOT_TABLES = ("segments", "user_segments")
 INTERESTS_TABLE = "user_interests"  # per-user multi-interests, when that stage exists
 PATH_LIMIT = 20_000  # distinct user paths collected; beyond it only the last two runs
 SEGMENT_COLUMNS = ["segment_id", "cluster_id", "size", "label", "keywords", "centroid"]
+# What History keeps of each run's segments: the centroid's drift (cosine distance from the
+# segment's first run) in place of the centroid.
+SNAPSHOT_COLUMNS = ["segment_id", "cluster_id", "size", "label", "keywords", "drift"]
 REACH = "reach"  # segments' column of users interested (stores from before it lack it)
 
 
@@ -46,7 +49,8 @@ class RunPoint:
 class History:
     """What the over-runs views show, oldest run first.
 
-    ``snapshots``: one row per (run index, segment) with size, label, keywords, centroid.
+    ``snapshots``: one row per (run index, segment) with size, label, keywords and drift
+    (the cosine distance of its centroid from that in the first run it appears in).
     ``paths``: distinct sequences of segment ids (None = not segmented in that run) over
     ``path_runs`` (indices into ``runs``) with the number of users who took each.
     ``reach``: (run index, segment_id) -> users interested, from each run's
@@ -55,7 +59,7 @@ class History:
 
     runs: list[RunPoint] = field(default_factory=list)
     snapshots: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=["run", *SEGMENT_COLUMNS])
+        default_factory=lambda: pd.DataFrame(columns=["run", *SNAPSHOT_COLUMNS])
     )
     paths: list[tuple[tuple[str | None, ...], int]] = field(default_factory=list)
     path_runs: list[int] = field(default_factory=list)
@@ -149,8 +153,8 @@ def _version_at(commits: list[tuple[datetime, int]], end: datetime) -> int | Non
 
 
 def _snapshots(store: TableStore, runs: list[RunPoint]) -> pd.DataFrame:
-    """Every run's segments with their reach (null where a version has none), one Spark
-    job over the versions, a few rows per run."""
+    """Every run's segments with their reach (null where a version has none) and drift,
+    one Spark job over the versions, a few rows per run."""
     frames = []
     for i, run in enumerate(runs):
         version = store.read_version("segments", run.versions["segments"])
@@ -160,7 +164,30 @@ def _snapshots(store: TableStore, runs: list[RunPoint]) -> pd.DataFrame:
                 "run", F.lit(i)
             )
         )
-    return _union(frames).toPandas().sort_values(["run", "segment_id"]).reset_index(drop=True)
+    snapshots = _union(frames).toPandas().sort_values(["run", "segment_id"])
+    # Drift on the driver: a few thousand centroids are a moment's numpy, while Spark's
+    # array functions over them cost seconds of interpreted lambdas.
+    snapshots["drift"] = centroid_drift(snapshots)
+    return snapshots.drop(columns=["centroid"]).reset_index(drop=True)
+
+
+def centroid_drift(snapshots: pd.DataFrame) -> pd.Series:
+    """Per row of ``snapshots`` (run, segment_id, centroid): the cosine distance of the
+    centroid from the segment's centroid in the first run it appears in, to 5 decimals
+    (1 when either is a zero vector)."""
+    if snapshots.empty:
+        return pd.Series([], index=snapshots.index, dtype=float)
+    ordered = snapshots.sort_values("run")
+    vectors = np.vstack(ordered["centroid"].to_numpy()).astype(np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms == 0, 1.0, norms)
+    # Each row's segment's first row in run order.
+    first = ordered.groupby("segment_id", sort=False).cumcount().eq(0).to_numpy()
+    owner = ordered["segment_id"].to_numpy()
+    first_of = dict(zip(owner[first], np.flatnonzero(first), strict=True))
+    anchor = unit[[first_of[s] for s in owner]]
+    distance = np.round(1.0 - np.einsum("ij,ij->i", unit, anchor), 5)
+    return pd.Series(distance, index=ordered.index).reindex(snapshots.index)
 
 
 def _memberships(store: TableStore, runs: list[RunPoint], which: list[int]) -> DataFrame:
@@ -181,20 +208,17 @@ def _paths(
     """Distinct per-user segment sequences over the runs with their user counts.
 
     When more than ``PATH_LIMIT`` distinct sequences exist (much churn over many runs)
-    the sequences cover the last two runs only, whose count is bounded by segments².
-    Each user's row of segments per run is built once (kept in memory for that second
-    count) from one read of each version.
+    the sequences cover the last two runs only (read again: two versions), whose count
+    is bounded by segments². Nothing is cached: keeping every user's row in memory cost
+    more than reading two versions again.
     """
     which = list(range(len(runs)))
-    by_user = _segment_per_run(_memberships(store, runs, which), which).persist()
-    try:
-        paths = _path_counts(by_user, which, PATH_LIMIT + 1)
-        if len(paths) > PATH_LIMIT and len(which) > 2:
-            which = which[-2:]
-            paths = _path_counts(by_user, which, PATH_LIMIT + 1)
-    finally:
-        by_user.unpersist()
-    return paths, which
+    for attempt in (which, which[-2:]):
+        by_user = _segment_per_run(_memberships(store, runs, attempt), attempt)
+        paths = _collect_paths(_path_counts(by_user, attempt), attempt, PATH_LIMIT + 1)
+        if len(paths) <= PATH_LIMIT or len(attempt) <= 2:
+            return paths[:PATH_LIMIT], attempt
+    return [], []
 
 
 def _segment_per_run(memberships: DataFrame, which: list[int]) -> DataFrame:
@@ -206,20 +230,28 @@ def _segment_per_run(memberships: DataFrame, which: list[int]) -> DataFrame:
     )
 
 
-def _path_counts(
-    by_user: DataFrame, which: list[int], limit: int
-) -> list[tuple[tuple[str | None, ...], int]]:
-    """(segment per run of ``which``, users) for each distinct path, most users first."""
+def _path_counts(by_user: DataFrame, which: list[int]) -> DataFrame:
+    """Users per distinct path over the runs ``which`` (columns ``r<i>``, ``count``)."""
     columns = [f"r{i}" for i in which]
-    counted = (
+    return (
         by_user.filter(F.coalesce(*columns).isNotNull())  # users in none of these runs
         .groupBy(*columns)
         .count()
-        .orderBy(F.desc("count"))
-        .limit(limit)
-        .collect()
     )
-    return [(tuple(r[f"r{i}"] for i in which), int(r["count"])) for r in counted]
+
+
+def _collect_paths(
+    counted: DataFrame, which: list[int], limit: int
+) -> list[tuple[tuple[str | None, ...], int]]:
+    """(segment per run of ``which``, users) for the ``limit`` paths of most users
+    (through Arrow: tens of thousands of rows convert far faster than as Row objects)."""
+    frame = counted.orderBy(F.desc("count")).limit(limit).toPandas()
+    frame = frame.astype(object).where(frame.notna(), None)  # NaN for an absent run -> None
+    steps = [f"r{i}" for i in which]
+    return [
+        (tuple(row[:-1]), int(row[-1]))
+        for row in frame[[*steps, "count"]].itertuples(index=False, name=None)
+    ]
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
@@ -238,17 +270,14 @@ def flows(history: History, a: int, b: int) -> pd.DataFrame:
     return frame.groupby(["source", "target"], dropna=False, as_index=False)["users"].sum()
 
 
-def centroid_drift(snapshots: pd.DataFrame) -> dict[str, list[float | None]]:
-    """segment_id -> cosine distance of its centroid in each run from the first run it
-    appears in (None in runs without it)."""
+def drift_series(snapshots: pd.DataFrame) -> dict[str, list[float | None]]:
+    """segment_id -> its centroid drift in each run (``centroid_drift``; None in runs
+    without the segment)."""
     runs = int(snapshots["run"].max()) + 1 if len(snapshots) else 0
     drift: dict[str, list[float | None]] = {}
-    for seg, rows in snapshots.sort_values("run").groupby("segment_id"):
-        centroids = np.vstack(rows["centroid"].to_numpy()).astype(np.float64)
-        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-        unit = centroids / np.where(norms == 0, 1.0, norms)
+    for seg, rows in snapshots.groupby("segment_id"):
         series: list[float | None] = [None] * runs
-        for run, distance in zip(rows["run"], 1.0 - unit @ unit[0], strict=True):
-            series[int(run)] = round(float(distance), 5)
+        for run, distance in zip(rows["run"], rows["drift"], strict=True):
+            series[int(run)] = None if pd.isna(distance) else float(distance)
         drift[str(seg)] = series
     return drift

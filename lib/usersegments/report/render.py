@@ -27,7 +27,7 @@ from usersegments.report.figures import (
     segment_series,
 )
 from usersegments.report.gather import ReportData
-from usersegments.report.history import centroid_drift, flows
+from usersegments.report.history import drift_series, flows
 from usersegments.report.sections import (
     ingest_rows,
     overview_figures,
@@ -157,7 +157,7 @@ def _segment_pages(data: ReportData, described: pd.DataFrame) -> list[dict[str, 
     moved = _latest_moves(data)
     labels = dict(zip(data.segments["segment_id"], data.segments["label"], strict=True))
     snapshots = dict(tuple(history.snapshots.groupby("segment_id")))
-    drift = centroid_drift(history.snapshots)  # every segment's at once
+    drift = drift_series(history.snapshots)  # every segment's at once
     inflow = dict(tuple(moved.groupby("target")))
     outflow = dict(tuple(moved.groupby("source")))
     empty = moved.iloc[0:0]
