@@ -12,13 +12,15 @@ import yaml
 from pydantic import Field, field_validator
 
 from usersegments.config.section import Section, check_timezone, stringify_values
-from usersegments.config.stages import (
+from usersegments.config.segmenting import (
     ClusterConfig,
-    EvaluateConfig,
     InterestsConfig,
     LabelConfig,
-    PrivacyConfig,
     ProfileConfig,
+)
+from usersegments.config.stages import (
+    EvaluateConfig,
+    PrivacyConfig,
     RecommendConfig,
     ReportConfig,
     TuneConfig,
