@@ -201,6 +201,7 @@ END_TO_END_FIXTURES = frozenset(
         "tuned",
         "report_root",
         "interests_update",
+        "few_new",
     }
 )
 
