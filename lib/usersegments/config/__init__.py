@@ -14,6 +14,7 @@ Modules:
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
 - ``stages``: the profile, cluster, interests, label, recommend, evaluate, update, report,
   privacy and tune sections;
+- ``stream``: the stream section (``usersegments stream``: source, trigger, checkpoint);
 - ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
   ``with_settings`` (dotted settings replaced in a config);
 - ``messages``: validation errors as one-line ``ConfigError`` messages;
@@ -45,6 +46,7 @@ from usersegments.config.stages import (
     TuneConfig,
     UpdateConfig,
 )
+from usersegments.config.stream import StreamConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -62,6 +64,7 @@ __all__ = [
     "RecommendConfig",
     "ReportConfig",
     "SparkConfig",
+    "StreamConfig",
     "StoreConfig",
     "SubClusterConfig",
     "TuneConfig",
