@@ -27,9 +27,11 @@ from pyspark.sql import functions as F
 from tests.conftest import make_config, require_delta_spark, set_args
 from tests.test_faults import InjectedCrash, assert_same_tables, crash_after_first_write, snapshot
 from usersegments import cli
+from usersegments.errors import ConfigError, InputError
 from usersegments.runlog import completed_stages
 from usersegments.stages import RUN, stages_of
 from usersegments.store import TableStore, Txn
+from usersegments.stream.source import check_landing_folder, raw_batch, read_events
 from usersegments.testing.synthetic import GeneratorSettings, generate, generated_times, split_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +109,89 @@ def test_an_idempotent_write_commits_once(store, spark):
     assert store.write(frame, "txn_probe", txn=Txn("other-app", 0)) is True
     assert store.write(frame, "txn_probe", txn=Txn("app", 1)) is True
     assert store.read("txn_probe").count() == 3
+
+
+# ---------------------------------------------------------------------------
+# sources: one schema from the config, rows as ingest's raw strings
+
+
+def stream_rows(spark, cfg, source: str, checkpoint: Path) -> list[list[dict]]:
+    """Run ``read_events`` over ``source`` with availableNow; each batch's raw rows."""
+    batches: list[list[dict]] = []
+
+    def collect(frame, batch_id):
+        raw = raw_batch(frame, cfg, source, items_given=False)
+        batches.append([row.asDict() for row in raw.orderBy("source", "user_id").collect()])
+
+    query = (
+        read_events(spark, cfg, source)
+        .writeStream.option("checkpointLocation", str(checkpoint))
+        .foreachBatch(collect)
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    return batches
+
+
+def test_landing_files_are_read_with_the_configured_schema(spark, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "a.jsonl").write_text(
+        '{"user_id": "u1", "event_time": "2026-01-02T03:04:05Z", "text": "tea", "value": 2}\n'
+        "not json at all\n"
+    )
+    (landing / "b.jsonl").write_text('{"user_id": 7, "event_time": 1767323045, "extra": true}\n')
+    os.utime(landing / "b.jsonl", (time.time() + 5,) * 2)
+    cfg = make_config(tmp_path / "store", "stream.max_files_per_trigger=1")
+    first, second = stream_rows(spark, cfg, str(landing), tmp_path / "checkpoint")
+    assert [(r["user_id"], r["value"], r["raw_record"]) for r in first] == [
+        (None, None, "not json at all"),
+        ("u1", "2", None),
+    ]
+    # Numbers arrive as text, as the batch reader's primitivesAsString gives them.
+    assert [(r["user_id"], r["event_time"], r["text"]) for r in second] == [
+        ("7", "1767323045", None)
+    ]
+    assert second[0]["source"].endswith("b.jsonl")
+
+
+def test_csv_landing_files_keep_a_row_that_does_not_fit(spark, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "a.csv").write_text(
+        "user_id,event_time,event_type,item_id,text,value\n"
+        "u1,2026-01-02T03:04:05Z,view,i1,tea,1.5\n"
+        'u2,2026-01-02T03:04:05Z,view,i1,"unclosed\n'
+    )
+    cfg = make_config(tmp_path / "store", "stream.format=csv")
+    (rows,) = stream_rows(spark, cfg, str(landing), tmp_path / "checkpoint")
+    assert rows[0]["user_id"] == "u1" and rows[0]["value"] == "1.5"
+    assert len(rows) == 2
+
+
+def test_a_delta_table_of_events_is_read_as_a_stream(spark, tmp_path):
+    require_delta_spark(spark)
+    table = str(tmp_path / "events_in")
+    frame = spark.createDataFrame(
+        [("u1", "2026-01-02T03:04:05Z", "tea", 1.0)],
+        "user_id string, event_time string, text string, value double",
+    )
+    frame.write.format("delta").save(table)
+    cfg = make_config(tmp_path / "store", "stream.source=delta")
+    (rows,) = stream_rows(spark, cfg, table, tmp_path / "checkpoint")
+    assert [(r["user_id"], r["text"], r["value"], r["source"]) for r in rows] == [
+        ("u1", "tea", "1.0", table)
+    ]
+
+
+def test_stream_settings_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="stream.schema_ddl"):
+        make_config(tmp_path, "stream.format=parquet")
+    with pytest.raises(ConfigError, match="interval"):
+        make_config(tmp_path, "stream.interval=soon")
+    with pytest.raises(InputError, match="--source"):
+        check_landing_folder(str(tmp_path / "nowhere"))
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +291,28 @@ def test_a_stream_killed_mid_batch_resumes_exactly_once(
     assert_profiles_equal(profiles(store), reference["profiles"])
     assert_one_open_history_row_per_user(store)
     assert_rows_counted_once(store, landed["landing"])
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_running_batch_finish(spark, tmp_path, landed, reference):
+    """processingTime keeps running; SIGTERM in the middle of a batch stops the stream once
+    that batch is committed, with exit status 0."""
+    root = tmp_path / "store"
+    shutil.copytree(reference["seeded"], root)
+    land(landed["landing"][:1], tmp_path / "landing")
+    command = [
+        *stream_command(root, tmp_path / "landing", landed["items"], "delta-rs"),
+        *["--trigger", "processingTime", "--set", "stream.interval=2 seconds"],
+    ]
+    log = tmp_path / "stream.log"
+    process = start_stream(command, log)
+    checkpoint = root / "checkpoints" / "usersegments"
+    wait_for(lambda: (checkpoint / "offsets" / "0").exists(), process, log, "batch 0 began")
+    assert not (checkpoint / "commits" / "0").exists()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=KILL_TIMEOUT_S) == 0, log.read_text()[-4000:]
+    assert (checkpoint / "commits" / "0").exists()
+    assert "stopped by SIGTERM" in log.read_text()
 
 
 def assert_profiles_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
