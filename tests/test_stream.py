@@ -31,6 +31,7 @@ from usersegments.errors import ConfigError, InputError
 from usersegments.runlog import completed_stages
 from usersegments.stages import RUN, stages_of
 from usersegments.store import TableStore, Txn
+from usersegments.stream.batch import GracefulStop, StopSignal, next_run_id
 from usersegments.stream.source import check_landing_folder, raw_batch, read_events
 from usersegments.testing.synthetic import GeneratorSettings, generate, generated_times, split_at
 
@@ -192,6 +193,19 @@ def test_stream_settings_name_the_fix(tmp_path):
         make_config(tmp_path, "stream.interval=soon")
     with pytest.raises(InputError, match="--source"):
         check_landing_folder(str(tmp_path / "nowhere"))
+
+
+def test_a_batch_after_a_stop_request_does_nothing_and_run_ids_keep_their_order():
+    stop = StopSignal()
+    stop.enter_batch()
+    assert not stop.idle.is_set()  # a stop asked for now waits for this batch
+    stop.leave_batch()
+    stop.requested.set()
+    with pytest.raises(GracefulStop):
+        stop.enter_batch()
+    assert stop.idle.is_set()
+    first = next_run_id(None)
+    assert next_run_id(first) > first
 
 
 # ---------------------------------------------------------------------------

@@ -180,8 +180,8 @@ class MicroBatches:
         self._last_run_id: str | None = None
 
     def __call__(self, frame: DataFrame, batch_id: int) -> None:
-        self.stop.enter_batch()
         try:
+            self.stop.enter_batch()
             self.process(frame, batch_id)
         except BaseException as error:
             self.error = error  # the query fails with it; the command re-raises it
@@ -202,12 +202,12 @@ class MicroBatches:
         if frame.isEmpty():
             return None
         started = time.perf_counter()
+        raw = raw_batch(frame, self.cfg, self.source, self.items is not None)
         self._last_run_id = next_run_id(self._last_run_id)
         run = BatchRunLog(
             self.spark, self.store, self.cfg, self._last_run_id, Txn(self.app_id(), batch_id)
         )
         run.start()
-        raw = raw_batch(frame, self.cfg, self.source, self.items is not None)
         command = "update" if all(self.store.exists(t) for t in REQUIRED_TABLES) else RUN
         say(f"stream batch {batch_id}: run {run.run_id} ({command} stages)")
         with finishing(Context(self.cfg, self.spark, self.store, run)) as ctx:
