@@ -319,9 +319,11 @@ def test_sigterm_lets_the_running_batch_finish(spark, tmp_path, landed, referenc
         *["--trigger", "processingTime", "--set", "stream.interval=2 seconds"],
     ]
     log = tmp_path / "stream.log"
+    runs = commits(root / "runs")
     process = start_stream(command, log)
     checkpoint = root / "checkpoints" / "usersegments"
-    wait_for(lambda: (checkpoint / "offsets" / "0").exists(), process, log, "batch 0 began")
+    # The batch's run is recorded first thing in the batch (offsets are logged earlier).
+    wait_for(lambda: commits(root / "runs") > runs, process, log, "batch 0 began")
     assert not (checkpoint / "commits" / "0").exists()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=KILL_TIMEOUT_S) == 0, log.read_text()[-4000:]
