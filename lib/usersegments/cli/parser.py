@@ -13,6 +13,7 @@ DEFAULT_SEED = 7
 DEFAULT_DAYS = 60
 DEFAULT_ROWS_SHOWN = 20
 INPUT_FORMATS = ("auto", "parquet", "csv", "jsonl", "delta")
+STREAM_TRIGGERS = ("availableNow", "processingTime")
 
 
 def _add_events(parser: argparse.ArgumentParser) -> None:
@@ -117,10 +118,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help=_flow(RUN))
     _add_inputs(run, inputs_of(RUN))
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="go on with a failed (or killed) run from the stage it stopped in, reusing the "
+        "tables of the stages it completed (same settings; --events only if it stopped in "
+        "ingest)",
+    )
     upd = sub.add_parser(
         "update", parents=[common], help="fold new events into the segments: " + _flow(UPDATE)
     )
     _add_inputs(upd, inputs_of(UPDATE))
+
+    stream = sub.add_parser(
+        "stream",
+        parents=[common],
+        help="continuous updates (Spark Structured Streaming): every micro-batch of new "
+        "events from --source runs " + _flow(UPDATE) + ", exactly once",
+    )
+    stream.add_argument(
+        "--source",
+        required=True,
+        metavar="PATH",
+        help="landing folder of event files (stream.format), or a Delta table of events "
+        "with --set stream.source=delta",
+    )
+    _add_items(stream)
+    stream.add_argument(
+        "--trigger",
+        choices=STREAM_TRIGGERS,
+        help="availableNow: process what has landed, then stop; processingTime: keep running "
+        "every stream.interval (overrides stream.trigger)",
+    )
 
     demo = sub.add_parser("demo", parents=[common], help="generate + run on a small dataset")
     demo.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")

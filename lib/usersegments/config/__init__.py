@@ -14,6 +14,7 @@ Modules:
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
 - ``segmenting``: the profile, cluster, interests and label sections;
 - ``stages``: the recommend, evaluate, update, report, privacy and tune sections;
+- ``stream``: the stream section (``usersegments stream``: source, trigger, checkpoint);
 - ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
   ``with_settings`` (dotted settings replaced in a config);
 - ``messages``: validation errors as one-line ``ConfigError`` messages;
@@ -47,6 +48,7 @@ from usersegments.config.stages import (
     TuneConfig,
     UpdateConfig,
 )
+from usersegments.config.stream import StreamConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -64,6 +66,7 @@ __all__ = [
     "RecommendConfig",
     "ReportConfig",
     "SparkConfig",
+    "StreamConfig",
     "StoreConfig",
     "SubClusterConfig",
     "TuneConfig",
