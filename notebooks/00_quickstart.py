@@ -29,6 +29,7 @@ from pathlib import Path
 from usersegments.console import print_run_summary
 from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_all
+from usersegments.report import display_report
 from usersegments.testing.synthetic import GeneratorSettings, generate, split_at, write
 
 nb = start(globals(), users="300", seed="7")
@@ -72,10 +73,12 @@ store = ctx.store
 # MAGIC %md
 # MAGIC ## What came out
 # MAGIC The segments, each with its label, keywords and size; `user_segments` holds one row per
-# MAGIC user. The HTML report with plots is at `<root>/report/index.html`.
+# MAGIC user. The segment explorer is at `<root>/report/index.html`; on Databricks it is shown
+# MAGIC here too, inline.
 
 # COMMAND ----------
 
 segments = store.read("segments").select("segment_id", "size", "label", "keywords")
 show(segments.orderBy("segment_id"), "segments")
 print(f"report: {results['report'].path}")
+display_report(globals(), store, cfg)

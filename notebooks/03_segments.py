@@ -14,12 +14,10 @@
 
 # COMMAND ----------
 
-from datetime import datetime, timezone
-
 from usersegments.console import print_run_summary
 from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, run_all
-from usersegments.report import gather, item_title, render_html, report_figures
+from usersegments.report import display_report, gather, item_title
 
 nb = start(globals())
 cfg, show = nb.cfg, nb.show
@@ -42,7 +40,8 @@ store = ctx.store
 
 # MAGIC %md
 # MAGIC ## Explore
-# MAGIC The segment explorer (the same page as `<output>/report/index.html`): the map places a
+# MAGIC The segment explorer (the same page as `<output>/report/index.html`, inline here, opened on
+# MAGIC its map; the other pages are a click away): the map places a
 # MAGIC sample of users in 2-D (UMAP when `umap-learn` is installed, else PCA), coloured by coarse
 # MAGIC cluster, with each segment's label, size and top items on hover; the hierarchy shows
 # MAGIC clusters and their segments by size. Look for segments that overlap (a candidate for a
@@ -51,12 +50,7 @@ store = ctx.store
 # COMMAND ----------
 
 data = gather(store.spark, store, cfg)
-if "displayHTML" in globals():
-    # plotly.js inlined: the cell's frame cannot reach the report's assets/ folder.
-    displayHTML(render_html(data, datetime.now(timezone.utc), plotly_src=None).html)  # noqa: F821
-else:
-    for name, figure in report_figures(data, cfg.cluster.seed).items():
-        print(f"[figure {name}: {len(figure['data'])} traces; drawn by displayHTML on Databricks]")
+display_report(globals(), store, cfg, page="map", data=data)
 
 # COMMAND ----------
 

@@ -23,6 +23,7 @@ from usersegments.console import print_churn
 from usersegments.evaluate import drift_recovery
 from usersegments.notebook import start
 from usersegments.pipeline import pipeline_run, update_all
+from usersegments.report import display_report
 from usersegments.testing.synthetic import output_paths
 
 nb = start(globals())
@@ -37,6 +38,17 @@ with pipeline_run(cfg, "update") as ctx:
     print_churn(results["update"])
 churn = results["update"].metrics
 store = ctx.store
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Movement in the segment explorer
+# MAGIC The report the update just wrote, inline and opened on its movement page: a Sankey of users
+# MAGIC between the segments of any two runs (the last two by default) and segment sizes over runs.
+
+# COMMAND ----------
+
+display_report(globals(), store, cfg, page="movement")
 
 # COMMAND ----------
 

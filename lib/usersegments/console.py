@@ -93,8 +93,9 @@ def print_run_summary(ctx: Context, results: Mapping[str, StageResult]) -> None:
         _print_segments(results["cluster"])
     if "interests" in results:
         _print_interests(results["interests"])
-    if "label" in results:
-        _print_largest_segments(ctx.store)
+    if "label" in results or "report" in results:
+        # After an update that kept the segments too: their sizes changed.
+        _print_largest_segments(ctx.store, ctx.cfg.privacy.min_segment_size)
 
 
 def _print_ingest(ingest: StageResult) -> None:
@@ -207,22 +208,36 @@ def _print_interests(interests: StageResult) -> None:
     )
 
 
-def _print_largest_segments(store: TableStore) -> None:
+def _print_largest_segments(store: TableStore, min_size: int) -> None:
+    """The largest segments with their labels and sizes, and how many there are."""
+    segments = store.read("segments")
+    total = segments.count()
     largest = (
-        store.read("segments")
-        .orderBy(F.desc("size"), "segment_id")
+        segments.orderBy(F.desc("size"), "segment_id")
         .limit(LARGEST_SEGMENTS_SHOWN)
         .select("segment_id", "size", "label", "keywords")
         .collect()
     )
+    shown = f"the {len(largest)} largest of {total}" if total > len(largest) else f"all {total}"
     print_table(
-        "largest segments",
+        f"segments: {shown}",
         ["segment", "users", "label", "keywords"],
-        [
-            (r["segment_id"], r["size"], r["label"], ", ".join(r["keywords"][:KEYWORDS_SHOWN]))
-            for r in largest
-        ],
+        segment_rows([r.asDict() for r in largest], min_size),
     )
+
+
+def segment_rows(rows: Sequence[Mapping[str, object]], min_size: int) -> list[tuple]:
+    """Console rows (segment, users, label, keywords) of ``segments`` rows; a segment
+    below the privacy floor (``min_size`` users) keeps its id and size, undescribed."""
+    out = []
+    for r in rows:
+        size = int(r["size"])
+        if size < min_size:
+            out.append((r["segment_id"], size, "(below the privacy floor)", ""))
+            continue
+        keywords = ", ".join(list(r["keywords"] or [])[:KEYWORDS_SHOWN])
+        out.append((r["segment_id"], size, r["label"] or "–", keywords))
+    return out
 
 
 def print_evaluation(result: StageResult, k: int) -> None:
@@ -392,6 +407,10 @@ def _measured(value: float | None) -> bool:
 
 
 def _fmt(value: object) -> str:
+    """A cell: floats to 4 significant digits; a missing or unmeasured value as "–",
+    never "None" or "nan"."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

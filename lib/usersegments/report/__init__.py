@@ -16,7 +16,8 @@ Modules:
     sections -- the overview's figures and tables (key figures, quality, ingest)
     text     -- item texts shown once and short, figures formatted without "nan"
     render   -- the HTML from ``templates/report.html.j2`` (autoescaped) with the figures as JSON
-    publish  -- writing ``<root>/report/``: plotly.js once, the page replaced in one step
+    publish  -- writing ``<root>/report/``: plotly.js once, the page replaced in one step;
+                ``display_report``: the page inline in a notebook cell (``displayHTML``)
     stage    -- ``run_report``, the stage
 """
 
@@ -31,7 +32,7 @@ from usersegments.report.figures import (
 )
 from usersegments.report.gather import ReportData, gather
 from usersegments.report.history import History, RunPoint, gather_history
-from usersegments.report.publish import plotly_bundle, write_report
+from usersegments.report.publish import display_report, plotly_bundle, write_report
 from usersegments.report.render import Rendered, render_html
 from usersegments.report.sections import report_figures
 from usersegments.report.stage import run_report
@@ -44,6 +45,7 @@ __all__ = [
     "ReportData",
     "RunPoint",
     "changes",
+    "display_report",
     "gather",
     "gather_history",
     "hierarchy_figure",

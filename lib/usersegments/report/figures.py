@@ -5,7 +5,7 @@ Each function returns a figure as Plotly's JSON structure (a dict of ``data`` an
 notebook can show one with ``plotly.graph_objects.Figure(spec)``. Plain dicts, because
 validating hundreds of traces through ``graph_objects`` takes seconds. Text taken from
 user data (labels, keywords, item texts) is HTML-escaped before it reaches a hover label
-or a legend, and passed as trace text, never into a hover template.
+or a legend, and passed as trace text or meta, never into a hover template.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd
 from plotly.colors import qualitative
 
 from usersegments.errors import ConfigError
-from usersegments.report.gather import ReportData
+from usersegments.report.gather import CO_INTEREST_SEGMENTS, ReportData
 from usersegments.report.history import History, centroid_drift, flows
 from usersegments.report.text import item_title
 
@@ -120,16 +120,21 @@ def map_figure(data: ReportData, seed: int = 0) -> tuple[Figure, int]:
                     "text": "" if cluster in seen_clusters else f"cluster {cluster}"
                 },
                 "marker": {"color": cluster_color(cluster), "size": 5, "opacity": 0.7},
-                "text": segment_hover(row, data, int(row["size"]) >= data.min_segment_size),
-                "hovertemplate": "%{text}<extra></extra>",
-                "meta": seg,  # the page opens this segment when a point is clicked
+                # The trace's meta: the segment the page opens when a point is clicked, and
+                # the hover label, the same for every point (a scalar trace text is not
+                # shown by a hover template; a text per point would repeat it thousands
+                # of times). A value substituted into the template is not parsed again.
+                "meta": [seg, segment_hover(row, data, int(row["size"]) >= data.min_segment_size)],
+                "hovertemplate": "%{meta[1]}<extra></extra>",
             }
         )
         seen_clusters.add(cluster)
     drawn = sum(len(t["x"]) for t in traces)
     title = f"{drawn:,} sampled users on two {method} components, coloured by coarse cluster"
     axis = {"visible": False}
-    layout = {"height": 640, "legend": {"itemsizing": "constant"}, "xaxis": axis, "yaxis": axis}
+    # A legend click hides or shows that one segment, not its whole cluster's group.
+    legend = {"itemsizing": "constant", "groupclick": "toggleitem"}
+    layout = {"height": 640, "legend": legend, "xaxis": axis, "yaxis": axis}
     return figure(traces, title, **layout), drawn
 
 
@@ -169,6 +174,7 @@ def sizes_over_runs_figure(history: History, labels: dict[str, str]) -> Figure |
     if snaps.empty:
         return None
     runs = history.names
+    numbers = list(range(1, len(runs) + 1))
     clusters = snaps.groupby("segment_id")["cluster_id"].last()
     traces = []
     for seg, rows in snaps.groupby("segment_id"):
@@ -176,7 +182,7 @@ def sizes_over_runs_figure(history: History, labels: dict[str, str]) -> Figure |
         traces.append(
             {
                 "type": "scatter",
-                "x": runs,
+                "x": numbers,
                 "y": [int(sizes.get(i, 0)) for i in range(len(runs))],
                 "name": _legend_name(str(seg), labels.get(seg)),
                 "stackgroup": "sizes",
@@ -184,48 +190,100 @@ def sizes_over_runs_figure(history: History, labels: dict[str, str]) -> Figure |
                 "hovertemplate": f"{html.escape(str(seg))}: %{{y:,}} users<extra></extra>",
             }
         )
-    return figure(traces, "Users per segment over runs", height=480, hovermode="x")
+    # Run numbers as x, their names once as tick labels (not repeated in every trace).
+    xaxis = {"tickvals": numbers, "ticktext": runs, "automargin": True}
+    return figure(traces, "Users per segment over runs", height=480, hovermode="x", xaxis=xaxis)
+
+
+# The Sankey's node labels sit beside their node, centred on it: a label drawn only for
+# a node at least one text line tall stays within its node's height, so two labels never
+# overlap (smaller nodes are named in their hover). The page's script (report.js.j2)
+# applies the same rule with these numbers, sent with the page.
+SANKEY = {
+    "font": 11,
+    "line_px": 14,  # the height one label line needs at that font size
+    "min_height": 560,
+    "max_height": 1600,
+    "px_per_node": 18,  # figure height per node on the fuller side, plus "extra"
+    "extra": 200,
+    "pad": 6,  # px between nodes, "crowded_pad" above "crowded" nodes on a side
+    "crowded": 40,
+    "crowded_pad": 3,
+    "margin": MARGIN,
+}
+
+
+def sankey_size(nodes_per_side: int) -> tuple[int, int]:
+    """Figure height and node padding (px) for a Sankey with this many nodes on its
+    fuller side: taller with more nodes (within bounds), padding thinner when crowded."""
+    height = SANKEY["px_per_node"] * nodes_per_side + SANKEY["extra"]
+    height = min(SANKEY["max_height"], max(SANKEY["min_height"], height))
+    pad = SANKEY["pad"] if nodes_per_side <= SANKEY["crowded"] else SANKEY["crowded_pad"]
+    return height, pad
+
+
+def sankey_labels(
+    names: list[str], values: list[int], nodes_per_side: int, height: int, pad: int
+) -> list[str]:
+    """The node labels drawn: a node's name when it is at least one line (``line_px``) tall,
+    else "". Plotly scales every node by ``(plot height - pads) / users on a side``;
+    both sides hold the same users."""
+    total = max(sum(values) / 2, 1)  # every user is counted once on each side
+    plot = height - MARGIN["t"] - MARGIN["b"] - pad * (nodes_per_side - 1)
+    px_per_user = max(plot, 0) / total
+    line = SANKEY["line_px"]
+    return [n if v * px_per_user >= line else "" for n, v in zip(names, values, strict=True)]
 
 
 def movement_figure(history: History, a: int, b: int, labels: dict[str, str]) -> Figure:
     """Sankey of users from the segments of run ``a`` to those of run ``b`` (notebooks;
-    the page draws the same from the paths for any two runs chosen)."""
+    the page's script draws the same from the paths for any two runs chosen)."""
     moved = flows(history, a, b)
-    left = sorted({str(s) for s in moved["source"]})
-    right = sorted({str(s) for s in moved["target"]})
+    # Users absent from a run (None; NaN once grouped) sort first, as "not segmented".
+    absent = ""
+    moved = moved.assign(
+        source=[absent if pd.isna(s) else str(s) for s in moved["source"]],
+        target=[absent if pd.isna(t) else str(t) for t in moved["target"]],
+    )
+    left = sorted(set(moved["source"]))
+    right = sorted(set(moved["target"]))
 
     def name(seg: str) -> str:
-        return "not segmented" if seg == "None" else _legend_name(seg, labels.get(seg))
+        return "not segmented" if seg == absent else _legend_name(seg, labels.get(seg))
 
+    names = [name(s) for s in left + right]
+    values = [int(moved.loc[moved["source"] == s, "users"].sum()) for s in left]
+    values += [int(moved.loc[moved["target"] == t, "users"].sum()) for t in right]
+    height, pad = sankey_size(max(len(left), len(right)))
     sankey = {
         "type": "sankey",
-        "node": {"label": [name(s) for s in left + right], "pad": 8},
+        "node": {
+            "label": sankey_labels(names, values, max(len(left), len(right)), height, pad),
+            "customdata": names,
+            "hovertemplate": "%{customdata}<br>%{value:,} users<extra></extra>",
+            "pad": pad,
+            "thickness": 14,
+        },
         "link": {
-            "source": [left.index(str(s)) for s in moved["source"]],
-            "target": [len(left) + right.index(str(t)) for t in moved["target"]],
+            "source": [left.index(s) for s in moved["source"]],
+            "target": [len(left) + right.index(t) for t in moved["target"]],
             "value": [int(u) for u in moved["users"]],
         },
+        "textfont": {"size": SANKEY["font"]},
     }
     title = f"Users from {history.names[a]} to {history.names[b]}"
-    return figure([sankey], title, height=620)
+    return figure([sankey], title, height=height)
 
 
-def segment_figures(
-    history: History, seg: str, rows: pd.DataFrame | None = None
-) -> dict[str, Figure]:
-    """Per-segment series over runs: users, reach (when known) and centroid drift;
-    ``rows``: the segment's snapshots when the caller already has them."""
+def segment_figure_frames(history: History) -> dict[str, Figure]:
+    """The two figures of every segment page without their values: ``size`` (users, and
+    reach when the runs recorded it) and ``drift``. The page carries them once and fills
+    in each segment's series (``fill_segment_figures``; the page's script does the same),
+    so a thousand segments do not repeat the run names and layouts a thousand times."""
     names = history.names
-    if rows is None:
-        rows = history.snapshots[history.snapshots["segment_id"] == seg]
-    if not names or rows.empty:
+    if not names:
         return {}
-    sizes = dict(zip(rows["run"], rows["size"], strict=True))
-    lines = [_line(names, [_int(sizes.get(i)) for i in range(len(names))], "users")]
-    if history.reach:
-        reach = [history.reach.get((i, seg)) for i in range(len(names))]
-        lines.append(_line(names, reach, "reach"))
-    drift = centroid_drift(rows).get(seg, [])
+    lines = [_line(names, "users")] + ([_line(names, "reach")] if history.reach else [])
     # Runs by number on the axis (the full names, long, in the hover).
     small = {
         "height": 260,
@@ -235,7 +293,7 @@ def segment_figures(
     return {
         "size": figure(lines, "Size over runs", **small),
         "drift": figure(
-            [_line(names[: len(drift)], drift, "drift")],
+            [_line(names, "drift")],
             "Centroid drift from its first run",
             yaxis={"title": {"text": "cosine distance"}, "rangemode": "tozero"},
             **small,
@@ -243,13 +301,56 @@ def segment_figures(
     }
 
 
-def _line(names: list, y: list, name: str) -> dict[str, Any]:
-    """A line over runs: x = run number, the run's name in the hover."""
+def segment_series(
+    history: History, seg: str, rows: pd.DataFrame, drift: list[float | None]
+) -> dict[str, list]:
+    """A segment's values in each run by line name: users, reach (when the runs recorded
+    it) and centroid drift (``history.centroid_drift``); None where it was absent."""
+    runs = range(len(history.names))
+    sizes = dict(zip(rows["run"], rows["size"], strict=True))
+    series: dict[str, list] = {"users": [_int(sizes.get(i)) for i in runs], "drift": drift}
+    if history.reach:
+        series["reach"] = [history.reach.get((i, seg)) for i in runs]
+    return series
+
+
+def fill_segment_figures(frames: dict[str, Figure], series: dict[str, list]) -> dict[str, Figure]:
+    """``frames`` with each line's values from ``series`` by the line's name; a line with
+    no value in any run is left out, and a figure left with no line."""
+    figures = {}
+    for key, frame in frames.items():
+        lines = [
+            {**line, "y": series[line["name"]]}
+            for line in frame["data"]
+            if any(v is not None for v in series.get(line["name"], []))
+        ]
+        if lines:
+            figures[key] = {**frame, "data": lines}
+    return figures
+
+
+def segment_figures(
+    history: History, seg: str, rows: pd.DataFrame | None = None
+) -> dict[str, Figure]:
+    """One segment's figures over runs: users, reach (when known) and centroid drift
+    (notebooks; the page fills the shared frames); ``rows``: the segment's snapshots when
+    the caller already has them."""
+    if rows is None:
+        rows = history.snapshots[history.snapshots["segment_id"] == seg]
+    if not history.names or rows.empty:
+        return {}
+    drift = centroid_drift(rows).get(seg, [])
+    series = segment_series(history, seg, rows, drift)
+    return fill_segment_figures(segment_figure_frames(history), series)
+
+
+def _line(names: list, name: str) -> dict[str, Any]:
+    """A line over runs, its values to fill in: x = run number, the run's name in the hover."""
     return {
         "type": "scatter",
         "mode": "lines+markers",
         "x": list(range(1, len(names) + 1)),
-        "y": y,
+        "y": [],
         "name": name,
         "text": names,
         "hovertemplate": f"%{{text}}<br>{name}: %{{y}}<extra></extra>",
@@ -356,6 +457,12 @@ def co_interest_figure(data: ReportData) -> Figure | None:
         z[i, i] = int(reach[s]) if pd.notna(reach.get(s)) else 0
     labels = dict(zip(described["segment_id"], described["label"], strict=True))
     ticks = [_legend_name(s, labels.get(s)) for s in shown]
+    title = "Segments that share users"
+    if len(described) > CO_INTEREST_SEGMENTS:
+        title = (
+            f"Among the {CO_INTEREST_SEGMENTS} segments of largest reach, those that share users"
+        )
+    title += " (users with both as interests; diagonal: reach)"
     return figure(
         [
             {
@@ -367,7 +474,7 @@ def co_interest_figure(data: ReportData) -> Figure | None:
                 "hovertemplate": "%{y}<br>%{x}<br>%{z} users<extra></extra>",
             }
         ],
-        "Segments that share users (users with both as interests; diagonal: reach)",
+        title,
         height=max(360, 22 * len(shown) + 160),
         xaxis={"tickangle": -45, "automargin": True},
         yaxis={"automargin": True, "autorange": "reversed"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,11 @@ from usersegments.report.history import History, gather_history
 from usersegments.store import TableStore
 from usersegments.times import max_time
 
+GATHER_THREADS = 4  # Spark jobs submitted at once (more only queue on a small driver)
 CARD_RECOMMENDATIONS = 5  # recommendations shown per card; the table holds recommend.top_n
 METRIC_COLUMNS = ["run_id", "stage", "metric", "value", "recorded_at"]
 CO_COLUMNS = ["segment_a", "segment_b", "users"]
+CO_INTEREST_SEGMENTS = 40  # rows (and columns) of the co-interest heat map at most
 
 
 @dataclass
@@ -51,7 +54,12 @@ class ReportData:
 
 
 def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
-    """Read what the report needs: segments, a map sample, metrics, ingest figures."""
+    """Read what the report needs: segments, a map sample, metrics, ingest figures.
+
+    The reads are independent Spark jobs, submitted from ``GATHER_THREADS`` threads at
+    once: much of each is driver-side (Delta logs, planning, converting results), which
+    then overlaps with the others' tasks instead of leaving the cores idle.
+    """
     store.require(
         "segments", "user_segments", "user_profiles", "events", fix="run `usersegments run` first"
     )
@@ -60,51 +68,85 @@ def gather(spark: SparkSession, store: TableStore, cfg: Config) -> ReportData:
     # Run ids sort by time: the latest names the run that last segmented users.
     latest_run, total = user_segments.agg(F.max("run_id"), F.count(F.lit(1))).first()
     events = store.read("events")
-    metrics = (
-        store.read("run_metrics").toPandas()
-        if store.exists("run_metrics")
-        else pd.DataFrame(columns=METRIC_COLUMNS)
-    )
-    run_row = _run_row(store, latest_run)
+    with ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix="report-gather") as pool:
+        # Submitted largest first: the history reads a dozen table versions.
+        history = pool.submit(gather_history, store, cfg.report.history_runs, pool)
+        jobs = {
+            "map_points": pool.submit(_map_sample, store, user_segments, total, cfg),
+            "item_text": pool.submit(_top_item_texts, store, events, segments),
+            "co_interest": pool.submit(_co_interest, store, cfg, segments),
+            "metrics": pool.submit(_metrics, store),
+            "run_row": pool.submit(_run_row, store, latest_run),
+            "lineage": pool.submit(_lineage, store),
+            "runs_total": pool.submit(_runs_so_far, store),
+            "recommendations": pool.submit(_recommendations, store),
+            "rejected_by_reason": pool.submit(_rejected_by_reason, store),
+            "events": pool.submit(events.count),
+        }
+        done = {name: job.result() for name, job in jobs.items()}
+        done["history"] = history.result()
+    metrics, run_row = done.pop("metrics"), done.pop("run_row")
     return ReportData(
-        lineage=_lineage(store),
-        history=gather_history(store, cfg.report.history_runs),
-        runs_total=_runs_so_far(store),
         projection=cfg.report.projection,
         change_min_share=cfg.report.change_min_share,
         segments=segments,
-        map_points=_map_sample(store, user_segments, total, cfg),
-        item_text=_top_item_texts(store, events, segments),
-        recommendations=_recommendations(store),
         # An update's re-clustering records only a few cluster figures: the quality
         # section shows the latest full clustering's.
         cluster_metrics=_latest_metrics(metrics, "cluster", "silhouette_cosine"),
         ingest_metrics=_latest_metrics(metrics, "ingest"),
-        rejected_by_reason=_rejected_by_reason(store),
         evaluate_metrics=_latest_metrics(metrics, "evaluate"),
         run_row=run_row,
         model=run_row.get("model_id") or model_id(cfg.embed),
-        table_rows={"users segmented": total, "events": events.count()},
+        table_rows={"users segmented": total, "events": done.pop("events")},
         min_segment_size=cfg.privacy.min_segment_size,
-        co_interest=_co_interest(store, cfg.interests.min_weight),
+        **done,
     )
 
 
-def _co_interest(store: TableStore, min_weight: float) -> pd.DataFrame:
-    """Segment pairs x users with both as interests (``interests.co_interest``)."""
+def _metrics(store: TableStore) -> pd.DataFrame:
+    """Every run's metrics (a few hundred rows per run)."""
+    if not store.exists("run_metrics"):
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return store.read("run_metrics").toPandas()
+
+
+def _co_interest(store: TableStore, cfg: Config, segments: pd.DataFrame) -> pd.DataFrame:
+    """Segment pairs x users with both as interests (``interests.co_interest``), among
+    the ``CO_INTEREST_SEGMENTS`` described segments of largest reach: a heat map of a
+    thousand segments would be a million unreadable cells (and megabytes)."""
     if not store.exists("user_interests"):
         return pd.DataFrame(columns=CO_COLUMNS)
-    return co_interest(store.read("user_interests"), min_weight)
+    shown = heat_map_segments(segments, cfg.privacy.min_segment_size)
+    interests = store.read("user_interests").filter(F.col("segment_id").isin(shown))
+    return co_interest(interests, cfg.interests.min_weight)
+
+
+def heat_map_segments(segments: pd.DataFrame, min_size: int) -> list[str]:
+    """The described segments the co-interest heat map may show: the
+    ``CO_INTEREST_SEGMENTS`` of largest reach (size breaks ties; size alone before the
+    interests stage wrote reach)."""
+    described = segments[segments["size"] >= min_size]
+    reach = described["reach"] if "reach" in described else pd.Series(0, described.index)
+    ranked = described.assign(_reach=reach.fillna(0)).sort_values(
+        ["_reach", "size", "segment_id"], ascending=[False, False, True]
+    )
+    return ranked["segment_id"].head(CO_INTEREST_SEGMENTS).tolist()
 
 
 def _map_sample(
     store: TableStore, user_segments: DataFrame, total: int, cfg: Config
 ) -> pd.DataFrame:
-    """About ``report.map_sample`` users with their segment and profile embedding."""
-    fraction = min(1.0, cfg.report.map_sample / max(total, 1))
+    """``report.map_sample`` users (every user when there are fewer) with their segment
+    and profile embedding, drawn at random with the clustering's seed."""
+    wanted, seed = cfg.report.map_sample, cfg.cluster.seed
+    sample = user_segments
+    if total > wanted:
+        # A Bernoulli sample a few standard deviations above the target, then exactly the
+        # target at random: only the sample is sorted, never all users.
+        fraction = min(1.0, (wanted + 4 * math.sqrt(wanted) + 10) / total)
+        sample = sample.sample(fraction=fraction, seed=seed).orderBy(F.rand(seed)).limit(wanted)
     return (
-        user_segments.sample(fraction=fraction, seed=cfg.cluster.seed)
-        .join(store.read("user_profiles").select("user_id", "embedding"), "user_id")
+        sample.join(store.read("user_profiles").select("user_id", "embedding"), "user_id")
         .select("user_id", "cluster_id", "segment_id", "embedding")
         .toPandas()
     )

@@ -11,6 +11,7 @@ small whatever the number of users.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -28,6 +29,7 @@ SNAPSHOT_TABLES = ("segments", "user_segments")
 INTERESTS_TABLE = "user_interests"  # per-user multi-interests, when that stage exists
 PATH_LIMIT = 20_000  # distinct user paths collected; beyond it only the last two runs
 SEGMENT_COLUMNS = ["segment_id", "cluster_id", "size", "label", "keywords", "centroid"]
+REACH = "reach"  # segments' column of users interested (stores from before it lack it)
 
 
 @dataclass
@@ -47,7 +49,8 @@ class History:
     ``snapshots``: one row per (run index, segment) with size, label, keywords, centroid.
     ``paths``: distinct sequences of segment ids (None = not segmented in that run) over
     ``path_runs`` (indices into ``runs``) with the number of users who took each.
-    ``reach``: (run index, segment_id) -> users interested, when ``user_interests`` exists.
+    ``reach``: (run index, segment_id) -> users interested, from each run's
+    ``segments.reach`` (runs whose segments hold none are left out).
     """
 
     runs: list[RunPoint] = field(default_factory=list)
@@ -67,8 +70,9 @@ class History:
         ]
 
 
-def gather_history(store: TableStore, limit: int) -> History:
-    """The last ``limit`` runs that changed the segments, with their snapshots and paths.
+def gather_history(store: TableStore, limit: int, pool: Executor | None = None) -> History:
+    """The last ``limit`` runs that changed the segments, with their snapshots and paths
+    (read at the same time when given a ``pool`` of threads).
 
     Versions removed by VACUUM cannot be read back: the history then starts at the first
     run still readable (logged), and with none readable it holds the current state only.
@@ -76,7 +80,7 @@ def gather_history(store: TableStore, limit: int) -> History:
     runs = run_timeline(store, limit)
     while runs:
         try:
-            return _read_history(store, runs)
+            return _read_history(store, runs, pool)
         except Exception as error:  # noqa: BLE001 - a vacuumed version fails in many ways
             if len(runs) == 1:
                 log.warning("report: segment history unreadable (%s)", error)
@@ -86,11 +90,19 @@ def gather_history(store: TableStore, limit: int) -> History:
     return History()
 
 
-def _read_history(store: TableStore, runs: list[RunPoint]) -> History:
-    history = History(runs=runs, snapshots=_snapshots(store, runs))
-    history.paths, history.path_runs = _paths(store, runs)
-    if store.exists(INTERESTS_TABLE):
-        history.reach = _reach(store, runs)
+def _read_history(store: TableStore, runs: list[RunPoint], pool: Executor | None) -> History:
+    reading = pool.submit(_snapshots, store, runs) if pool is not None else None
+    paths, path_runs = _paths(store, runs)
+    snapshots = reading.result() if reading is not None else _snapshots(store, runs)
+    history = History(runs=runs, snapshots=snapshots.drop(columns=[REACH]))
+    history.paths, history.path_runs = paths, path_runs
+    # The reach each run left in segments (what the segment list shows), not a count
+    # over every version of user_interests: a dozen fewer version reads.
+    known = snapshots[snapshots[REACH].notna()]
+    history.reach = {
+        (int(r), str(s)): int(u)
+        for r, s, u in zip(known["run"], known["segment_id"], known[REACH], strict=True)
+    }
     return history
 
 
@@ -137,13 +149,17 @@ def _version_at(commits: list[tuple[datetime, int]], end: datetime) -> int | Non
 
 
 def _snapshots(store: TableStore, runs: list[RunPoint]) -> pd.DataFrame:
-    """Every run's segments (one Spark job over the versions, a few rows per run)."""
-    frames = [
-        store.read_version("segments", run.versions["segments"])
-        .select(*SEGMENT_COLUMNS)
-        .withColumn("run", F.lit(i))
-        for i, run in enumerate(runs)
-    ]
+    """Every run's segments with their reach (null where a version has none), one Spark
+    job over the versions, a few rows per run."""
+    frames = []
+    for i, run in enumerate(runs):
+        version = store.read_version("segments", run.versions["segments"])
+        reach = F.col(REACH) if REACH in version.columns else F.lit(None)
+        frames.append(
+            version.select(*SEGMENT_COLUMNS, reach.cast("long").alias(REACH)).withColumn(
+                "run", F.lit(i)
+            )
+        )
     return _union(frames).toPandas().sort_values(["run", "segment_id"]).reset_index(drop=True)
 
 
@@ -166,52 +182,44 @@ def _paths(
 
     When more than ``PATH_LIMIT`` distinct sequences exist (much churn over many runs)
     the sequences cover the last two runs only, whose count is bounded by segments².
+    Each user's row of segments per run is built once (kept in memory for that second
+    count) from one read of each version.
     """
     which = list(range(len(runs)))
-    for attempt in (which, which[-2:]):
-        paths = _path_counts(_memberships(store, runs, attempt), attempt, PATH_LIMIT + 1)
-        if len(paths) <= PATH_LIMIT or len(attempt) <= 2:
-            return paths, attempt
-    return [], []
+    by_user = _segment_per_run(_memberships(store, runs, which), which).persist()
+    try:
+        paths = _path_counts(by_user, which, PATH_LIMIT + 1)
+        if len(paths) > PATH_LIMIT and len(which) > 2:
+            which = which[-2:]
+            paths = _path_counts(by_user, which, PATH_LIMIT + 1)
+    finally:
+        by_user.unpersist()
+    return paths, which
+
+
+def _segment_per_run(memberships: DataFrame, which: list[int]) -> DataFrame:
+    """One row per user: column ``r<i>`` = the user's segment in run ``i`` (null when
+    absent), by conditional aggregation (cheaper than collecting a map per user)."""
+    run, segment = F.col("run"), F.col("segment_id")
+    return memberships.groupBy("user_id").agg(
+        *[F.max(F.when(run == i, segment)).alias(f"r{i}") for i in which]
+    )
 
 
 def _path_counts(
-    memberships: DataFrame, which: list[int], limit: int
+    by_user: DataFrame, which: list[int], limit: int
 ) -> list[tuple[tuple[str | None, ...], int]]:
     """(segment per run of ``which``, users) for each distinct path, most users first."""
-    by_user = memberships.groupBy("user_id").agg(
-        F.map_from_entries(F.collect_list(F.struct("run", "segment_id"))).alias("m")
-    )
-    steps = [F.col("m").getItem(i).alias(f"r{i}") for i in which]
+    columns = [f"r{i}" for i in which]
     counted = (
-        by_user.select(*steps)
-        .groupBy(*[f"r{i}" for i in which])
+        by_user.filter(F.coalesce(*columns).isNotNull())  # users in none of these runs
+        .groupBy(*columns)
         .count()
         .orderBy(F.desc("count"))
         .limit(limit)
         .collect()
     )
     return [(tuple(r[f"r{i}"] for i in which), int(r["count"])) for r in counted]
-
-
-def _reach(store: TableStore, runs: list[RunPoint]) -> dict[tuple[int, str], int]:
-    """(run, segment) -> distinct users with that segment among their interests."""
-    frames = [
-        store.read_version(INTERESTS_TABLE, run.versions[INTERESTS_TABLE])
-        .select("user_id", "segment_id")
-        .withColumn("run", F.lit(i))
-        for i, run in enumerate(runs)
-        if INTERESTS_TABLE in run.versions
-    ]
-    if not frames:
-        return {}
-    rows = (
-        _union(frames)
-        .groupBy("run", "segment_id")
-        .agg(F.countDistinct("user_id").alias("users"))
-        .collect()
-    )
-    return {(int(r["run"]), r["segment_id"]): int(r["users"]) for r in rows}
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

@@ -1,5 +1,5 @@
 """Writing ``<root>/report/``: the bundled plotly.js under ``assets/``, the page swapped in
-one step, then the files no page names any more removed.
+one step, then the files no page names any more removed; or showing it inline in a notebook.
 
 Files go through ``pyarrow.fs``, so the root may be a local folder or an object-store URI.
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
+from usersegments.config import Config
 from usersegments.paths import is_local, local_path
-from usersegments.report.gather import ReportData
+from usersegments.report.gather import ReportData, gather
 from usersegments.report.render import Rendered, render_html
 from usersegments.store import TableStore
 
@@ -43,6 +45,30 @@ def write_report(store: TableStore, data: ReportData, seed: int = 0) -> tuple[st
     if local:
         return f"{folder}/{PAGE}", rendered
     return f"{store.root.rstrip('/')}/{REPORT_DIR}/{PAGE}", rendered
+
+
+def display_report(
+    namespace: MutableMapping[str, Any],
+    store: TableStore,
+    cfg: Config,
+    page: str = "overview",
+    data: ReportData | None = None,
+) -> str | None:
+    """Show the explorer inline in a notebook cell, opened on ``page``: on Databricks
+    (``displayHTML`` in ``namespace``) the whole page with plotly.js inlined, since the
+    cell's frame cannot reach the report's ``assets/``; elsewhere one line naming the
+    written report, gathering nothing. Returns the HTML shown (None when not shown)."""
+    show = namespace.get("displayHTML")
+    if show is None:
+        url = f"{store.root.rstrip('/')}/{REPORT_DIR}/{PAGE}#{page}"
+        print(f"[segment explorer, {page}: drawn inline by displayHTML on Databricks; see {url}]")
+        return None
+    if data is None:
+        data = gather(store.spark, store, cfg)
+    now = datetime.now(timezone.utc)
+    html = render_html(data, now, None, seed=cfg.cluster.seed, start_page=page).html
+    show(html)
+    return html
 
 
 def plotly_bundle() -> tuple[bytes, str]:

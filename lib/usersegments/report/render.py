@@ -20,9 +20,14 @@ import jinja2
 import pandas as pd
 
 from usersegments.report.changes import changes
-from usersegments.report.figures import cluster_color, segment_figures
+from usersegments.report.figures import (
+    SANKEY,
+    cluster_color,
+    segment_figure_frames,
+    segment_series,
+)
 from usersegments.report.gather import ReportData
-from usersegments.report.history import flows
+from usersegments.report.history import centroid_drift, flows
 from usersegments.report.sections import (
     ingest_rows,
     overview_figures,
@@ -59,21 +64,32 @@ def _environment() -> jinja2.Environment:
     )
 
 
+PAGES = ("overview", "map", "hierarchy", "segments", "movement", "quality")
+
+
 def render_html(
-    data: ReportData, generated_at: datetime, plotly_src: str | None, seed: int = 0
+    data: ReportData,
+    generated_at: datetime,
+    plotly_src: str | None,
+    seed: int = 0,
+    start_page: str = "overview",
 ) -> Rendered:
     """The page; ``plotly_src`` is the bundled plotly.js beside it (None: the script is
-    inlined, for a page shown without its folder, e.g. ``displayHTML`` on Databricks)."""
+    inlined, for a page shown without its folder, e.g. ``displayHTML`` on Databricks);
+    ``start_page`` is the page shown when the address names none (one of ``PAGES`` or
+    ``segment/<id>``)."""
     from threadpoolctl import threadpool_limits
 
+    if start_page not in PAGES and not start_page.startswith("segment/"):
+        raise ValueError(f"start_page must be one of {PAGES} or segment/<id>, not {start_page!r}")
     # Small matrices only: BLAS threads competing with a local Spark's cores made the
     # page ten times slower to build on a busy driver.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _render(data, generated_at, plotly_src, seed)
+        return _render(data, generated_at, plotly_src, seed, start_page)
 
 
 def _render(
-    data: ReportData, generated_at: datetime, plotly_src: str | None, seed: int
+    data: ReportData, generated_at: datetime, plotly_src: str | None, seed: int, start_page: str
 ) -> Rendered:
     figures, map_points = overview_figures(data, seed)
     described = data.segments[data.segments["size"] >= data.min_segment_size]
@@ -81,7 +97,9 @@ def _render(
     pages = _segment_pages(data, described)
     payload = {
         "figures": figures,
-        "segments": {p["segment_id"]: {"figures": p.pop("figures")} for p in pages},
+        # Every segment page's figures: the frames once, each segment's values apart.
+        "segment_frames": segment_figure_frames(data.history),
+        "segments": {p["segment_id"]: {"series": p.pop("series")} for p in pages},
         "movement": _movement_payload(data, names),
         "template": _template_json(),
     }
@@ -90,6 +108,7 @@ def _render(
         .get_template(TEMPLATE)
         .render(
             plotly_src=plotly_src,
+            start_page=start_page,
             plotly_inline=None if plotly_src else _plotly_js(),
             payload=payload,
             generated=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
@@ -138,6 +157,7 @@ def _segment_pages(data: ReportData, described: pd.DataFrame) -> list[dict[str, 
     moved = _latest_moves(data)
     labels = dict(zip(data.segments["segment_id"], data.segments["label"], strict=True))
     snapshots = dict(tuple(history.snapshots.groupby("segment_id")))
+    drift = centroid_drift(history.snapshots)  # every segment's at once
     inflow = dict(tuple(moved.groupby("target")))
     outflow = dict(tuple(moved.groupby("source")))
     empty = moved.iloc[0:0]
@@ -158,7 +178,7 @@ def _segment_pages(data: ReportData, described: pd.DataFrame) -> list[dict[str, 
         page["size_trend"] = " → ".join(fmt(int(s)) for s in sizes[-4:]) if len(sizes) > 1 else ""
         page["inflow"] = flow_rows(inflow.get(seg, empty), "source")
         page["outflow"] = flow_rows(outflow.get(seg, empty), "target")
-        page["figures"] = segment_figures(history, seg, rows)
+        page["series"] = segment_series(history, seg, rows, drift.get(seg, [])) if sizes else {}
         pages.append(page)
     return pages
 
@@ -167,6 +187,9 @@ def _segment_page(row: pd.Series, data: ReportData) -> dict[str, Any]:
     """One segment's texts: label, keywords, representative items, recommendations."""
     seg = row["segment_id"]
     items = [item_title(data.item_text.get(i, i)) for i in row["top_items"]]
+    recommended = [(item_title(text), score) for text, score in data.recommendations.get(seg, [])]
+    # The search box matches the segment's id, label, keywords and every item text shown.
+    searched = [seg, row["label"] or "", *row["keywords"], *items, *(t for t, _ in recommended)]
     return {
         "segment_id": seg,
         "title": row["label"] or seg,
@@ -178,10 +201,8 @@ def _segment_page(row: pd.Series, data: ReportData) -> dict[str, Any]:
         "cohesion": f"{float(row['cohesion']):.3f}",
         "keywords": list(row["keywords"]),
         "top_items": list(dict.fromkeys(items)),
-        "recommendations": [
-            (item_title(text), f"{score:.3g}") for text, score in data.recommendations.get(seg, [])
-        ],
-        "search": " ".join([seg, row["label"] or "", *row["keywords"], *items]).casefold(),
+        "recommendations": [(text, f"{score:.3g}") for text, score in recommended],
+        "search": " ".join(searched).casefold(),
     }
 
 
@@ -213,7 +234,11 @@ def _movement_payload(data: ReportData, described: set[str]) -> dict[str, Any]:
             html.escape(f"{s} {labels.get(s) or ''}".strip() if s in described else s) for s in segs
         ],
         "colors": [cluster_color(int(clusters.get(s, 0))) for s in segs],
+        # Each segment's coarse cluster (its latest), for the Sankey grouped by cluster.
+        "clusters": [int(clusters.get(s, 0)) for s in segs],
+        "cluster_colors": {int(c): cluster_color(int(c)) for c in set(clusters.values())},
         "paths": [[index[s] if s is not None else -1 for s in p] + [n] for p, n in history.paths],
+        "sankey": SANKEY,
     }
 
 

@@ -13,6 +13,7 @@ from usersegments.report.figures import (
     ingest_figure,
     k_selection_figure,
     map_figure,
+    movement_figure,
     sizes_over_runs_figure,
 )
 from usersegments.report.gather import ReportData
@@ -36,15 +37,27 @@ INGEST_METRICS = ("rows_read", "accepted", "rejected", "duplicates")
 
 
 def report_figures(data: ReportData, seed: int = 0) -> dict[str, Any]:
-    """Every page-level figure by name (notebooks show them inline); figures with
+    """Every page-level figure by name, for a notebook to show one by one with
+    ``plotly.graph_objects.Figure(spec)``: the page's figures plus ``movement``, the Sankey
+    of the last two runs (the page draws it in the browser, for any two runs). Figures with
     nothing to show are left out."""
-    return overview_figures(data, seed)[0]
+    figures = overview_figures(data, seed)[0]
+    history, last = data.history, len(data.history.runs) - 1
+    if last >= 1 and {last - 1, last} <= set(history.path_runs):
+        labels = _described_labels(data)
+        figures["movement"] = movement_figure(history, last - 1, last, labels)
+    return figures
+
+
+def _described_labels(data: ReportData) -> dict[str, str]:
+    """segment_id -> label of the segments at or above the privacy floor."""
+    described = data.segments[data.segments["size"] >= data.min_segment_size]
+    return dict(zip(described["segment_id"], described["label"], strict=True))
 
 
 def overview_figures(data: ReportData, seed: int = 0) -> tuple[dict[str, Any], int]:
     """The page-level figures by name and the number of users on the map."""
-    described = data.segments[data.segments["size"] >= data.min_segment_size]
-    labels = dict(zip(described["segment_id"], described["label"], strict=True))
+    labels = _described_labels(data)
     user_map, points = map_figure(data, seed)
     figures = {
         "map": user_map,
