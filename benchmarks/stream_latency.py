@@ -1,7 +1,8 @@
 """What ``usersegments stream`` costs: landing-to-update latency and per-batch time.
 
     .venv/bin/python benchmarks/stream_latency.py [--users 400] [--batches 50]
-        [--latency-files 3] [--interval "10 seconds"] [--write RESULTS.md]
+        [--latency-files 3] [--interval "10 seconds"] [--set KEY=VALUE ...]
+        [--write RESULTS.md]
 
 Generates ``--users`` users (real texts, real MiniLM embeddings, local mode,
 delta-rs) and holds the events of the last days back as ``--batches`` small files
@@ -45,7 +46,14 @@ from usersegments.stream import run_stream
 from usersegments.testing.synthetic import GeneratorSettings, generate, generated_times
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ["stream.run_report=false", "spark.ui=off", "spark.log_level=ERROR"]
+SETTINGS = [
+    "stream.run_report=false",
+    "spark.ui=off",
+    "spark.log_level=ERROR",
+    "update.recluster_threshold=1.0",  # every batch the same work: no re-cluster
+]
+# Settings for a log of a few hundred users (the defaults search k in 6..20).
+SMALL = ["cluster.k=4", "privacy.min_segment_size=5", "cluster.sub.target_size=10"]
 SECTION = "## Streaming"
 
 
@@ -56,6 +64,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-files", type=int, default=3)
     parser.add_argument("--interval", default="10 seconds")
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help=f"settings of every run (default: {' '.join(SMALL)})",
+    )
     parser.add_argument("--write", metavar="RESULTS.md")
     return parser.parse_args()
 
@@ -87,8 +103,12 @@ def _slices(frame: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
     return [frame.iloc[i * size : (i + 1) * size if i < parts - 1 else None] for i in range(parts)]
 
 
+EXTRA: list[str] = []
+
+
 def config(root: Path, master: str, *extra: str):
-    return load_config(overrides=[*SETTINGS, f"spark.master={master}", *extra], output=str(root))
+    overrides = [*SETTINGS, *EXTRA, f"spark.master={master}", *extra]
+    return load_config(overrides=overrides, output=str(root))
 
 
 def seed_store(root: Path, master: str, seed: Path, items: Path) -> float:
@@ -131,7 +151,7 @@ def latency(root: Path, master: str, files: list[Path], items: Path, interval: s
     """Seconds from each file landing to the commit of its batch (processingTime)."""
     landing = root.parent / "landing-live"
     landing.mkdir()
-    overrides = [*SETTINGS, f"spark.master={master}", f"stream.interval={interval}"]
+    overrides = [*SETTINGS, *EXTRA, f"spark.master={master}", f"stream.interval={interval}"]
     command = [sys.executable, "-m", "usersegments", "stream", "--output", str(root)]
     command += [a for o in overrides for a in ("--set", o)]
     command += ["--source", str(landing), "--items", str(items), "--trigger", "processingTime"]
@@ -161,6 +181,7 @@ def latency(root: Path, master: str, files: list[Path], items: Path, interval: s
 
 def main() -> None:
     args = parse_args()
+    EXTRA[:] = SMALL if args.overrides is None else args.overrides
     workdir = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     seed, files, items = prepare(args.users, args.batches, workdir)
     seeded = workdir / "seeded"
@@ -191,7 +212,7 @@ def report(args, seed_seconds, one_update, all_update, batches, waits, files) ->
     command = (
         f"`.venv/bin/python benchmarks/stream_latency.py --users {args.users} --batches "
         f"{args.batches} --latency-files {args.latency_files} --interval '{args.interval}' "
-        f"--master '{args.master}'`"
+        f"--master '{args.master}'" + "".join(f" --set {o}" for o in EXTRA) + "`"
     )
     return [
         SECTION,

@@ -300,6 +300,9 @@ def test_a_stream_killed_mid_batch_resumes_exactly_once(
     assert (root / "checkpoints" / "usersegments" / "commits" / "2").exists()
 
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
+    statuses = store.read("runs").filter("command = 'stream'").groupBy("status").count()
+    # The killed attempt of batch 1 is marked failed by the restart; its replay succeeded.
+    assert {r["status"]: r["count"] for r in statuses.collect()} == {"succeeded": 3, "failed": 1}
     events = store.read("events")
     assert events.count() == events.select("event_id").distinct().count()
     assert_profiles_equal(profiles(store), reference["profiles"])

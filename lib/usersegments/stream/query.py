@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from usersegments.config import Config
@@ -62,6 +63,7 @@ def run_stream(cfg: Config, source: str, items: str | None = None) -> StreamSumm
     handler = MicroBatches(spark, store, cfg, source, items, checkpoint, stop)
     lock = RunLock(store.root, f"{STREAM}-{new_run_id()}", STREAM, cfg.store).acquire()
     try:
+        close_abandoned_runs(store)
         frame = read_events(spark, cfg, source, on_databricks=cfg.spark.mode == "databricks")
         query = start_query(frame, cfg, checkpoint, handler)
         log.info("stream %s (id %s) started; checkpoint %s", query.name, query.id, checkpoint)
@@ -70,6 +72,21 @@ def run_stream(cfg: Config, source: str, items: str | None = None) -> StreamSumm
     finally:
         lock.release()
     return StreamSummary(checkpoint, handler.done, stop.requested.is_set())
+
+
+def close_abandoned_runs(store: TableStore) -> int:
+    """Mark ``failed`` the stream runs still ``running``: batches of a stream process that
+    was killed (their replay is a run of its own). Called under the root's lock, when no
+    batch of another process can be running; returns how many were marked."""
+    if not store.exists("runs"):
+        return 0
+    status = F.col("status")
+    abandoned = store.read("runs").filter((F.col("command") == STREAM) & (status == "running"))
+    count = abandoned.count()
+    if count:
+        log.warning("stream: %d batch runs of a stopped stream process marked failed", count)
+        store.merge(abandoned.withColumn("status", F.lit("failed")), "runs", on=["run_id"])
+    return count
 
 
 def start_query(
