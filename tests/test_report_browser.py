@@ -194,6 +194,7 @@ class Opened:
     browser: Browser
 
     def go(self, where: str = "") -> None:
+        self.page.mouse.move(0, 0)  # no hover label left from an earlier test
         self.page.goto(f"{self.index.as_uri()}{where}")
 
     def overlapping(self, selector: str) -> list[str]:

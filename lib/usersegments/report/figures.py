@@ -154,7 +154,7 @@ def hierarchy_figure(data: ReportData) -> Figure:
         for _, row in members.iterrows():
             described = int(row["size"]) >= data.min_segment_size
             keywords = ", ".join(list(row["keywords"])[:8]) if described else "not described"
-            name = _legend_name(row["segment_id"], row["label"] if described else None)
+            name = _tile_name(row["segment_id"], row["label"] if described else None)
             add(row["segment_id"], name, parent, int(row["size"]), html.escape(keywords), cluster)
     treemap = {
         "type": "treemap",
@@ -166,6 +166,13 @@ def hierarchy_figure(data: ReportData) -> Figure:
         "maxdepth": 2,
     }
     return figure([treemap], "Coarse clusters and their segments (area = users)", height=620)
+
+
+def _tile_name(seg: str, label: str | None) -> str:
+    """A treemap tile's name: the id in bold, then each part of the label on its own
+    line (escaped), so that it fits a narrow tile at a readable size."""
+    parts = [html.escape(p) for p in (label or "").split(" · ") if p]
+    return "<br>".join([f"<b>{html.escape(seg)}</b>", *parts])
 
 
 def sizes_over_runs_figure(history: History, labels: dict[str, str]) -> Figure | None:
@@ -373,12 +380,15 @@ def ingest_figure(accepted: int, rejected_by_reason: dict[str, int]) -> Figure:
         "y": names,
         "marker": {"color": [GREEN] + [RED] * len(reasons)},
         "text": [f"{v:,}" for v in values],
-        "textposition": "auto",
+        # Beside each bar, never rotated inside a thin one; drawn past the axis end too.
+        "textposition": "outside",
+        "cliponaxis": False,
     }
     return figure(
         [bars],
         "Ingest: accepted events, rejected rows by reason",
         height=120 + 34 * len(names),
+        margin={**MARGIN, "r": 60},  # room for the largest bar's figure
         xaxis={"type": "log" if reasons else "linear"},  # log: rejects are few
         yaxis={"autorange": "reversed"},
     )
