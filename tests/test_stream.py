@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from tests.conftest import make_config, require_delta_spark, set_args
+from tests.conftest import FEW_USERS, make_config, require_delta_spark, set_args
 from tests.test_faults import InjectedCrash, assert_same_tables, crash_after_first_write, snapshot
 from usersegments import cli
 from usersegments.errors import ConfigError, InputError
@@ -36,14 +36,7 @@ from usersegments.stream.source import check_landing_folder, raw_batch, read_eve
 from usersegments.testing.synthetic import GeneratorSettings, generate, generated_times, split_at
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = (
-    "cluster.k=4",
-    "privacy.min_segment_size=5",
-    "cluster.sub.target_size=10",
-    "profile.half_life_days=14",
-    "update.recluster_threshold=1.0",
-    "stream.run_report=false",
-)
+SETTINGS = (*FEW_USERS, "stream.run_report=false")
 STREAM_SETTINGS = ("stream.max_files_per_trigger=1",)
 PROFILE_NUMBERS = ["weight_total", "n_events", "first_event_time", "last_event_time"]
 PROFILE_VECTORS = ["weighted_sum", "embedding"]

@@ -63,6 +63,13 @@ class StreamConfig(Section):
         description="On Databricks (spark.mode databricks), read the landing folder with Auto "
         "Loader (cloudFiles) instead of Spark's file source.",
     )
+    maintain_every: int = Field(
+        10,
+        ge=1,
+        description="Maintain the tables (the maintain stage: compact, checkpoint, vacuum) in "
+        "every n-th micro-batch only (batch ids n-1, 2n-1, ...): each batch commits a few "
+        "small files, while maintenance costs seconds per table (1: every batch, as update).",
+    )
     run_report: bool = Field(
         True,
         description="Write the HTML report after every micro-batch, as update does (off: "

@@ -211,7 +211,7 @@ class MicroBatches:
         command = "update" if all(self.store.exists(t) for t in REQUIRED_TABLES) else RUN
         say(f"stream batch {batch_id}: run {run.run_id} ({command} stages)")
         with finishing(Context(self.cfg, self.spark, self.store, run)) as ctx:
-            results = self._stages(ctx, raw, command)
+            results = self._stages(ctx, raw, command, batch_id)
         done = BatchDone(
             batch_id=batch_id,
             run_id=run.run_id,
@@ -227,10 +227,15 @@ class MicroBatches:
         say(f"stream batch {batch_id}: {done.rows} rows in {done.seconds:.1f}s")
         return done
 
-    def _stages(self, ctx: Context, raw: DataFrame, command: str) -> dict[str, StageResult]:
+    def _stages(
+        self, ctx: Context, raw: DataFrame, command: str, batch_id: int
+    ) -> dict[str, StageResult]:
         """The update command's stages over the batch (``pipeline.update_all``), or the full
-        run's (``pipeline.run_all``) for a store without segments."""
-        skip = () if self.cfg.stream.run_report else ("report",)
+        run's (``pipeline.run_all``) for a store without segments; the report only with
+        ``stream.run_report``, maintain in every ``stream.maintain_every``-th batch."""
+        skip = [] if self.cfg.stream.run_report else ["report"]
+        if (batch_id + 1) % self.cfg.stream.maintain_every:
+            skip.append("maintain")
         if command == RUN:
             stages = [s for s in stages_of(RUN) if s not in skip]
             return run_all(ctx, [], self.items, stages=stages, batch=raw)

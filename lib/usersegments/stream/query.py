@@ -111,7 +111,9 @@ def await_query(query: StreamingQuery, stop: StopSignal, handler: MicroBatches) 
     stop was asked for is no failure."""
     try:
         while query.isActive:
-            if stop.requested.is_set() and stop.idle.is_set():
+            # The batch function has returned (idle) before Spark writes the batch's commit;
+            # the trigger stays active until it has, so a stop waits for both.
+            if stop.requested.is_set() and stop.idle.is_set() and not _trigger_active(query):
                 log.info("stream: stop requested; stopping between batches")
                 query.stop()
                 break
@@ -124,6 +126,14 @@ def await_query(query: StreamingQuery, stop: StopSignal, handler: MicroBatches) 
         raise
     if handler.error is not None and not isinstance(handler.error, GracefulStop):
         raise handler.error
+
+
+def _trigger_active(query: StreamingQuery) -> bool:
+    """Whether the query is inside a trigger (a batch running or being committed)."""
+    try:
+        return bool(query.status["isTriggerActive"])
+    except Exception:  # the query ended while asked: no trigger runs
+        return False
 
 
 @contextmanager

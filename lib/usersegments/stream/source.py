@@ -69,12 +69,7 @@ def check_landing_folder(path: str) -> None:
 def _file_source(spark: SparkSession, scfg: StreamConfig):
     """Spark's file source over the landing folder, oldest files first."""
     reader = spark.readStream.format(SPARK_FORMATS[scfg.format])
-    reader = _reader_options(reader, scfg.format)
-    if scfg.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", scfg.max_files_per_trigger)
-    if scfg.max_bytes_per_trigger:
-        reader = reader.option("maxBytesPerTrigger", scfg.max_bytes_per_trigger)
-    return reader
+    return _trigger_limits(_reader_options(reader, scfg.format), scfg)
 
 
 def _auto_loader(spark: SparkSession, scfg: StreamConfig):
@@ -83,11 +78,16 @@ def _auto_loader(spark: SparkSession, scfg: StreamConfig):
     reader = spark.readStream.format("cloudFiles").option(
         "cloudFiles.format", SPARK_FORMATS[scfg.format]
     )
-    reader = _reader_options(reader, scfg.format)
+    return _trigger_limits(_reader_options(reader, scfg.format), scfg, prefix="cloudFiles.")
+
+
+def _trigger_limits(reader, scfg: StreamConfig, prefix: str = ""):
+    """How much one micro-batch takes (``stream.max_files_per_trigger``/``max_bytes_per_
+    trigger``); Auto Loader names the same options under ``cloudFiles.``."""
     if scfg.max_files_per_trigger:
-        reader = reader.option("cloudFiles.maxFilesPerTrigger", scfg.max_files_per_trigger)
+        reader = reader.option(f"{prefix}maxFilesPerTrigger", scfg.max_files_per_trigger)
     if scfg.max_bytes_per_trigger:
-        reader = reader.option("cloudFiles.maxBytesPerTrigger", scfg.max_bytes_per_trigger)
+        reader = reader.option(f"{prefix}maxBytesPerTrigger", scfg.max_bytes_per_trigger)
     return reader
 
 
@@ -114,11 +114,7 @@ def _delta_table(spark: SparkSession, scfg: StreamConfig, path: str) -> DataFram
             "stream.source delta reads the table with delta-spark, which this session lacks: "
             "run `make` (fetches the Delta jars) or start Spark with the delta-spark package"
         )
-    reader = spark.readStream.format("delta")
-    if scfg.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", scfg.max_files_per_trigger)
-    if scfg.max_bytes_per_trigger:
-        reader = reader.option("maxBytesPerTrigger", scfg.max_bytes_per_trigger)
+    reader = _trigger_limits(spark.readStream.format("delta"), scfg)
     return reader.load(path).withColumn("source", F.lit(path))
 
 
