@@ -146,6 +146,15 @@ class Planted:
 # spark-submit jobs
 
 SMALL = ("cluster.k=6", "privacy.min_segment_size=10", "cluster.sub.target_size=25")
+# A few dozen users, as the fault and stream tests use them: small segments, no
+# re-clustering (so an update only moves users), a short half-life.
+FEW_USERS = (
+    "cluster.k=4",
+    "privacy.min_segment_size=5",
+    "cluster.sub.target_size=10",
+    "profile.half_life_days=14",
+    "update.recluster_threshold=1.0",
+)
 
 
 def spark_submit(job: str, *args: str) -> str:
@@ -201,6 +210,7 @@ END_TO_END_FIXTURES = frozenset(
         "tuned",
         "report_root",
         "interests_update",
+        "few_new",
     }
 )
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_config, set_args
+from tests.conftest import FEW_USERS, make_config, set_args
 from usersegments import cli, pipeline
 from usersegments.report import publish as report_module
 from usersegments.stages import RUN, stages_of
@@ -28,11 +28,7 @@ from usersegments.testing.synthetic import GeneratorSettings, generate, split_at
 pytestmark = pytest.mark.slow
 
 SETTINGS = (
-    "cluster.k=4",
-    "privacy.min_segment_size=5",
-    "cluster.sub.target_size=10",
-    "profile.half_life_days=14",
-    "update.recluster_threshold=1.0",
+    *FEW_USERS,
     "store.compact_min_files=2",  # so that the maintain stage commits a compaction
 )
 # Columns that name the run or the wall-clock time of a write: they differ between

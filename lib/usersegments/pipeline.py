@@ -3,7 +3,8 @@
 A run is a ``Context`` (config, session, store, run log, lock). ``run_stage`` runs
 one stage of the registry (``usersegments.stages``); ``run_all`` runs a command's
 stage list with the run's inputs; ``update_all`` runs the update command, which
-adds ``label`` when the update re-clustered. The command line, the jobs and the
+adds ``label`` when the update re-clustered; ``resume_stages`` says where a failed run
+goes on. The command line, the jobs and the
 notebooks all go through here; printing is left to ``usersegments.console``.
 """
 
@@ -15,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from usersegments.config import Config
 from usersegments.lock import RunLock
-from usersegments.runlog import RunLog, StageResult
+from usersegments.runlog import RunLog, StageResult, check_resumable, completed_stages
 from usersegments.session import build_session
 from usersegments.stages import RUN, UPDATE, get_stage, stage_function, stages_of
 from usersegments.store import TableStore
@@ -39,14 +40,20 @@ class Context:
     lock: RunLock | None = None
 
 
-def open_context(cfg: Config, command: str, lock: bool = True) -> Context:
+def open_context(
+    cfg: Config, command: str, lock: bool = True, resume: str | None = None
+) -> Context:
     """Start (or reuse) the session, open the store, take the root's run lock (unless
-    ``lock`` is False: read-only commands) and record a new run."""
+    ``lock`` is False: read-only commands) and record a new run (or, with ``resume``,
+    mark that earlier run running again: ``resume_stages`` says where it goes on)."""
     spark = build_session(cfg)
     store = TableStore.from_config(spark, cfg)
-    run = RunLog(spark, store, cfg, command)
+    run = RunLog(spark, store, cfg, command, run_id=resume)
     held = RunLock(store.root, run.run_id, command, cfg.store).acquire() if lock else None
     try:
+        if resume is not None:
+            # Under the lock: no other process can be running it any more.
+            run.started_at = check_resumable(store, resume, command, cfg)
         run.start()
     except BaseException:
         if held is not None:
@@ -74,11 +81,13 @@ def run_all(
     stages: Sequence[str] | None = None,
     recluster: bool = False,
     holdout_last: int | None = None,
+    batch: DataFrame | None = None,
 ) -> dict[str, StageResult]:
     """Run ``stages`` (default: those of ``run``, ingest to maintain) in order inside
     ``ctx``, one progress line per stage. Each stage gets the inputs it declares in the
     registry. Ingest is skipped when no event paths are given (the run then works on
-    the events already stored)."""
+    the events already stored); ``batch`` (a stream's micro-batch, read already as the
+    raw frame of strings) is ingested instead of files."""
     from usersegments.console import say
 
     given = {
@@ -92,27 +101,36 @@ def run_all(
     results: dict[str, StageResult] = {}
     for position, name in enumerate(names, start=1):
         step = f"[{position}/{len(names)}] {name}"
-        if name == "ingest" and not events:
+        if name == "ingest" and not events and batch is None:
             say(f"{step} skipped: no --events given, using stored events")
             continue
         say(f"{step} ...")
         inputs = {key: given[key] for key in get_stage(name).inputs}
+        if name == "ingest" and batch is not None:
+            # Not a registry input: no command-line option gives a DataFrame.
+            inputs["batch"] = batch
         results[name] = run_stage(ctx, name, **inputs)
         say(f"{step} done in {results[name].seconds:.1f}s")
     return results
 
 
 def update_all(
-    ctx: Context, events: Sequence[str], items: str | None, recluster: bool
+    ctx: Context,
+    events: Sequence[str],
+    items: str | None,
+    recluster: bool,
+    batch: DataFrame | None = None,
+    skip: Sequence[str] = (),
 ) -> dict[str, StageResult]:
-    """One update run: ingest the new events, embed new texts, fold and reassign, then
-    refresh labels (only after a re-cluster), recommendations and the report, and
-    maintain the tables."""
+    """One update run: ingest the new events (files, or a stream's micro-batch ``batch``),
+    embed new texts, fold and reassign, then refresh labels (only after a re-cluster),
+    recommendations and the report, and maintain the tables. ``skip``: stages after
+    ``update`` left out (a stream may leave the report to a later batch)."""
     planned = stages_of(UPDATE, reclustered=True)
     through_update = planned[: planned.index("update") + 1]
-    results = run_all(ctx, events, items, stages=through_update, recluster=recluster)
+    results = run_all(ctx, events, items, stages=through_update, recluster=recluster, batch=batch)
     reclustered = bool(results["update"].metrics.get("reclustered"))
-    rest = [s for s in stages_of(UPDATE, reclustered) if s not in through_update]
+    rest = [s for s in stages_of(UPDATE, reclustered) if s not in through_update and s not in skip]
     results.update(run_all(ctx, [], stages=rest))
     return results
 
@@ -134,8 +152,20 @@ def finishing(ctx: Context) -> Iterator[Context]:
 
 
 @contextmanager
-def pipeline_run(cfg: Config, command: str) -> Iterator[Context]:
+def pipeline_run(cfg: Config, command: str, resume: str | None = None) -> Iterator[Context]:
     """One recorded run for the block (notebooks use this):
-    ``with pipeline_run(cfg, "notebook") as ctx: run_all(ctx, ...)``."""
-    with finishing(open_context(cfg, command)) as ctx:
+    ``with pipeline_run(cfg, "notebook") as ctx: run_all(ctx, ...)``; ``resume``: the id
+    of an earlier run to go on with (see ``resume_stages``)."""
+    with finishing(open_context(cfg, command, resume=resume)) as ctx:
         yield ctx
+
+
+def resume_stages(ctx: Context, command: str = RUN) -> tuple[str, ...]:
+    """The stages of ``command`` that ``ctx``'s resumed run (opened with ``resume``, which
+    checked it may be resumed) has still to run: from its first stage that did not
+    complete on (``runlog.completed_stages``), so the tables of the completed ones are
+    reused as they are."""
+    done = completed_stages(ctx.store, ctx.run.run_id)
+    planned = stages_of(command)
+    first = next((i for i, name in enumerate(planned) if name not in done), len(planned))
+    return planned[first:]

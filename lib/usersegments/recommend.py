@@ -147,6 +147,31 @@ def user_lists(
     )
 
 
+def write_user_lists(
+    store: TableStore,
+    run: RunLog,
+    top: DataFrame,
+    groups: DataFrame,
+    texts: DataFrame,
+    cfg: Config,
+) -> int:
+    """Write ``user_recommendations`` (each user's list, blended from their interests'
+    segments when ``user_interests`` exists, seen items left out); returns its version."""
+    events = store.read("events")
+    seen = events.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
+    interests = None
+    if store.exists("user_interests"):
+        interests = store.read("user_interests").select("user_id", "segment_id", "weight")
+    per_user = user_lists(top, groups, interests, seen, cfg.recommend.top_n)
+    per_user = per_user.join(texts.select("item_id", "text"), "item_id", "left")
+    store.write(
+        conform(per_user.withColumn("run_id", F.lit(run.run_id)), USER_RECOMMENDATIONS),
+        "user_recommendations",
+        mode="overwrite",
+    )
+    return store.version("user_recommendations")
+
+
 def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Write ``segment_recommendations`` (and ``user_recommendations`` when configured)."""
     store.require(
@@ -178,18 +203,7 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
         tables = {"segment_recommendations": store.version("segment_recommendations")}
         metrics: dict[str, float] = half_life.metrics()
         if cfg.recommend.per_user:
-            seen = events.filter(F.col("item_id").isNotNull()).select("user_id", "item_id")
-            interests = None
-            if store.exists("user_interests"):
-                interests = store.read("user_interests").select("user_id", "segment_id", "weight")
-            per_user = user_lists(top, groups, interests, seen, cfg.recommend.top_n)
-            per_user = per_user.join(texts.select("item_id", "text"), "item_id", "left")
-            store.write(
-                conform(per_user.withColumn("run_id", F.lit(run.run_id)), USER_RECOMMENDATIONS),
-                "user_recommendations",
-                mode="overwrite",
-            )
-            tables["user_recommendations"] = store.version("user_recommendations")
+            tables["user_recommendations"] = write_user_lists(store, run, top, groups, texts, cfg)
             metrics["user_recommendations"] = store.read("user_recommendations").count()
     finally:
         top.unpersist()

@@ -19,10 +19,13 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from usersegments.config import Config
+from usersegments.errors import InputError
 from usersegments.schema import RUN_METRICS, RUNS
 from usersegments.store import TableStore
+from usersegments.times import collected_utc
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,61 @@ class RunLog:
             product_version(),
         )
         self.store.merge(self.spark.createDataFrame([row], RUNS), "runs", on=["run_id"])
+
+
+def completed_stages(store: TableStore, run_id: str) -> frozenset[str]:
+    """The stages run ``run_id`` completed: those that recorded their ``seconds`` (a
+    stage's timer records it, and flushes, only when the stage returned)."""
+    if not store.exists("run_metrics"):
+        return frozenset()
+    rows = (
+        store.read("run_metrics")
+        .filter((F.col("run_id") == run_id) & (F.col("metric") == "seconds"))
+        .select("stage")
+        .distinct()
+        .collect()
+    )
+    return frozenset(row["stage"] for row in rows)
+
+
+def check_resumable(store: TableStore, run_id: str, command: str, cfg: Config) -> datetime:
+    """Refuse (``InputError``) to resume ``run_id`` unless it is a ``command`` run that did
+    not succeed (failed, or ``running`` when its process was killed) and recorded the
+    same settings as ``cfg``; returns when it started."""
+    row = None
+    if store.exists("runs"):
+        row = store.read("runs").filter(F.col("run_id") == run_id).first()
+    if row is None:
+        raise InputError(
+            f"--resume {run_id}: no such run under {store.root!r}; "
+            "`usersegments tables --table runs` lists the runs"
+        )
+    if row["command"] != command:
+        raise InputError(
+            f"--resume {run_id}: that run was `{row['command']}`, not `{command}`; "
+            f"resume it with the command it was, or start a new `{command}`"
+        )
+    if row["status"] == "succeeded":
+        raise InputError(f"--resume {run_id}: that run succeeded; there is nothing to resume")
+    differing = _differing_settings(json.loads(row["config_json"]), cfg.to_dict())
+    if differing:
+        raise InputError(
+            f"--resume {run_id}: the settings differ from the run's ({'; '.join(differing)}): "
+            "give the same --config and --set options as the run had"
+        )
+    return collected_utc(row["started_at"])
+
+
+def _differing_settings(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: recorded -> current`` for every dotted setting whose value differs."""
+    out: list[str] = []
+    for key in sorted(set(recorded) | set(current)):
+        was, now = recorded.get(key), current.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            out += _differing_settings(was, now, f"{prefix}{key}.")
+        elif was != now:
+            out.append(f"{prefix}{key}: {was!r} in the run, {now!r} now")
+    return out
 
 
 class _StageTimer:

@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = list(args.overrides)
         if getattr(args, "format", None):
             overrides.append(f"input.format={args.format}")
+        if getattr(args, "trigger", None):
+            overrides.append(f"stream.trigger={args.trigger}")
         cfg = load_config(args.config, overrides, args.output)
         return HANDLERS[args.command](cfg, args)
     except UserSegmentsError as exc:

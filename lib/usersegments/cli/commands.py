@@ -123,14 +123,30 @@ _STAGE_SUMMARIES = {"evaluate": _print_evaluate, "tune": _print_tune}
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     """``usersegments run``: every stage of ``run``, ingest to maintain, in one run."""
     from usersegments.console import print_run_summary, say
-    from usersegments.pipeline import pipeline_run, run_all
+    from usersegments.pipeline import pipeline_run, resume_stages, run_all
 
-    with pipeline_run(cfg, "run") as ctx:
-        results = run_all(ctx, args.events, args.items, args.truth)
+    with pipeline_run(cfg, "run", resume=args.resume) as ctx:
+        stages = None
+        if args.resume:
+            stages = resume_stages(ctx)
+            check_resume_inputs(args, stages)
+            say(f"resuming run {args.resume} at {stages[0] if stages else 'its end'}")
+        results = run_all(ctx, args.events, args.items, args.truth, stages=stages)
         print_run_summary(ctx, results)
         if results.get("report") is not None and results["report"].path:
             say(f"report: {results['report'].path}")
     return 0
+
+
+def check_resume_inputs(args: argparse.Namespace, stages: tuple[str, ...]) -> None:
+    """A run resumed in ingest needs its event files again: refuse it without them."""
+    from usersegments.errors import InputError
+
+    if "ingest" in stages and not args.events:
+        raise InputError(
+            f"run {args.resume} stopped in ingest: pass the same --events (and --items) again "
+            "to resume it"
+        )
 
 
 def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
@@ -143,6 +159,21 @@ def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
         print_run_summary(ctx, results)
         print_churn(results["update"])
         say(f"report: {results['report'].path}")
+    return 0
+
+
+def cmd_stream(cfg: Config, args: argparse.Namespace) -> int:
+    """``usersegments stream``: micro-batches of new events from ``--source`` through the
+    update's stages until the trigger ends the query or SIGTERM stops it."""
+    from usersegments.console import say
+    from usersegments.stream import run_stream
+
+    summary = run_stream(cfg, args.source, args.items)
+    ended = "stopped by SIGTERM" if summary.stopped_by_signal else "caught up"
+    say(
+        f"stream {ended}: {len(summary.batches)} batches, {summary.rows} rows "
+        f"(checkpoint {summary.checkpoint})"
+    )
     return 0
 
 
@@ -206,5 +237,6 @@ HANDLERS: dict[str, Handler] = {
     **{stage.name: cmd_stage for stage in subcommand_stages()},
     "run": cmd_run,
     "update": cmd_update,
+    "stream": cmd_stream,
     "demo": cmd_demo,
 }

@@ -13,6 +13,7 @@ DEFAULT_SEED = 7
 DEFAULT_DAYS = 60
 DEFAULT_ROWS_SHOWN = 20
 INPUT_FORMATS = ("auto", "parquet", "csv", "jsonl", "delta")
+STREAM_TRIGGERS = ("availableNow", "processingTime")
 
 
 def _add_events(parser: argparse.ArgumentParser) -> None:
@@ -106,27 +107,67 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dynamic interest segments from user behaviour logs, as Delta tables.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     gen = sub.add_parser("generate", parents=[common], help="write synthetic events with truth")
-    gen.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")
-    gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    gen.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of activity")
-
+    _add_generator_options(gen)
     for stage in subcommand_stages():
         _add_inputs(sub.add_parser(stage.name, parents=[common], help=stage.help), stage.options())
+    _add_run_and_update(sub, common)
+    _add_stream(sub, common)
+    demo = sub.add_parser("demo", parents=[common], help="generate + run on a small dataset")
+    _add_generator_options(demo, days=False)
+    demo.add_argument("--dynamic", action="store_true", help="also run an update window")
+    _add_config(sub, common)
+    _add_tables(sub, common)
+    return parser
 
+
+def _add_generator_options(parser: argparse.ArgumentParser, days: bool = True) -> None:
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    if days:
+        parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of activity")
+
+
+def _add_run_and_update(sub, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", parents=[common], help=_flow(RUN))
     _add_inputs(run, inputs_of(RUN))
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="go on with a failed (or killed) run from the stage it stopped in, reusing the "
+        "tables of the stages it completed (same settings; --events only if it stopped in "
+        "ingest)",
+    )
     upd = sub.add_parser(
         "update", parents=[common], help="fold new events into the segments: " + _flow(UPDATE)
     )
     _add_inputs(upd, inputs_of(UPDATE))
 
-    demo = sub.add_parser("demo", parents=[common], help="generate + run on a small dataset")
-    demo.add_argument("--users", type=int, default=DEFAULT_USERS, help="number of users")
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    demo.add_argument("--dynamic", action="store_true", help="also run an update window")
 
+def _add_stream(sub, common: argparse.ArgumentParser) -> None:
+    stream = sub.add_parser(
+        "stream",
+        parents=[common],
+        help="continuous updates (Spark Structured Streaming): every micro-batch of new "
+        "events from --source runs " + _flow(UPDATE) + ", exactly once",
+    )
+    stream.add_argument(
+        "--source",
+        required=True,
+        metavar="PATH",
+        help="landing folder of event files (stream.format), or a Delta table of events "
+        "with --set stream.source=delta",
+    )
+    _add_items(stream)
+    stream.add_argument(
+        "--trigger",
+        choices=STREAM_TRIGGERS,
+        help="availableNow: process what has landed, then stop; processingTime: keep running "
+        "every stream.interval (overrides stream.trigger)",
+    )
+
+
+def _add_config(sub, common: argparse.ArgumentParser) -> None:
     cfg = sub.add_parser("config", parents=[common], help="print the effective config as YAML")
     cfg.add_argument(
         "--defaults", action="store_true", help="print the defaults (the text of conf/default.yaml)"
@@ -138,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration reference)",
     )
 
+
+def _add_tables(sub, common: argparse.ArgumentParser) -> None:
     tab = sub.add_parser("tables", parents=[common], help="list the tables under the store root")
     tab.add_argument(
         "--contracts",
@@ -162,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"with --table: how many rows to print (default {DEFAULT_ROWS_SHOWN})",
     )
-    return parser
 
 
 def _flow(command: str) -> str:

@@ -12,8 +12,9 @@ Modules:
 
 - ``section``: the base of every section (unknown keys rejected) and shared field checks;
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
-- ``stages``: the profile, cluster, interests, label, recommend, evaluate, update, report,
-  privacy and tune sections;
+- ``segmenting``: the profile, cluster, interests and label sections;
+- ``stages``: the recommend, evaluate, update, report, privacy and tune sections;
+- ``stream``: the stream section (``usersegments stream``: source, trigger, checkpoint);
 - ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
   ``with_settings`` (dotted settings replaced in a config);
 - ``messages``: validation errors as one-line ``ConfigError`` messages;
@@ -32,19 +33,22 @@ from usersegments.config.models import (
     StoreConfig,
 )
 from usersegments.config.reference import config_reference, defaults_yaml
-from usersegments.config.stages import (
+from usersegments.config.segmenting import (
     ClusterConfig,
-    EvaluateConfig,
     InterestsConfig,
     LabelConfig,
-    PrivacyConfig,
     ProfileConfig,
+    SubClusterConfig,
+)
+from usersegments.config.stages import (
+    EvaluateConfig,
+    PrivacyConfig,
     RecommendConfig,
     ReportConfig,
-    SubClusterConfig,
     TuneConfig,
     UpdateConfig,
 )
+from usersegments.config.stream import StreamConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -62,6 +66,7 @@ __all__ = [
     "RecommendConfig",
     "ReportConfig",
     "SparkConfig",
+    "StreamConfig",
     "StoreConfig",
     "SubClusterConfig",
     "TuneConfig",

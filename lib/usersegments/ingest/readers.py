@@ -41,6 +41,15 @@ def read_raw_events(
     return raw
 
 
+def raw_from_frame(
+    df: DataFrame, cfg: InputConfig, fmt: str, where: str, items_given: bool
+) -> DataFrame:
+    """A frame already read (a stream's micro-batch, with a ``source`` column naming each
+    row's file or table) as the raw frame of strings ``read_raw_events`` makes; ``where``
+    names it in errors."""
+    return _to_raw(df, InputSource((where,), fmt), cfg, items_given)
+
+
 def _read_source(spark: SparkSession, source: InputSource, store: TableStore | None) -> DataFrame:
     """One source as Spark reads it, plus the ``source`` file of every row."""
     paths = list(source.paths)

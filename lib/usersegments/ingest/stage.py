@@ -57,15 +57,23 @@ def run_ingest(
     run: RunLog,
     events: Sequence[str] = (),
     items: str | None = None,
+    batch: DataFrame | None = None,
 ) -> StageResult:
-    """Ingest ``events`` (+ optional ``items`` catalog) into ``events`` and ``events_rejected``."""
+    """Ingest ``events`` (+ optional ``items`` catalog) into ``events`` and ``events_rejected``.
+
+    ``batch``, instead of ``events``: rows already read as the raw frame of strings
+    (``readers.raw_from_frame``), such as a stream's micro-batch; they take the same path.
+    """
     icfg = cfg.input
     now = datetime.now(timezone.utc)
     # Fail on a missing key before reading anything.
     key = pseudonym_key(cfg.privacy, spark) if cfg.privacy.pseudonymize_user_ids else None
-    sources = resolve_inputs(list(events), icfg.format)
+    sources = resolve_inputs(list(events), icfg.format) if batch is None else []
     catalog = read_items(spark, items, icfg) if items else None
-    raw = read_raw_events(spark, sources, icfg, items_given=catalog is not None, store=store)
+    if batch is None:
+        raw = read_raw_events(spark, sources, icfg, items_given=catalog is not None, store=store)
+    else:
+        raw = batch
     if key is not None:
         raw = pseudonymize_raw(raw, key)
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)

@@ -11,7 +11,8 @@ Two real Delta backends sit behind one interface:
 Modules:
 
 - ``table_store``: ``TableStore``, ``Maintenance`` and ``resolve_backend`` (which backend).
-- ``backend``: the ``Backend`` protocol, ``MergeResult``, ``TableVersion``, mode literals.
+- ``backend``: the ``Backend`` protocol, ``MergeResult``, ``TableVersion``, ``Txn`` (an
+  idempotent write's application transaction), mode literals.
 - ``checks``: option, column, merge-key and schema-compatibility checks before a commit.
 - ``delta_rs``: the delta-rs backend and ``StagedRows`` (Spark -> Parquet -> Arrow stream).
 - ``delta_spark``: the delta-spark backend and ``DELTA_SPARK_PACKAGE`` (its jars).
@@ -26,6 +27,7 @@ from usersegments.store.backend import (
     MergeResult,
     NotMatchedAction,
     TableVersion,
+    Txn,
     WriteMode,
 )
 from usersegments.store.checks import check_schema_compatible
@@ -40,6 +42,7 @@ __all__ = [
     "NotMatchedAction",
     "TableStore",
     "TableVersion",
+    "Txn",
     "WriteMode",
     "check_schema_compatible",
     "delta_spark_package",

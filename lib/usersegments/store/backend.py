@@ -31,6 +31,20 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
+class Txn:
+    """An idempotent write's application transaction (Delta's ``txn`` action).
+
+    The commit records ``version`` for ``app_id``; a later write with the same
+    ``app_id`` and a version not above the recorded one is skipped, so a replayed
+    write (a streaming micro-batch run again after a crash) commits nothing twice.
+    One ``app_id`` guards one write per version and table.
+    """
+
+    app_id: str
+    version: int
+
+
+@dataclass(frozen=True)
 class TableVersion:
     """One commit of a table, as ``TableStore.history`` reports it."""
 
@@ -57,7 +71,8 @@ class Backend(Protocol):
         mode: WriteMode,
         partition_by: list[str],
         properties: Mapping[str, str],
-    ) -> None: ...
+        txn: Txn | None = None,
+    ) -> bool: ...
 
     def merge(
         self,

@@ -36,6 +36,7 @@ from usersegments.store.backend import (
     MergeResult,
     NotMatchedAction,
     TableVersion,
+    Txn,
     WriteMode,
 )
 
@@ -92,12 +93,20 @@ class DeltaRsBackend:
         mode: WriteMode,
         partition_by: list[str],
         properties: Mapping[str, str],
-    ) -> None:
+        txn: Txn | None = None,
+    ) -> bool:
         """Append or overwrite (schema included) the table at ``path``; a table this
         creates gets ``properties`` (delta-rs raises the protocol they need, e.g.
-        writer version 4 for the change data feed)."""
-        from deltalake import write_deltalake
+        writer version 4 for the change data feed). With ``txn``, the commit records the
+        application transaction, and a write whose transaction the table already holds
+        is skipped (False): delta-rs records it but leaves the check to the writer."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
 
+        commit = None
+        if txn is not None:
+            if self._holds(path, txn):
+                return False
+            commit = CommitProperties(app_transactions=[Transaction(txn.app_id, txn.version)])
         with self._staged(df) as reader:
             write_deltalake(
                 path,
@@ -107,7 +116,17 @@ class DeltaRsBackend:
                 schema_mode="overwrite" if mode == "overwrite" else None,
                 configuration=dict(properties) or None,
                 storage_options=self.storage_options,
+                commit_properties=commit,
             )
+        return True
+
+    def _holds(self, path: str, txn: Txn) -> bool:
+        """Whether the table at ``path`` has committed ``txn`` (or a later version of its
+        application)."""
+        if not self.exists(path):
+            return False
+        recorded = self._table(path).transaction_version(txn.app_id)
+        return recorded is not None and recorded >= txn.version
 
     def merge(
         self,

@@ -20,6 +20,7 @@ from usersegments.store.backend import (
     MergeResult,
     NotMatchedAction,
     TableVersion,
+    Txn,
     WriteMode,
 )
 
@@ -71,11 +72,17 @@ class DeltaSparkBackend:
         mode: WriteMode,
         partition_by: list[str],
         properties: Mapping[str, str],
-    ) -> None:
+        txn: Txn | None = None,
+    ) -> bool:
         """Append or overwrite (schema included) the table at ``path``; a table this
         creates gets ``properties`` (writer options named ``delta.*`` become the new
-        table's properties, as ``TBLPROPERTIES`` would)."""
+        table's properties, as ``TBLPROPERTIES`` would). With ``txn``, Delta's idempotent
+        writer options (``txnAppId``, ``txnVersion``): Delta itself skips a write whose
+        transaction the table holds; False then (no new version)."""
         writer = df.write.format("delta").mode(mode)
+        before = self.version(path) if txn is not None and self.exists(path) else None
+        if txn is not None:
+            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
         if mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
         for key, value in properties.items():
@@ -83,6 +90,7 @@ class DeltaSparkBackend:
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.save(path)
+        return txn is None or before is None or self.version(path) > before
 
     def merge(
         self,

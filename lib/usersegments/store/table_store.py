@@ -34,6 +34,7 @@ from usersegments.store.backend import (
     MergeResult,
     NotMatchedAction,
     TableVersion,
+    Txn,
     WriteMode,
 )
 from usersegments.store.checks import (
@@ -182,8 +183,13 @@ class TableStore:
         name: str,
         mode: WriteMode = "append",
         partition_by: Sequence[str] | None = None,
-    ) -> None:
+        txn: Txn | None = None,
+    ) -> bool:
         """Append ``df`` to table ``name`` (creating it) or overwrite it, schema included.
+
+        With ``txn`` the write is idempotent: it commits the application transaction
+        with it, and is skipped (returns False) when the table already holds that
+        transaction (see ``Txn``); otherwise it returns True.
 
         A table this creates gets the Delta properties its contract declares
         (``schema.TABLE_PROPERTIES``). Appending rows whose columns or types differ
@@ -201,7 +207,7 @@ class TableStore:
             check_schema_compatible(self._backend.schema(path), df.schema, name)
         # Properties are the table's from its creation on: an overwrite keeps them.
         properties = {} if exists else table_properties(name)
-        self._backend.write(df, path, mode, partitions, properties)
+        return self._backend.write(df, path, mode, partitions, properties, txn)
 
     def merge(
         self,

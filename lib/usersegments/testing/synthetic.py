@@ -16,20 +16,19 @@ Files written under the output folder:
   new_area, new_sub_style and ``secondary_share`` (the share of the user's generated
   events about the secondary area, 0 without one; before bad rows are planted);
 - ``manifest.json``: counts of rows and of each kind of planted bad row.
+
+``write`` and ``output_paths`` live in ``usersegments.testing.files``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from usersegments.testing.files import output_paths, write
 from usersegments.testing.vocabulary import (
     AREAS,
     GENERIC_WORDS,
@@ -64,7 +63,6 @@ EVENT_TYPE_P = [0.58, 0.16, 0.12, 0.07, 0.04, 0.03]
 DEFAULT_END = datetime(2026, 9, 30, tzinfo=timezone.utc)
 
 BAD_KINDS = ("null_user", "garbage_time", "empty_text", "invalid_utf8")
-INVALID_UTF8 = b"broken \xff\xfe bytes query"
 
 _EVENT_COLUMNS = ["user_id", "event_time", "event_type", "item_id", "text", "value"]
 _TRUTH_COLUMNS = [
@@ -353,56 +351,3 @@ def _plant_bad_rows(
         "duplicates": int(len(dups)),
     }
     return frame, manifest
-
-
-def write(data: GeneratedData, output: str | Path) -> dict[str, str]:
-    """Write events (CSV and Parquet), items, truth and the manifest under ``output``."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(out)
-    events = data.events.drop(columns=["_bad"])
-    invalid = data.events["_bad"].to_numpy() == "invalid_utf8"
-    # Parquet strings must be valid UTF-8: there the spoiled text carries what a decoder
-    # that replaces bad bytes would produce.
-    parquet_events = events.copy()
-    parquet_events.loc[invalid, "text"] = INVALID_UTF8.decode("utf-8", errors="replace")
-    parquet_events.to_parquet(paths["events_parquet"], index=False)
-    Path(paths["events_csv"]).write_bytes(
-        _csv_bytes(events, invalid, data.settings.malformed_csv_lines)
-    )
-    data.items.to_parquet(paths["items"], index=False)
-    data.items.to_csv(out / "items.csv", index=False)
-    data.truth.to_parquet(paths["truth"], index=False)
-    data.truth.to_csv(out / "truth.csv", index=False)
-    Path(paths["manifest"]).write_text(json.dumps(data.manifest, indent=2, default=str))
-    return paths
-
-
-def output_paths(output: str | Path) -> dict[str, str]:
-    """The files ``write`` puts under ``output``: events_csv, events_parquet, items,
-    truth and manifest."""
-    out = Path(output)
-    return {
-        "events_csv": str(out / "events.csv"),
-        "events_parquet": str(out / "events.parquet"),
-        "items": str(out / "items.parquet"),
-        "truth": str(out / "truth.parquet"),
-        "manifest": str(out / "manifest.json"),
-    }
-
-
-def _csv_bytes(events: pd.DataFrame, invalid: np.ndarray, malformed_lines: int) -> bytes:
-    """Events as CSV bytes, with the invalid UTF-8 bytes and malformed lines planted."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    writer.writerow(events.columns)
-    marker = "\u0000INVALID\u0000"
-    for bad, row in zip(invalid, events.itertuples(index=False), strict=True):
-        values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in row]
-        if bad:
-            values[4] = marker
-        writer.writerow(values)
-    # Too many fields: the reader's corrupt-record column catches these lines.
-    for n in range(malformed_lines):
-        buffer.write(f"u9{n:05d},2026-09-01T00:00:00Z,view,i00001,extra,1.0,field,another\n")
-    return buffer.getvalue().encode("utf-8").replace(marker.encode("utf-8"), INVALID_UTF8)

@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, with_settings
-from usersegments.config.stages import DEFAULT_EVENT_WEIGHTS
+from usersegments.config.segmenting import DEFAULT_EVENT_WEIGHTS
 from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
 from usersegments.evaluate.holdout import holdout_split
