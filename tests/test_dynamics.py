@@ -13,6 +13,7 @@ from tests.conftest import make_config
 from tests.helpers import metrics_of, new_run
 from usersegments.cluster import nearest_segment_frame, run_cluster
 from usersegments.dynamics import match_segments, run_update
+from usersegments.dynamics.drift import novelty
 from usersegments.embed import model_id, run_embed
 from usersegments.evaluate import drift_recovery
 from usersegments.ingest import run_ingest
@@ -187,6 +188,29 @@ def test_nearest_cluster_then_segment_with_hysteresis():
     assert list(out["segment_id"]) == ["c00.s01", "c00.s00", "c00.s00"]
     fresh = nearest_segment_frame(pdf.drop(columns="current_segment"), segments)
     assert list(fresh["segment_id"])[1:] == ["c00.s01", "c01.s00"]  # nothing to keep
+
+
+def test_novelty_is_the_share_of_the_run_s_new_texts_far_from_every_centroid(spark):
+    segments = pd.DataFrame(
+        {"segment_id": ["a", "b"], "centroid": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
+    )
+    events = spark.createDataFrame(
+        [("r2", "near"), ("r2", "far"), ("r2", "far"), ("r1", "old")],
+        "run_id string, text_hash string",
+    )
+    vectors = spark.createDataFrame(
+        [("near", [0.9, 0.1, 0.0]), ("far", [0.0, 0.0, 1.0]), ("old", [0.0, 0.0, 1.0])],
+        "text_hash string, embedding array<float>",
+    )
+    # Each distinct text counts once; texts of earlier runs are not this run's.
+    assert novelty(events, vectors, segments, "r2", 0.5) == {
+        "new_texts": 2,
+        "novel_text_share": 0.5,
+    }
+    assert novelty(events, vectors, segments, "r3", 0.5) == {
+        "new_texts": 0,
+        "novel_text_share": 0.0,
+    }
 
 
 def test_matching_keeps_ids_and_names_births_splits_and_ends():

@@ -3,6 +3,8 @@ size refresh of ``segments`` when no re-clustering follows."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -46,8 +48,18 @@ def novelty(
     """Share of the texts embedded by this run farther than ``distance`` from every centroid.
 
     ``events``: the events the update read (``changes.events_to_fold``), which hold every
-    event this run ingested, without scanning the table again.
+    event this run ingested, without scanning the table again. The distances are taken
+    in the workers (the centroids, one row per segment, travel with the function); only
+    two counts reach the driver.
     """
+    centroids = unit_rows(np.vstack(segments["centroid"].to_numpy()))
+
+    def nearest(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if len(pdf):
+                x = unit_rows(np.vstack(pdf["embedding"].to_numpy()))
+                yield pd.DataFrame({"distance": 1.0 - (x @ centroids.T).max(axis=1)})
+
     # Texts first seen by this run's embed stage are those its events brought in.
     fresh = (
         events.filter(F.col("run_id") == run_id)
@@ -55,14 +67,20 @@ def novelty(
         .distinct()
         .join(vectors, "text_hash")
         .select("embedding")
-        .toPandas()
     )
-    if fresh.empty:
-        return {"new_texts": 0, "novel_text_share": 0.0}
-    centroids = unit_rows(np.vstack(segments["centroid"].to_numpy()))
-    x = unit_rows(np.vstack(fresh["embedding"].to_numpy()))
-    nearest = 1.0 - (x @ centroids.T).max(axis=1)
-    return {"new_texts": len(x), "novel_text_share": float((nearest > distance).mean())}
+    counts = (
+        fresh.mapInPandas(nearest, schema="distance double")
+        .agg(
+            F.count(F.lit(1)).alias("texts"),
+            F.sum((F.col("distance") > distance).cast("long")).alias("novel"),
+        )
+        .first()
+    )
+    texts = int(counts["texts"] or 0)
+    return {
+        "new_texts": texts,
+        "novel_text_share": (counts["novel"] or 0) / texts if texts else 0.0,
+    }
 
 
 def refresh_sizes(spark: SparkSession, store: TableStore, segments: pd.DataFrame) -> None:

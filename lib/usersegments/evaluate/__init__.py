@@ -42,7 +42,7 @@ from usersegments.evaluate.holdout import (
     tested_and_seen,
 )
 from usersegments.evaluate.stage import holdout_count, run_evaluate
-from usersegments.evaluate.truth import read_truth, score_against_truth
+from usersegments.evaluate.truth import score_against_truth
 
 __all__ = [
     "STRATEGIES",
@@ -51,7 +51,6 @@ __all__ = [
     "hit_and_recall",
     "holdout_count",
     "holdout_split",
-    "read_truth",
     "run_evaluate",
     "score_against_truth",
     "score_strategies",

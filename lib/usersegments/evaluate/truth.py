@@ -6,7 +6,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,18 +23,6 @@ def existing_truth_file(path: str) -> Path:
             "wrote (Parquet or CSV)"
         )
     return p
-
-
-def read_truth(path: str, privacy: PrivacyConfig | None = None) -> pd.DataFrame:
-    """The generator's truth file (Parquet or CSV) as pandas; its user ids are
-    pseudonymized like the stored ones when ``privacy.pseudonymize_user_ids`` is on."""
-    from usersegments.privacy import pseudonym_key, pseudonymize_ids
-
-    p = existing_truth_file(path)
-    truth = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
-    if privacy is not None and privacy.pseudonymize_user_ids:
-        truth["user_id"] = pseudonymize_ids(truth["user_id"].astype(str), pseudonym_key(privacy))
-    return truth
 
 
 # The truth columns scored: the planted interest, and the one a drifted user moved to.
