@@ -13,16 +13,17 @@
 # MAGIC are merged on `event_id`, profiles fold only events after their `events_through`, and
 # MAGIC `run_metrics` is appended once per batch under Delta's transaction (query id, batch id).
 # MAGIC
-# MAGIC Here the quickstart's second window lands as three files; `availableNow` processes them
-# MAGIC (one per micro-batch) and stops. Use `stream.trigger: processingTime` for a job that
-# MAGIC keeps running (a Databricks job's "Python script" task on `jobs/stream_segments.py`).
+# MAGIC Here the week after the quickstart's log (the same users, new events) lands as two files;
+# MAGIC `availableNow` processes them (one per micro-batch) and stops. Use
+# MAGIC `stream.trigger: processingTime` for a job that keeps running (a Databricks job's
+# MAGIC "Python script" task on `jobs/stream_segments.py`).
 
 # COMMAND ----------
 
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import functions as F
 
 from usersegments.config import with_settings
@@ -30,26 +31,37 @@ from usersegments.notebook import start
 from usersegments.session import build_session
 from usersegments.store import TableStore
 from usersegments.stream import run_stream
-from usersegments.testing.synthetic import output_paths
+from usersegments.testing.synthetic import (
+    DEFAULT_END,
+    GeneratorSettings,
+    generate,
+    generated_times,
+    write,
+)
 
-nb = start(globals())
-cfg, show = nb.cfg, nb.show
+nb = start(globals(), users="300", seed="7")  # the quickstart's users
+cfg, params, show = nb.cfg, nb.params, nb.show
 input_dir = Path(cfg.store.root) / "input"
-window2 = output_paths(input_dir / "window2")
 landing = input_dir / "landing"
 
 # COMMAND ----------
 
 # MAGIC %md
 # MAGIC ## Land the files
-# MAGIC Three JSON lines files, the second window's events cut in time order. On Databricks the
-# MAGIC landing folder is usually a Unity Catalog volume another job writes into.
+# MAGIC Two JSON lines files: a week of new events of the quickstart's users, cut in time order.
+# MAGIC On Databricks the landing folder is usually a Unity Catalog volume another job writes into.
 
 # COMMAND ----------
 
-events = pd.read_parquet(window2["events_parquet"])
+week = GeneratorSettings(
+    users=int(params["users"]), seed=int(params["seed"]), days=7, end=DEFAULT_END + timedelta(7)
+)
+later = generate(week)
+items = write(later, input_dir / "week3")["items"]
+order = generated_times(later.events).sort_values(kind="stable").index  # garbage times last
+events = later.events.loc[order].drop(columns=["_bad"])
 landing.mkdir(parents=True, exist_ok=True)
-for number, rows in enumerate(np.array_split(np.arange(len(events)), 3)):
+for number, rows in enumerate(np.array_split(np.arange(len(events)), 2)):
     path = landing / f"events-{number}.jsonl"
     events.iloc[rows].to_json(path, orient="records", lines=True)
 settings = {"stream.max_files_per_trigger": 1, "stream.format": "jsonl"}
@@ -57,7 +69,7 @@ streaming = with_settings(cfg, settings, "06_streaming")
 
 # COMMAND ----------
 
-summary = run_stream(streaming, str(landing), window2["items"])
+summary = run_stream(streaming, str(landing), items)
 print(f"{len(summary.batches)} micro-batches, {summary.rows} rows; checkpoint {summary.checkpoint}")
 
 # COMMAND ----------
