@@ -20,6 +20,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from usersegments.cluster import unit_rows
 from usersegments.store import TableStore
 from usersegments.times import collected_utc
 
@@ -178,9 +179,7 @@ def centroid_drift(snapshots: pd.DataFrame) -> pd.Series:
     if snapshots.empty:
         return pd.Series([], index=snapshots.index, dtype=float)
     ordered = snapshots.sort_values("run")
-    vectors = np.vstack(ordered["centroid"].to_numpy()).astype(np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = vectors / np.where(norms == 0, 1.0, norms)
+    unit = unit_rows(np.vstack(ordered["centroid"].to_numpy()))
     # Each row's segment's first row in run order.
     first = ordered.groupby("segment_id", sort=False).cumcount().eq(0).to_numpy()
     owner = ordered["segment_id"].to_numpy()
