@@ -1,6 +1,6 @@
 """Crashes survived: a run killed in the middle of any stage leaves every table at a
-committed version, and re-running the same command ends with the tables an
-uninterrupted run writes.
+committed version, and resuming it (``run --resume``) or running the same command
+again ends with the tables an uninterrupted run writes.
 
 The crash is an exception injected right after the stage's first commit (its first
 Delta write, merge or compaction; for the report, its first file), raised out of the
@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import FEW_USERS, make_config, set_args
 from usersegments import cli, pipeline
 from usersegments.report import publish as report_module
+from usersegments.runlog import completed_stages
 from usersegments.stages import RUN, stages_of
 from usersegments.store import TableStore
 from usersegments.testing.synthetic import GeneratorSettings, generate, split_at, write
@@ -194,29 +195,39 @@ def uninterrupted(spark, tmp_path_factory, windows):
     return after_run, snapshot(store)
 
 
-def test_a_crash_in_any_stage_is_finished_by_rerunning(
+def test_a_crash_in_any_stage_is_finished_by_resuming_or_rerunning(
     spark, tmp_path, monkeypatch, windows, uninterrupted
 ):
     after_run, after_update = uninterrupted
     root = tmp_path / "store"
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
-    crashes = 0
 
-    def killed_in(stage: str, name: str, window: dict[str, str]) -> None:
-        nonlocal crashes
+    def killed_in(stage: str, name: str, window: dict[str, str], *resume: str) -> None:
         with crash_after_first_write(monkeypatch, stage), pytest.raises(InjectedCrash):
-            cli.main(command(name, root, window))
-        crashes += 1
-        assert_committed(store, failed_runs=crashes)
+            cli.main([*command(name, root, window), *resume])
+        assert_committed(store, failed_runs=1)
 
-    # Each attempt dies one stage later than the previous one, so every stage is killed
-    # once, and every stage before it re-runs over what a killed run left.
-    for stage in stages_of(RUN):
-        killed_in(stage, "run", windows[0])
-    assert cli.main(command("run", root, windows[0])) == 0
+    # The run dies in its first stage; each resume goes on from the stage that died
+    # (re-running it over what the dead attempt committed) and dies in the next one,
+    # so every stage is killed once and resumed once.
+    stages = stages_of(RUN)
+    killed_in(stages[0], "run", windows[0])
+    run_id = store.read("runs").first()["run_id"]
+    for done, stage in enumerate(stages[1:], start=1):
+        killed_in(stage, "run", windows[0], "--resume", run_id)
+        assert completed_stages(store, run_id) == set(stages[:done])
+    assert cli.main([*command("run", root, windows[0]), "--resume", run_id]) == 0
+    runs = store.read("runs").toPandas()
+    assert runs["run_id"].tolist() == [run_id]
+    assert runs["status"].tolist() == ["succeeded"]
+    seconds = store.read("run_metrics").filter("metric = 'seconds'").groupBy("stage").count()
+    assert {row["stage"]: row["count"] for row in seconds.collect()} == dict.fromkeys(stages, 1)
     assert_same_tables(snapshot(store), after_run)
 
-    killed_in("update", "update", windows[1])  # after the fold: the rerun must not fold twice
+    # The update dies after its fold; running it again (not resumed) must not fold twice.
+    with crash_after_first_write(monkeypatch, "update"), pytest.raises(InjectedCrash):
+        cli.main(command("update", root, windows[1]))
+    assert_committed(store, failed_runs=1)
     assert cli.main(command("update", root, windows[1])) == 0
     assert_same_tables(snapshot(store), after_update)
     report = (root / "report" / "index.html").read_text(encoding="utf-8")

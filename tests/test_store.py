@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from usersegments.errors import InputError, SchemaMismatchError, StoreError
-from usersegments.store import TableStore, resolve_backend
+from usersegments.store import TableStore, TableVersion, resolve_backend
+from usersegments.store.retention import vacuum_due
 
 SCHEMA = "id string, ts timestamp, day date, score double, vec array<float>, n int"
 
@@ -152,9 +153,12 @@ def test_maintain_compacts_small_files_and_vacuums_old_ones(spark, store):
     assert before >= 5
     untouched = store.maintain("t", compact_min_files=before + 1, retention_hours=168)
     assert not untouched.compacted and untouched.files_after == before
+    # Every commit is younger than the retention: no file can be deletable yet.
+    assert not untouched.vacuumed
+    assert not any(v.operation.upper().startswith("VACUUM") for v in store.history("t"))
 
     done = store.maintain("t", compact_min_files=3, retention_hours=0)
-    assert done.compacted and done.files_after < before
+    assert done.compacted and done.files_after < before and done.vacuumed
     assertDataFrameEqual(
         store.read("t"),
         batches[0]
@@ -419,3 +423,51 @@ def test_inserted_since_refuses_a_table_without_change_data_feed(spark, store):
     with pytest.raises(ChangeFeedUnavailable, match="delta.enableChangeDataFeed"):
         with store.inserted_since("t", 0, 1):
             pass
+
+
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def commit(hours_ago: float, operation: str, mode: str = "", **metrics) -> TableVersion:
+    """A history entry ``hours_ago`` before ``NOW``."""
+    return TableVersion(
+        version=0,
+        timestamp=NOW - timedelta(hours=hours_ago),
+        operation=operation,
+        parameters={"mode": mode} if mode else {},
+        metrics=metrics,
+    )
+
+
+def test_vacuum_is_due_only_once_a_removed_file_aged_past_the_retention():
+    week = 168
+    # Appends only, the first one a day old: nothing removed, the table is young.
+    appends = [commit(24, "WRITE", "Append"), commit(1, "WRITE", "Append")]
+    assert not vacuum_due(appends, week, NOW)
+    # Never vacuumed and older than the retention: due (files of failed writes).
+    assert vacuum_due([commit(week + 1, "WRITE", "Append")], week, NOW)
+    vacuumed = [commit(48, "VACUUM START"), commit(48, "VACUUM END")]
+    # A merge that removed a file 8 days ago, after the vacuum two days ago had cut off
+    # (files removed before 9 days ago): that file is deletable now.
+    merged = commit(week + 24, "MERGE", numTargetFilesRemoved="1")
+    assert vacuum_due([*vacuumed, merged], week, NOW)
+    # The same merge 6 days ago: its file is kept until tomorrow.
+    assert not vacuum_due(
+        [*vacuumed, commit(week - 24, "MERGE", numTargetFilesRemoved="1")], week, NOW
+    )
+    # Removed before the last vacuum's cut-off: that vacuum deleted it already.
+    assert not vacuum_due(
+        [*vacuumed, commit(week + 72, "MERGE", num_target_files_removed=1)], week, NOW
+    )
+    # Merges that inserted only, on either backend's metric names, remove nothing.
+    inserts = [
+        commit(week + 24, "MERGE", numTargetFilesRemoved="0"),
+        commit(week + 24, "MERGE", num_target_files_removed=0),
+    ]
+    assert not vacuum_due([*vacuumed, *inserts], week, NOW)
+    # An operation that may remove files and does not say how many is taken to have.
+    assert vacuum_due([*vacuumed, commit(week + 24, "DELETE")], week, NOW)
+    # Not vacuumed for a whole retention period: due whatever the history says.
+    assert vacuum_due([commit(week + 1, "VACUUM END"), commit(1, "WRITE", "Append")], week, NOW)
+    # A zero retention keeps nothing: always due.
+    assert vacuum_due([*vacuumed, commit(1, "WRITE", "Append")], 0, NOW)

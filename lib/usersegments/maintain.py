@@ -10,9 +10,12 @@ down with the number of files and of log entries. At the end of ``run`` and
    (``executeZOrderBy`` / ``optimize.z_order``, with ``store.zorder``), so that a
    merge or lookup on the key reads few files;
 2. **checkpointed** (delta-rs; delta-spark checkpoints by itself every 10 commits);
-3. **vacuumed**: data files that no version of the last
+3. **vacuumed** when due: data files that no version of the last
    ``store.vacuum_retention_hours`` needs are deleted, so disk use stays bounded
-   and time travel reaches back that far.
+   and time travel reaches back that far. A VACUUM lists every file of a table, so it
+   runs only when the table's history says a removed file may have aged past the
+   retention since the last one, or once per retention period
+   (``store.retention.vacuum_due``).
 
 Each step is one Delta commit or a deletion of unreferenced files: a crash between
 steps leaves every table readable, and the next run's maintain finishes the work.
@@ -60,12 +63,14 @@ def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLo
     metrics = maintenance_metrics(done)
     run.record_all("maintain", metrics)
     log.info(
-        "maintain: %d tables, %d compacted (%d -> %d files; %d z-ordered), %d old files vacuumed",
+        "maintain: %d tables, %d compacted (%d -> %d files; %d z-ordered), %d vacuumed "
+        "(%d old files deleted)",
         len(done),
         metrics["tables_compacted"],
         metrics["files_before"],
         metrics["files_after"],
         metrics["tables_zordered"],
+        metrics["tables_vacuumed"],
         metrics["files_vacuumed"],
     )
     rewritten = [d for d in done if d.compacted or d.zordered]
@@ -74,8 +79,8 @@ def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLo
 
 
 def maintenance_metrics(done: Sequence[Maintenance]) -> dict[str, float]:
-    """The figures maintain records in ``run_metrics``: tables maintained, compacted and
-    z-ordered, files before, after and vacuumed, and ``zordered.<table>`` (the number of
+    """The figures maintain records in ``run_metrics``: tables maintained, compacted,
+    z-ordered and vacuumed, files before, after and vacuumed, and ``zordered.<table>`` (the number of
     z-order columns) for each table it z-ordered."""
     metrics: dict[str, float] = {
         "tables_maintained": len(done),
@@ -83,6 +88,7 @@ def maintenance_metrics(done: Sequence[Maintenance]) -> dict[str, float]:
         "tables_zordered": sum(1 for d in done if d.zordered),
         "files_before": sum(d.files_before for d in done),
         "files_after": sum(d.files_after for d in done),
+        "tables_vacuumed": sum(1 for d in done if d.vacuumed),
         "files_vacuumed": sum(d.files_vacuumed for d in done),
     }
     metrics.update({f"zordered.{d.table}": len(d.zorder_by) for d in done if d.zordered})

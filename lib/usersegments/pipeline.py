@@ -54,7 +54,7 @@ def open_context(
         if resume is not None:
             # Under the lock: no other process can be running it any more.
             run.started_at = check_resumable(store, resume, command, cfg)
-        run.start()
+        run.start(resumed=resume is not None)
     except BaseException:
         if held is not None:
             held.release()

@@ -76,9 +76,11 @@ class RunLog:
         self.model_id: str | None = None
         self._pending: list[tuple[str, str, float, datetime]] = []
 
-    def start(self) -> None:
-        """Record the run (status ``running``) with its config before any stage writes."""
-        self._write_run_row(status="running", finished_at=None)
+    def start(self, resumed: bool = False) -> None:
+        """Record the run (status ``running``) with its config before any stage writes:
+        appended for a new run (its id is new, so no merge is needed), merged over the
+        earlier row of a ``resumed`` one."""
+        self._write_run_row(status="running", finished_at=None, new=not resumed)
 
     def finish(self, status: str = "succeeded") -> None:
         """Flush metrics and mark the run ``succeeded`` or ``failed``."""
@@ -112,7 +114,7 @@ class RunLog:
         """Context manager that logs a stage's start and end and records its seconds."""
         return _StageTimer(self, stage)
 
-    def _write_run_row(self, status: str, finished_at: datetime | None) -> None:
+    def _write_run_row(self, status: str, finished_at: datetime | None, new: bool = False) -> None:
         row = (
             self.run_id,
             self.command,
@@ -124,7 +126,11 @@ class RunLog:
             self.model_id,
             product_version(),
         )
-        self.store.merge(self.spark.createDataFrame([row], RUNS), "runs", on=["run_id"])
+        frame = self.spark.createDataFrame([row], RUNS)
+        if new:
+            self.store.write(frame, "runs")
+        else:
+            self.store.merge(frame, "runs", on=["run_id"])
 
 
 def completed_stages(store: TableStore, run_id: str) -> frozenset[str]:

@@ -16,6 +16,7 @@ Modules:
 - ``checks``: option, column, merge-key and schema-compatibility checks before a commit.
 - ``delta_rs``: the delta-rs backend and ``StagedRows`` (Spark -> Parquet -> Arrow stream).
 - ``delta_spark``: the delta-spark backend and ``DELTA_SPARK_PACKAGE`` (its jars).
+- ``retention``: ``vacuum_due``, whether a table's history says a VACUUM may delete a file.
 
 >>> store = TableStore.from_config(spark, cfg)          # doctest: +SKIP
 >>> store.write(df, "events", mode="append", partition_by=["event_month"])  # doctest: +SKIP

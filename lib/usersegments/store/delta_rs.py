@@ -234,18 +234,21 @@ class DeltaRsBackend:
         """Rewrite the files into few, rows clustered by ``columns`` (OPTIMIZE ZORDER BY)."""
         self._table(path).optimize.z_order(list(columns))
 
-    def vacuum(self, path: str, retention_hours: float) -> int:
-        """Delete files no version of the last ``retention_hours`` needs, checkpoint the
-        log and drop its expired entries; returns the number of files deleted."""
+    def checkpoint(self, path: str) -> None:
+        """Checkpoint the log and drop its expired entries: readers then skip replaying
+        every JSON commit of a long history."""
         table = self._table(path)
-        removed = table.vacuum(
+        table.create_checkpoint()
+        table.cleanup_metadata()
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        """Delete files no version of the last ``retention_hours`` needs; returns the
+        number of files deleted."""
+        removed = self._table(path).vacuum(
             retention_hours=math.floor(retention_hours),
             dry_run=False,
             enforce_retention_duration=False,
         )
-        # A checkpoint lets readers skip replaying every JSON commit of a long history.
-        table.create_checkpoint()
-        table.cleanup_metadata()
         return len(removed)
 
     def history(self, path: str) -> list[TableVersion]:

@@ -23,6 +23,7 @@ from usersegments.store.backend import (
     Txn,
     WriteMode,
 )
+from usersegments.times import collected_utc
 
 
 def delta_spark_package() -> str:
@@ -179,6 +180,10 @@ class DeltaSparkBackend:
         """Rewrite the files into few, rows clustered by ``columns`` (OPTIMIZE ZORDER BY)."""
         self._table(path).optimize().executeZOrderBy(*columns)
 
+    def checkpoint(self, path: str) -> None:
+        """Nothing to do: delta-spark checkpoints the log itself every 10 commits and
+        drops expired log entries after a checkpoint."""
+
     def vacuum(self, path: str, retention_hours: float) -> int:
         """Delete files no version of the last ``retention_hours`` needs; always 0 here."""
         # Delta refuses a retention under 7 days unless its safety check is off: the
@@ -211,7 +216,7 @@ class DeltaSparkBackend:
         return [
             TableVersion(
                 version=int(r["version"]),
-                timestamp=r["timestamp"],
+                timestamp=collected_utc(r["timestamp"]),
                 operation=r["operation"],
                 parameters=dict(r["operationParameters"] or {}),
                 metrics=dict(r["operationMetrics"] or {}),

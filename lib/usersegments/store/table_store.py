@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -45,6 +46,7 @@ from usersegments.store.checks import (
 )
 from usersegments.store.delta_rs import DeltaRsBackend
 from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, DeltaSparkBackend
+from usersegments.store.retention import vacuum_due
 
 # The source column of ``replace_groups`` that marks a stored row to delete.
 DELETE_FLAG = "_usersegments_delete"
@@ -60,6 +62,7 @@ class Maintenance:
     compacted: bool
     files_vacuumed: int
     zorder_by: tuple[str, ...] = ()  # the columns it was z-ordered by; empty when not
+    vacuumed: bool = False  # whether it was due for VACUUM (``retention.vacuum_due``)
 
     @property
     def zordered(self) -> bool:
@@ -331,7 +334,8 @@ class TableStore:
         into few (a new version with the same rows) once it has ``compact_min_files``,
         z-ordering them by ``zorder_by`` when given (OPTIMIZE ZORDER BY: rows of a key
         land in few files), checkpoint its log, and vacuum data files that no version
-        of the last ``retention_hours`` needs (time travel beyond that is given up)."""
+        of the last ``retention_hours`` needs (time travel beyond that is given up) when
+        its history says some may be deletable (``retention.vacuum_due``)."""
         columns = tuple(zorder_by)
         if columns:
             present = self.schema(name).fieldNames()
@@ -351,10 +355,13 @@ class TableStore:
             else:
                 self._backend.compact(self.path(name))
         after = self.file_count(name)
-        vacuumed = self._backend.vacuum(self.path(name), retention_hours)
+        path = self.path(name)
+        self._backend.checkpoint(path)
+        due = vacuum_due(self._backend.history(path), retention_hours, datetime.now(timezone.utc))
+        vacuumed = self._backend.vacuum(path, retention_hours) if due else 0
         # Compacted means fewer files: a table already at one file per partition (events
         # by day) is left as it is by the backend.
-        return Maintenance(name, before, after, after < before, vacuumed, zordered)
+        return Maintenance(name, before, after, after < before, vacuumed, zordered, due)
 
     def tables(self) -> list[str]:
         """Names of the tables present under the root (local roots only)."""
