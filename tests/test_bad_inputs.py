@@ -126,6 +126,7 @@ def test_only_bad_rows_are_quarantined_and_the_run_stops_clearly(spark, tmp_path
     assert "  - bad_event_time: 1 row" in err and "unparseable" in err
 
 
+@pytest.mark.slow
 def test_columns_spark_refuses_are_input_errors_naming_the_file(spark, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -160,6 +161,7 @@ def test_columns_spark_refuses_are_input_errors_naming_the_file(spark, tmp_path)
     assert not store.exists("events") and not store.exists("events_rejected")
 
 
+@pytest.mark.slow
 def test_binary_text_and_odd_column_names_are_read(spark, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -189,6 +191,7 @@ def test_binary_text_and_odd_column_names_are_read(spark, tmp_path):
     assert store.read("events_rejected").first()["reject_reason"] == "invalid_encoding"
 
 
+@pytest.mark.slow
 def test_schema_drift_between_parquet_files(spark, tmp_path):
     folder = tmp_path / "events"
     folder.mkdir()

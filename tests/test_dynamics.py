@@ -190,6 +190,7 @@ def test_nearest_cluster_then_segment_with_hysteresis():
     assert list(fresh["segment_id"])[1:] == ["c00.s01", "c01.s00"]  # nothing to keep
 
 
+@pytest.mark.slow
 def test_novelty_is_the_share_of_the_run_s_new_texts_far_from_every_centroid(spark):
     segments = pd.DataFrame(
         {"segment_id": ["a", "b"], "centroid": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}

@@ -150,6 +150,7 @@ def test_missing_model_fails_with_the_fix(tmp_path, monkeypatch):
         TextEmbedder(hub).load()
 
 
+@pytest.mark.slow
 def test_direct_embedder_sorts_and_restores_order():
     spec = EmbedderSpec.from_config(load_config(overrides=["embed.batch_size=2"]).embed, 1)
     embedder = TextEmbedder(spec).load()

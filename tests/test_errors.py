@@ -36,6 +36,7 @@ def test_a_stage_before_its_tables_exist_names_the_table_and_the_command(tmp_pat
     assert err.count("\n") == 1  # one line, no stack trace
 
 
+@pytest.mark.slow
 def test_holdout_below_one_names_the_option_before_touching_tables(tmp_path, capsys):
     root = str(tmp_path / "store")
     code, err = _run(capsys, "evaluate", "--holdout-last", "0", "--output", root, *set_args())
@@ -43,6 +44,7 @@ def test_holdout_below_one_names_the_option_before_touching_tables(tmp_path, cap
     assert "--holdout-last" in err and "got 0" in err
 
 
+@pytest.mark.slow
 def test_profiles_of_an_empty_events_table_is_an_input_error(spark, tmp_path, capsys):
     root = tmp_path / "store"
     store = TableStore.from_config(spark, make_config(root))

@@ -73,6 +73,7 @@ NASTY_CSV = (
 NASTY = ("input.min_time=2000-01-01", "input.on_rejections=warn")
 
 
+@pytest.mark.slow
 def test_every_reject_reason_comes_from_its_row(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
     store, m = ingest(csv, overrides=NASTY)
@@ -104,6 +105,7 @@ def test_every_reject_reason_comes_from_its_row(spark, ingest, tmp_path):
     assert events["u10"]["value"] == 4.0
 
 
+@pytest.mark.slow
 def test_rejected_rows_are_counted_not_lost(spark, ingest, tmp_path):
     csv = write_text(tmp_path / "nasty.csv", NASTY_CSV)
     store, m = ingest(csv, overrides=NASTY)
@@ -157,6 +159,7 @@ def test_generated_data_reconciles_with_its_manifest(spark, ingest, tmp_path):
     assert store.history("events")[-1].parameters.get("partitionBy") == '["event_month"]'
 
 
+@pytest.mark.slow
 def test_jsonl_with_mapping_and_catalog(spark, ingest, tmp_path):
     lines = [
         {"customer": "c1", "ts": "2026-03-01T08:00:00", "kind": "purchase", "sku": "s1"},
@@ -267,6 +270,7 @@ def test_inputs_resolution(tmp_path):
     assert sorted(len(g.paths) for g in groups) == [1, 2]  # headers differ: read apart
 
 
+@pytest.mark.slow
 def test_schema_drift_between_csv_files(spark, ingest, tmp_path):
     write_text(tmp_path / "a.csv", "user_id,event_time,text\nu1,2026-01-01T00:00:00Z,one\n")
     write_text(
@@ -281,6 +285,7 @@ def test_schema_drift_between_csv_files(spark, ingest, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_heavy_users_are_flagged_and_capped(spark, ingest, tmp_path):
     rows = "".join(f"bot,2026-01-01T00:{i:02d}:00Z,view,,page {i:02d}\n" for i in range(12))
     rows += "human,2026-01-01T00:00:00Z,view,,hello\n"
@@ -300,6 +305,7 @@ def test_heavy_users_are_flagged_and_capped(spark, ingest, tmp_path):
     assert capped.agg(F.sum("occurrences")).first()[0] == 7
 
 
+@pytest.mark.slow
 def test_truncation_is_counted(spark, ingest, tmp_path):
     path = write_text(
         tmp_path / "e.csv", "user_id,event_time,text\nu,2026-01-01," + "x" * 50 + "\n"
@@ -421,6 +427,7 @@ def test_read_raw_events_strings_only(spark, tmp_path):
     assert all(dtype == "string" for _, dtype in raw.dtypes)
 
 
+@pytest.mark.slow
 def test_an_events_table_from_before_event_month_keeps_its_columns_and_partitions(
     spark, ingest, tmp_path
 ):

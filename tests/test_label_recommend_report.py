@@ -219,6 +219,7 @@ def test_per_user_lists_leave_out_seen_items(spark):
     assert got == {"u": ["i2", "i3"], "v": ["i1", "i2"]}
 
 
+@pytest.mark.slow
 def test_per_user_lists_blend_interests_by_weight(spark):
     from usersegments.recommend import user_lists
 

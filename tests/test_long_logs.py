@@ -76,6 +76,7 @@ def test_a_user_idle_for_20_years_keeps_a_full_strength_vector(spark):
     assert np.linalg.norm(idle["weighted_sum"]) > 1.0
 
 
+@pytest.mark.slow
 def test_fold_with_anchors_equals_a_fresh_profile_including_late_old_events(spark):
     h = 10.0
     cfg = load_config(overrides=[f"profile.half_life_days={h}"]).profile

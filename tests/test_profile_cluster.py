@@ -243,6 +243,7 @@ def test_profiles_hold_sums_for_updates(planted):
     assert row["weight_total"] > 0 and row["as_of"] is not None
 
 
+@pytest.mark.slow
 def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid(spark):
     from pyspark.ml.functions import array_to_vector
 

@@ -74,6 +74,7 @@ def test_merge_upserts_exact_rows(spark, store):
     assertDataFrameEqual(store.read("t"), expected)
 
 
+@pytest.mark.slow
 def test_merge_is_idempotent(spark, store):
     store.write(sample(spark), "t")
     change = rows(spark, [("z", datetime(2024, 2, 1), date(2024, 2, 1), 1.0, [0.5], 7)])
@@ -102,6 +103,7 @@ def test_merge_rejects_duplicate_and_null_keys(spark, store):
         store.merge(null_key, "t", on=["id"])
 
 
+@pytest.mark.slow
 def test_replace_groups_leaves_no_stale_row_and_other_groups_alone(spark, store):
     schema = "user_id string, rank int, weight double"
     stored = [("u", 1, 0.5), ("u", 2, 0.3), ("u", 3, 0.2), ("v", 1, 0.6), ("v", 2, 0.4)]
@@ -145,6 +147,7 @@ def test_append_with_other_schema_is_refused(spark, store):
     assert store.version("t") == 0  # nothing was written
 
 
+@pytest.mark.slow
 def test_maintain_compacts_small_files_and_vacuums_old_ones(spark, store):
     batches = [sample(spark).withColumn("n", F.lit(i)) for i in range(5)]
     for batch in batches:
@@ -343,6 +346,7 @@ def test_maintain_zorders_by_the_key_and_keeps_the_rows(spark, store):
         store.maintain("t", compact_min_files=1, retention_hours=168, zorder_by=["nope"])
 
 
+@pytest.mark.slow
 def test_maintain_stage_zorders_lookup_tables_and_records_it(spark, store):
     from tests.conftest import make_config
     from tests.helpers import metrics_of, new_run
@@ -372,6 +376,7 @@ def test_maintain_stage_zorders_lookup_tables_and_records_it(spark, store):
     assert skipped.metrics["tables_zordered"] == 0
 
 
+@pytest.mark.slow
 def test_tables_command_reads_a_table_as_of_a_version(spark, store, capsys):
     from tests.conftest import set_args
     from usersegments import cli

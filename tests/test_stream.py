@@ -161,6 +161,7 @@ def test_csv_landing_files_keep_a_row_that_does_not_fit(spark, tmp_path):
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_a_delta_table_of_events_is_read_as_a_stream(spark, tmp_path):
     require_delta_spark(spark)
     table = str(tmp_path / "events_in")
