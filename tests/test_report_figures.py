@@ -12,7 +12,7 @@ import pytest
 
 from usersegments import console
 from usersegments.report import History, ReportData, RunPoint, display_report, render_html
-from usersegments.report.figures import SANKEY, movement_figure, sankey_labels, sankey_size
+from usersegments.report.runs_figures import SANKEY, movement_figure, sankey_labels, sankey_size
 from usersegments.report.sections import report_figures
 
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -198,7 +198,7 @@ def test_console_segments_summary_shows_truth_columns_only_with_truth(printed):
 
 
 def test_segment_pages_share_one_frame_and_fill_each_segment_s_values():
-    from usersegments.report.figures import (
+    from usersegments.report.runs_figures import (
         fill_segment_figures,
         segment_figure_frames,
         segment_figures,

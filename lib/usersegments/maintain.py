@@ -80,8 +80,8 @@ def run_maintain(spark: SparkSession, store: TableStore, cfg: Config, run: RunLo
 
 def maintenance_metrics(done: Sequence[Maintenance]) -> dict[str, float]:
     """The figures maintain records in ``run_metrics``: tables maintained, compacted,
-    z-ordered and vacuumed, files before, after and vacuumed, and ``zordered.<table>`` (the number of
-    z-order columns) for each table it z-ordered."""
+    z-ordered and vacuumed, files before, after and vacuumed, and ``zordered.<table>``
+    (the number of z-order columns) for each table it z-ordered."""
     metrics: dict[str, float] = {
         "tables_maintained": len(done),
         "tables_compacted": sum(1 for d in done if d.compacted),

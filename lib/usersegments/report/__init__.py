@@ -11,8 +11,9 @@ Modules:
     gather   -- ``ReportData`` and ``gather``: the current state, read from the tables
     history  -- segments over runs through Delta time travel: run timeline, snapshots, user paths
     changes  -- what changed since the previous run, one sentence per big change
-    figures  -- the Plotly figures: map, hierarchy, sizes over runs, Sankey, per segment,
-                quality, co-interest heat map
+    figures  -- the Plotly figures of the current state: map, hierarchy, quality,
+                co-interest heat map
+    runs_figures -- the figures over recorded runs: sizes over runs, Sankey, per segment
     sections -- the overview's figures and tables (key figures, quality, ingest)
     text     -- item texts shown once and short, figures formatted without "nan"
     render   -- the HTML from ``templates/report.html.j2`` (autoescaped) with the figures as JSON
@@ -22,18 +23,16 @@ Modules:
 """
 
 from usersegments.report.changes import Change, changes
-from usersegments.report.figures import (
-    hierarchy_figure,
-    map_figure,
-    movement_figure,
-    project_2d,
-    segment_figures,
-    sizes_over_runs_figure,
-)
+from usersegments.report.figures import hierarchy_figure, map_figure, project_2d
 from usersegments.report.gather import ReportData, gather
 from usersegments.report.history import History, RunPoint, gather_history
 from usersegments.report.publish import display_report, plotly_bundle, write_report
 from usersegments.report.render import Rendered, render_html
+from usersegments.report.runs_figures import (
+    movement_figure,
+    segment_figures,
+    sizes_over_runs_figure,
+)
 from usersegments.report.sections import report_figures
 from usersegments.report.stage import run_report
 from usersegments.report.text import item_title, short_text

@@ -20,14 +20,10 @@ import jinja2
 import pandas as pd
 
 from usersegments.report.changes import changes
-from usersegments.report.figures import (
-    SANKEY,
-    cluster_color,
-    segment_figure_frames,
-    segment_series,
-)
+from usersegments.report.figures import cluster_color
 from usersegments.report.gather import ReportData
 from usersegments.report.history import drift_series, flows
+from usersegments.report.runs_figures import SANKEY, segment_figure_frames, segment_series
 from usersegments.report.sections import (
     ingest_rows,
     overview_figures,

@@ -13,10 +13,9 @@ from usersegments.report.figures import (
     ingest_figure,
     k_selection_figure,
     map_figure,
-    movement_figure,
-    sizes_over_runs_figure,
 )
 from usersegments.report.gather import ReportData
+from usersegments.report.runs_figures import movement_figure, sizes_over_runs_figure
 from usersegments.report.text import fmt
 from usersegments.times import collected_utc
 

@@ -10,7 +10,8 @@ Two real Delta backends sit behind one interface:
 
 Modules:
 
-- ``table_store``: ``TableStore``, ``Maintenance`` and ``resolve_backend`` (which backend).
+- ``table_store``: ``TableStore`` and ``Maintenance``.
+- ``choice``: ``resolve_backend``, which backend a store uses on this session.
 - ``backend``: the ``Backend`` protocol, ``MergeResult``, ``TableVersion``, ``Txn`` (an
   idempotent write's application transaction), mode literals.
 - ``checks``: option, column, merge-key and schema-compatibility checks before a commit.
@@ -32,8 +33,9 @@ from usersegments.store.backend import (
     WriteMode,
 )
 from usersegments.store.checks import check_schema_compatible
+from usersegments.store.choice import resolve_backend
 from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, delta_spark_package
-from usersegments.store.table_store import Maintenance, TableStore, resolve_backend
+from usersegments.store.table_store import Maintenance, TableStore
 
 __all__ = [
     "DELTA_SPARK_PACKAGE",
