@@ -7,6 +7,11 @@ becomes deletable only ``retention`` after that commit. So maintain vacuums a ta
 only when its history says some file may have become deletable since its last
 vacuum, and at least once per retention period (to sweep files that failed writes
 left behind, which no commit names).
+
+The last vacuum is read from the VACUUM START/END commits both backends log. Where
+they are not logged (``spark.databricks.delta.vacuum.logging.enabled=false``), a
+table looks never vacuumed: it is vacuumed in every maintain once it is older than
+the retention, as before this check.
 """
 
 from __future__ import annotations
