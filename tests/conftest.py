@@ -36,9 +36,6 @@ _TEST_OVERRIDES = (
     "spark.ui=off",
     "spark.driver_memory=2g",
     "spark.log_level=ERROR",
-    # Whole-stage code generation compiles every query plan; on the tests' few rows the
-    # compiling costs more than it saves (about a tenth of the suite's time).
-    "spark.conf.spark.sql.codegen.wholeStage=false",
 )
 
 
