@@ -51,6 +51,8 @@ def figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
 
 
 def legend_name(seg: str, label: str | None) -> str:
+    """A segment's name in a legend or on an axis: its id and label, escaped, at most
+    48 characters."""
     return html.escape(f"{seg} {label or ''}".strip()[:48])
 
 

@@ -144,7 +144,8 @@ def _commit_times(store: TableStore, name: str) -> list[tuple[datetime, int]]:
     """(commit time as aware UTC, version) of every commit of ``name``, oldest first."""
     if not store.exists(name):
         return []
-    return sorted((collected_utc(v.timestamp), v.version) for v in store.history(name))
+    # TableStore.history gives aware UTC times on both backends.
+    return sorted((v.timestamp, v.version) for v in store.history(name))
 
 
 def _version_at(commits: list[tuple[datetime, int]], end: datetime) -> int | None:

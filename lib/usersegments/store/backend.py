@@ -46,7 +46,8 @@ class Txn:
 
 @dataclass(frozen=True)
 class TableVersion:
-    """One commit of a table, as ``TableStore.history`` reports it."""
+    """One commit of a table, as ``TableStore.history`` reports it (``timestamp``: aware
+    UTC on both backends)."""
 
     version: int
     timestamp: datetime

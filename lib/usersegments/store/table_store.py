@@ -337,18 +337,18 @@ class TableStore:
                 raise ValueError(
                     f"zorder_by {missing} are not columns of table '{name}' (has {present})"
                 )
+        path = self.path(name)
         before = after = self.file_count(name)
         zordered: tuple[str, ...] = ()
         if before >= compact_min_files:
             if columns:
                 # A z-order rewrites every file, so it is done only when the table is
                 # due for a rewrite anyway; it compacts as it clusters.
-                self._backend.zorder(self.path(name), columns)
+                self._backend.zorder(path, columns)
                 zordered = columns
             else:
-                self._backend.compact(self.path(name))
+                self._backend.compact(path)
             after = self.file_count(name)
-        path = self.path(name)
         self._backend.checkpoint(path)
         due = vacuum_due(self._backend.history(path), retention_hours, datetime.now(timezone.utc))
         vacuumed = self._backend.vacuum(path, retention_hours) if due else 0
