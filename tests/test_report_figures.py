@@ -154,7 +154,7 @@ def printed(monkeypatch):
     from rich.console import Console
 
     out = io.StringIO()
-    monkeypatch.setattr(console, "_console", Console(file=out, width=200, highlight=False))
+    monkeypatch.setattr(console.output, "_console", Console(file=out, width=200, highlight=False))
     return out
 
 
@@ -189,11 +189,11 @@ def test_console_segments_summary_shows_truth_columns_only_with_truth(printed):
         "ari_cluster_vs_area": float("nan"),
         "nmi_segment_vs_substyle": float("nan"),
     }
-    console._print_segments(StageResult(stage="cluster", metrics=metrics))
+    console.summary._print_segments(StageResult(stage="cluster", metrics=metrics))
     without = printed.getvalue()
     assert "ARI" not in without and "NMI" not in without and "nan" not in without.lower()
     metrics |= {"ari_cluster_vs_area": 0.9, "nmi_segment_vs_substyle": 0.8}
-    console._print_segments(StageResult(stage="cluster", metrics=metrics))
+    console.summary._print_segments(StageResult(stage="cluster", metrics=metrics))
     assert "ARI vs planted area" in printed.getvalue()
 
 
