@@ -11,6 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.helpers import metrics_of
+from usersegments.frames import apply_per_key
 from usersegments.interests import InterestRule, interests_of_users, user_interests
 
 RULE = InterestRule(distance_threshold=0.9, max_per_user=3, min_weight=0.1)
@@ -108,6 +109,33 @@ def test_interests_of_users_in_spark(spark):
     # Spark's own latest event time of the user, converted to pandas the same way.
     latest = frame.filter("user_id = 'one'").agg({"event_time": "max"}).toPandas().iloc[0, 0]
     assert found.loc[found["user_id"] == "one", "last_event_time"].iloc[0] == latest
+
+
+def test_apply_per_key_gives_each_key_all_its_rows_in_order_across_arrow_batches(spark):
+    """Groups of 1 to 7 rows, shuffled, Arrow batches of 3 rows: most groups are cut by
+    a batch boundary, and each must still reach the function once, whole and sorted."""
+    rng = np.random.default_rng(11)
+    rows = [(f"k{k:02d}", int(t)) for k in range(40) for t in rng.permutation(k % 7 + 1)]
+    rng.shuffle(rows)
+    frame = spark.createDataFrame(rows, "key string, t long")
+
+    def summary(group: pd.DataFrame) -> pd.DataFrame:
+        times = group["t"].to_list()
+        return pd.DataFrame(
+            {"key": [group["key"].iloc[0]], "n": [len(times)], "ordered": [times == sorted(times)]}
+        )
+
+    schema = "key string, n long, ordered boolean"
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
+    try:
+        found = apply_per_key(frame, "key", ["t"], summary, schema).toPandas()
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    assert sorted(found["key"]) == [f"k{k:02d}" for k in range(40)]  # each key once
+    sizes = dict(zip(found["key"], found["n"], strict=True))
+    assert sizes == {f"k{k:02d}": k % 7 + 1 for k in range(40)}
+    assert found["ordered"].all()
 
 
 def segment_areas(planted) -> pd.DataFrame:

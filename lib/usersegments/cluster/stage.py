@@ -25,6 +25,7 @@ from usersegments.cluster.local import fine_segments
 from usersegments.cluster.segments import enforce_min_size, segment_rows
 from usersegments.config import Config
 from usersegments.errors import InputError
+from usersegments.frames import one_partition_per_core
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_SEGMENTS, conform
 from usersegments.store import TableStore
@@ -96,7 +97,7 @@ def cluster_users(
     (``profiles`` follows the ``user_profiles`` contract)."""
     as_of = max_time(profiles, "as_of")
     users, total, skipped = _users_to_cluster(profiles, cfg)
-    users = users.cache()
+    users = one_partition_per_core(users, spark).cache()
     try:
         coarse = fit_coarse(users, cfg, total)
     except BaseException:

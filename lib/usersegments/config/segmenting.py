@@ -128,7 +128,13 @@ class ClusterConfig(Section):
         description="Bisecting k-means first splits into this many leaves per coarse cluster, "
         "then merges leaves (weighted Ward) back to k.",
     )
-    max_iter: int = Field(20, ge=1, description="Bisecting k-means iterations per split.")
+    max_iter: int = Field(
+        10,
+        ge=1,
+        description="Bisecting k-means iterations per split. MLlib runs all of them (it has "
+        "no convergence test), one Spark job each; a two-way split settles in a few, and "
+        "the refining passes over all users follow.",
+    )
     refine_iterations: int = Field(
         10,
         ge=0,

@@ -1,6 +1,6 @@
 """One user's interests from their event vectors: Ward clustering inside one pandas group
 (``user_interests`` is numpy/scipy only, testable without Spark; ``interests_of_users``
-runs it per user in ``applyInPandas``)."""
+runs it on each user's events through ``frames.apply_per_key``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 from scipy.cluster.hierarchy import linkage
 
 from usersegments.cluster.assign import unit_rows
+from usersegments.frames import apply_per_key
 
 INTEREST_COLUMNS = ["interest_rank", "weight", "n_events", "last_event_time", "embedding"]
 
@@ -125,24 +126,26 @@ INTEREST_SCHEMA = T.StructType(
 
 def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
     """``weighted`` (user_id, event_time, text_hash, weight, embedding; one row per event,
-    already capped per user) -> one row per interest (``INTEREST_SCHEMA``), by ``user_interests``
-    in ``groupBy("user_id").applyInPandas``: one user's events per pandas group."""
+    already capped per user) -> one row per interest (``INTEREST_SCHEMA``), by
+    ``user_interests`` on each user's events (``apply_per_key``: one user's events per
+    pandas frame, oldest first)."""
 
-    def one_user(pdf: pd.DataFrame) -> pd.DataFrame:
-        # A group's rows arrive in shuffle order; sorted, Ward's ties break the same way
+    def one_user(events: pd.DataFrame) -> pd.DataFrame:
+        # Rows arrive sorted by (event_time, text_hash): Ward's ties break the same way
         # on every run (a rerun after a crash writes the same interests).
-        pdf = pdf.sort_values(["event_time", "text_hash"], kind="stable")
         found = user_interests(
-            np.vstack(pdf["embedding"].to_numpy()),
-            pdf["weight"].to_numpy(),
-            pdf["event_time"].to_numpy(),
+            np.vstack(events["embedding"].to_numpy()),
+            events["weight"].to_numpy(),
+            events["event_time"].to_numpy(),
             rule,
         )
-        found.insert(0, "user_id", pdf["user_id"].iloc[0])
+        found.insert(0, "user_id", events["user_id"].iloc[0])
         return found
 
-    return (
-        weighted.select("user_id", "event_time", "text_hash", "weight", "embedding")
-        .groupBy("user_id")
-        .applyInPandas(one_user, schema=INTEREST_SCHEMA)
+    return apply_per_key(
+        weighted.select("user_id", "event_time", "text_hash", "weight", "embedding"),
+        "user_id",
+        ("event_time", "text_hash"),
+        one_user,
+        INTEREST_SCHEMA,
     )
