@@ -25,7 +25,7 @@ from usersegments.label import (
     label_segments,
     segment_keywords,
 )
-from usersegments.recommend import without_seen
+from usersegments.recommend import top_overall, top_per_group, without_seen
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, SEGMENTS
 from usersegments.testing.synthetic import (
     GeneratorSettings,
@@ -217,6 +217,20 @@ def test_per_user_lists_leave_out_seen_items(spark):
     out = without_seen(recs, users, seen, "segment_id", 2).toPandas()
     got = {u: list(g.sort_values("rank")["item_id"]) for u, g in out.groupby("user_id")}
     assert got == {"u": ["i2", "i3"], "v": ["i1", "i2"]}
+
+
+def test_top_items_of_one_group_are_ranked_as_per_group_ranking_ranks_them(spark):
+    """The popularity baseline's top-n (no window over one partition) gives the rows,
+    ranks and ties (by item id) that the per-group window gives."""
+    scores = spark.createDataFrame(
+        [("all", f"i{i}", float(i % 4), i) for i in range(10)],
+        "everyone string, item_id string, score double, users long",
+    )
+    overall = top_overall(scores, "everyone", 5).toPandas()
+    windowed = top_per_group(scores, "everyone", 5).toPandas().sort_values("rank")
+    assert overall.to_dict("records") == windowed.reset_index(drop=True).to_dict("records")
+    assert list(overall["item_id"]) == ["i3", "i7", "i2", "i6", "i1"]
+    assert top_overall(scores.limit(0), "everyone", 5).count() == 0
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from usersegments.config import Config
 from usersegments.halflife import recommend_half_life
@@ -78,6 +79,18 @@ def top_per_group(scores: DataFrame, group_col: str, n: int) -> DataFrame:
     """The ``n`` best-scored items of every group, ranked from 1 (ties by item id)."""
     order = Window.partitionBy(group_col).orderBy(F.desc("score"), F.asc("item_id"))
     return scores.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= n)
+
+
+def top_overall(scores: DataFrame, group_col: str, n: int) -> DataFrame:
+    """``top_per_group`` for ``scores`` of a single group (the popularity baseline: every
+    user in one group). Spark's top-n (``orderBy().limit()``) instead of a window over
+    one partition holding every item; the ``n`` rows are ranked on the driver."""
+    best = scores.orderBy(F.desc("score"), F.asc("item_id")).limit(n).collect()
+    ranked = T.StructType([*scores.schema.fields, T.StructField("rank", T.IntegerType())])
+    rows = [(*row, rank) for rank, row in enumerate(best, start=1)]
+    return scores.sparkSession.createDataFrame(rows, ranked).select(
+        group_col, "item_id", "score", "users", "rank"
+    )
 
 
 def without_seen(

@@ -8,9 +8,16 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config
-from usersegments.recommend import item_scores, top_per_group, without_seen
+from usersegments.recommend import item_scores, top_overall, top_per_group, without_seen
 
 STRATEGIES = ("segment", "cluster", "popularity")
+# The group column of the popularity baseline: one group holding every user.
+EVERYONE = "everyone"
+
+
+def with_everyone(groups: DataFrame) -> DataFrame:
+    """``groups`` (user_id, ...) with the ``EVERYONE`` column: one group for all users."""
+    return groups.withColumn(EVERYONE, F.lit("all"))
 
 
 def holdout_split(events: DataFrame, holdout_last: int, min_train_events: int) -> DataFrame:
@@ -68,9 +75,8 @@ def group_hit_rate(
     most popular ``train`` items of their group (``groups``: user_id, ``column``) minus
     the ``seen`` ones (user_id, item_id)."""
     ecfg = cfg.evaluate
-    candidates = top_per_group(
-        item_scores(train, groups, column, cfg, as_of), column, ecfg.candidates
-    )
+    top = top_overall if column == EVERYONE else top_per_group
+    candidates = top(item_scores(train, groups, column, cfg, as_of), column, ecfg.candidates)
     recommended = without_seen(candidates, groups.select("user_id", column), seen, column, ecfg.k)
     return hit_and_recall(recommended, held_out, tested)
 
@@ -93,12 +99,14 @@ def score_strategies(
     """``hit_rate@K.<strategy>``, ``recall@K.<strategy>`` for each of ``STRATEGIES`` and
     ``users_tested``: recommendations built from ``train``, scored on ``held_out``."""
     ecfg = cfg.evaluate
-    groups = user_segments.select(
-        "user_id", "segment_id", F.col("cluster_id").cast("string").alias("cluster_id")
-    ).withColumn("everyone", F.lit("all"))
+    groups = with_everyone(
+        user_segments.select(
+            "user_id", "segment_id", F.col("cluster_id").cast("string").alias("cluster_id")
+        )
+    )
     tested, seen = tested_and_seen(user_segments, train, held_out, cfg)
     metrics: dict[str, float] = {}
-    for strategy, column in zip(STRATEGIES, ("segment_id", "cluster_id", "everyone"), strict=True):
+    for strategy, column in zip(STRATEGIES, ("segment_id", "cluster_id", EVERYONE), strict=True):
         figures = group_hit_rate(train, held_out, groups, column, tested, seen, cfg, as_of)
         metrics[f"hit_rate@{ecfg.k}.{strategy}"] = figures["hit_rate"]
         metrics[f"recall@{ecfg.k}.{strategy}"] = figures["recall"]

@@ -20,12 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from usersegments.cluster.stage import cluster_users
 from usersegments.config import Config, with_settings
 from usersegments.errors import InputError, UserSegmentsError
-from usersegments.evaluate.holdout import group_hit_rate
+from usersegments.evaluate.holdout import EVERYONE, group_hit_rate, with_everyone
 from usersegments.evaluate.truth import score_against_truth
 from usersegments.profile import profiles_from_sums, weighted_sums
 from usersegments.tune.scores import HIT_RATE_LIFT, interest_fit, silhouette
@@ -132,7 +131,7 @@ def _score(
     """The objective and the other figures of one clustering."""
     scores: dict[str, float | None] = {}
     if holdout.objective == HIT_RATE_LIFT:
-        groups = user_segments.select("user_id", "segment_id").withColumn("everyone", F.lit("all"))
+        groups = with_everyone(user_segments.select("user_id", "segment_id"))
         tested = groups.select("user_id").join(
             holdout.held_out.select("user_id").distinct(), "user_id"
         )
@@ -150,7 +149,7 @@ def _score(
             )
 
         segment = rate("segment_id")
-        baseline = popularity.get(cfg, lambda: rate("everyone"))
+        baseline = popularity.get(cfg, lambda: rate(EVERYONE))
         scores["hit_rate"] = segment["hit_rate"]
         scores["hit_rate_popularity"] = baseline["hit_rate"]
         scores["hit_rate_lift"] = segment["hit_rate"] - baseline["hit_rate"]
