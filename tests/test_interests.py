@@ -112,10 +112,12 @@ def test_interests_of_users_in_spark(spark):
 
 
 def test_apply_per_key_gives_each_key_all_its_rows_in_order_across_arrow_batches(spark):
-    """Groups of 1 to 7 rows, shuffled, Arrow batches of 3 rows: most groups are cut by
-    a batch boundary, and each must still reach the function once, whole and sorted."""
+    """Groups of 1 to 7 rows and one of null keys, shuffled, Arrow batches of 3 rows:
+    most groups are cut by a batch boundary, and each must still reach the function
+    once, whole and sorted."""
     rng = np.random.default_rng(11)
     rows = [(f"k{k:02d}", int(t)) for k in range(40) for t in rng.permutation(k % 7 + 1)]
+    rows += [(None, 2), (None, 0), (None, 1)]  # a null key is a key too, as in groupBy
     rng.shuffle(rows)
     frame = spark.createDataFrame(rows, "key string, t long")
 
@@ -132,9 +134,9 @@ def test_apply_per_key_gives_each_key_all_its_rows_in_order_across_arrow_batches
         found = apply_per_key(frame, "key", ["t"], summary, schema).toPandas()
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
-    assert sorted(found["key"]) == [f"k{k:02d}" for k in range(40)]  # each key once
     sizes = dict(zip(found["key"], found["n"], strict=True))
-    assert sizes == {f"k{k:02d}": k % 7 + 1 for k in range(40)}
+    assert len(found) == len(sizes) == 41  # each key once
+    assert sizes == {None: 3, **{f"k{k:02d}": k % 7 + 1 for k in range(40)}}
     assert found["ordered"].all()
 
 

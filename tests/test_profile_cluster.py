@@ -21,6 +21,7 @@ from usersegments.cluster import (
 from usersegments.config import load_config
 from usersegments.errors import InputError
 from usersegments.evaluate import holdout_count
+from usersegments.frames import fit_partitions
 from usersegments.maintain import remove_legacy_models
 from usersegments.profile import event_weight, profiles_from_sums, resolve_as_of, weighted_sums
 
@@ -114,6 +115,15 @@ def blobs(n_per, centers, noise, seed=0):
         rows.append(pts / np.linalg.norm(pts, axis=1, keepdims=True))
         labels += [i] * n_per
     return np.vstack(rows), np.array(labels)
+
+
+def test_fit_partitions_one_per_core_unless_a_partition_would_pass_the_bound(spark):
+    frame = spark.range(800).repartition(8)
+    cores = spark.sparkContext.defaultParallelism
+    assert fit_partitions(frame, spark, 800, 1000).rdd.getNumPartitions() == min(8, cores)
+    assert fit_partitions(frame, spark, 800, 200).rdd.getNumPartitions() == min(8, max(cores, 4))
+    assert fit_partitions(frame, spark, 800, 10).rdd.getNumPartitions() == 8  # never more
+    assert fit_partitions(frame, spark, 800, 10).count() == 800
 
 
 def test_subgroups_recover_planted_groups_and_cap_path():

@@ -3,6 +3,7 @@ partitions for iterative fits, and pandas -> Spark frames."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,15 +24,22 @@ def literal_map(mapping: Mapping[Any, Any]) -> Column:
     return F.create_map(*[F.lit(part) for pair in mapping.items() for part in pair])
 
 
-def one_partition_per_core(frame: DataFrame, spark: SparkSession) -> DataFrame:
-    """``frame`` in at most as many partitions as the cluster has cores (a coalesce: no
-    shuffle). For a frame that iterative MLlib fits read a few hundred times (one job a
-    bisecting iteration): every task beyond one per core is only scheduling overhead,
-    which on a small frame split by an upstream shuffle costs more than the work."""
-    cores = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() <= cores:
+def fit_partitions(
+    frame: DataFrame, spark: SparkSession, rows: int, max_rows_per_partition: int
+) -> DataFrame:
+    """``frame`` (of ``rows`` rows) coalesced, with no shuffle, to one partition per core,
+    or more where a partition would hold over ``max_rows_per_partition`` rows; never to
+    more partitions than it has.
+
+    For a frame that an iterative MLlib fit reads a few hundred times (a Spark job per
+    iteration): tasks beyond one per core add only scheduling cost, which on a small
+    frame split by an upstream shuffle costs more than the work. On Spark Connect,
+    where the core count is not known, ``frame`` is returned as it is.
+    """
+    if getattr(spark, "_jvm", None) is None:
         return frame
-    return frame.coalesce(cores)
+    cores = spark.sparkContext.defaultParallelism
+    return frame.coalesce(max(cores, math.ceil(rows / max(max_rows_per_partition, 1))))
 
 
 def apply_per_key(
@@ -39,7 +47,7 @@ def apply_per_key(
     key: str,
     order: Sequence[str],
     function: Callable[[pd.DataFrame], pd.DataFrame],
-    schema: StructType,
+    schema: StructType | str,
 ) -> DataFrame:
     """``function`` applied to each ``key``'s rows (a pandas frame sorted by ``order``),
     its results concatenated: what ``groupBy(key).applyInPandas`` does, for many small
@@ -62,9 +70,12 @@ def apply_per_key(
             if batch.empty:
                 continue
             # Sorted by key: the last key's rows are the batch's tail, maybe cut short.
-            last = batch[key].to_numpy() == batch[key].iloc[-1]
+            keys = batch[key]
+            last_key = keys.iloc[-1]
+            last = (keys.isna() if pd.isna(last_key) else keys.eq(last_key)).to_numpy()
             carried = batch[last]
-            done = [function(rows) for _, rows in batch[~last].groupby(key, sort=False)]
+            groups = batch[~last].groupby(key, sort=False, dropna=False)
+            done = [function(rows.reset_index(drop=True)) for _, rows in groups]
             done = [result for result in done if len(result)]
             if done:
                 yield pd.concat(done, ignore_index=True)

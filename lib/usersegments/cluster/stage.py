@@ -25,7 +25,7 @@ from usersegments.cluster.local import fine_segments
 from usersegments.cluster.segments import enforce_min_size, segment_rows
 from usersegments.config import Config
 from usersegments.errors import InputError
-from usersegments.frames import one_partition_per_core
+from usersegments.frames import fit_partitions
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_SEGMENTS, conform
 from usersegments.store import TableStore
@@ -97,7 +97,8 @@ def cluster_users(
     (``profiles`` follows the ``user_profiles`` contract)."""
     as_of = max_time(profiles, "as_of")
     users, total, skipped = _users_to_cluster(profiles, cfg)
-    users = one_partition_per_core(users, spark).cache()
+    # At most cluster.sample_size users a partition: the auto-k fit holds that many.
+    users = fit_partitions(users, spark, total, cfg.cluster.sample_size).cache()
     try:
         coarse = fit_coarse(users, cfg, total)
     except BaseException:

@@ -131,9 +131,9 @@ class ClusterConfig(Section):
     max_iter: int = Field(
         10,
         ge=1,
-        description="Bisecting k-means iterations per split. MLlib runs all of them (it has "
-        "no convergence test), one Spark job each; a two-way split settles in a few, and "
-        "the refining passes over all users follow.",
+        description="Bisecting k-means iterations per level of splits. MLlib runs all of "
+        "them (it has no convergence test), one Spark job each; a two-way split settles in "
+        "a few, and the refining passes over all users follow.",
     )
     refine_iterations: int = Field(
         10,

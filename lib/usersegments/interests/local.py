@@ -131,8 +131,8 @@ def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
     pandas frame, oldest first)."""
 
     def one_user(events: pd.DataFrame) -> pd.DataFrame:
-        # Rows arrive sorted by (event_time, text_hash): Ward's ties break the same way
-        # on every run (a rerun after a crash writes the same interests).
+        # Rows arrive sorted by (event_time, text_hash, weight): Ward's ties break the
+        # same way on every run (a rerun after a crash writes the same interests).
         found = user_interests(
             np.vstack(events["embedding"].to_numpy()),
             events["weight"].to_numpy(),
@@ -145,7 +145,7 @@ def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
     return apply_per_key(
         weighted.select("user_id", "event_time", "text_hash", "weight", "embedding"),
         "user_id",
-        ("event_time", "text_hash"),
+        ("event_time", "text_hash", "weight"),
         one_user,
         INTEREST_SCHEMA,
     )
