@@ -76,8 +76,11 @@ def build_tables(spark, store: TableStore, users: int, per_user: int, mid: str, 
         F.concat(F.lit("t"), text.cast("string")).alias("text_hash"),
         F.lit(None).cast("double").alias("value"),
         F.lit(None).cast("string").alias("category"),
-        F.lit(None).cast("date").alias("event_date"),
         F.lit("bench").alias("run_id"),
+    )
+    # The partition columns ingest derives from the event time.
+    events = events.withColumn("event_date", F.to_date("event_time")).withColumn(
+        "event_month", F.trunc(F.to_date("event_time"), "month")
     )
     store.write(conform(events, EVENTS), "events", mode="overwrite")
 
