@@ -54,12 +54,12 @@ def apply_per_key(
     groups.
 
     ``applyInPandas`` sends every group to Python as its own Arrow stream; with a group
-    per user that per-group cost dominates (on 2,000 users' Ward interests it took 3.7x
-    as long as this). Here rows are hash-partitioned by ``key`` and sorted within each
-    partition, and ``mapInPandas`` walks the sorted batches: a key cut by a batch
-    boundary is carried into the next batch, so a worker holds one Arrow batch
-    (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows) plus one key's rows. Like
-    ``applyInPandas``, a key's rows must fit in one worker: cap them upstream.
+    per user that per-group cost dominates (``benchmarks/fit_overheads.py``: 2.6x as long
+    on 2,000 users' Ward interests). Here rows are hash-partitioned by ``key`` and
+    sorted within each partition, and ``mapInPandas`` walks the sorted batches: a key
+    cut by a batch boundary is carried into the next batch, so a worker holds one Arrow
+    batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows) plus one key's rows.
+    Like ``applyInPandas``, a key's rows must fit in one worker: cap them upstream.
     """
 
     def complete_groups(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
