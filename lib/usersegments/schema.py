@@ -193,6 +193,16 @@ TUNING_TRIALS = _schema(
     ("recorded_at", TimestampType()),
 )
 
+FINETUNE_PAIRS = _schema(
+    ("hash_a", StringType()),
+    ("hash_b", StringType()),
+    ("text_a", StringType()),
+    ("text_b", StringType()),
+    ("weight", DoubleType()),
+    ("users", LongType()),
+    ("run_id", StringType()),
+)
+
 # A user's list is their segment's list (minus what they touched), so the same columns.
 USER_RECOMMENDATIONS = StructType(
     [StructField("user_id", StringType(), nullable=True), *SEGMENT_RECOMMENDATIONS.fields]
@@ -214,6 +224,7 @@ TABLES: dict[str, StructType] = {
     "user_recommendations": USER_RECOMMENDATIONS,
     "segment_lineage": SEGMENT_LINEAGE,
     "tuning_trials": TUNING_TRIALS,
+    "finetune_pairs": FINETUNE_PAIRS,
 }
 
 
@@ -311,6 +322,12 @@ TABLE_NOTES: dict[str, tuple[str, str]] = {
     "tuning_trials": (
         "tune",
         "one row per trial: settings (JSON), scores, seconds, the chosen one flagged",
+    ),
+    "finetune_pairs": (
+        "finetune",
+        "the last fine-tuning's training pairs: two texts the same users engaged with "
+        "one after the other (`hash_a` < `hash_b`), summed event weight, users; popular "
+        "texts down-sampled",
     ),
 }
 

@@ -29,7 +29,8 @@ class Stage:
     """One pipeline stage.
 
     ``inputs`` are the run inputs the stage function takes as keyword arguments
-    (``events``, ``items``, ``truth``, ``recluster_now``, ``holdout_last``); the
+    (``events``, ``items``, ``truth``, ``recluster_now``, ``holdout_last``,
+    ``promote``); the
     command line offers the matching options on the stage's own subcommand.
     ``commands`` are the pipeline commands that run it; ``after_recluster`` marks a
     stage that ``update`` runs only when the update re-clustered. ``before`` are
@@ -143,6 +144,15 @@ STAGES: tuple[Stage, ...] = (
         "(ingest --events, embed) hold out each user's last events, score settings drawn "
         "from tune.* -> tuning_trials, <output>/tuned.yaml (the best)",
         inputs=("holdout_last", "truth"),
+        before=("ingest", "embed"),
+    ),
+    Stage(
+        "finetune",
+        "finetune.stage",
+        "run_finetune",
+        "(ingest --events, embed) pairs of what users engage with next -> a fine-tuned "
+        "encoder version (TorchDistributor), scored before/after on held-out behaviour",
+        inputs=("holdout_last", "truth", "promote"),
         before=("ingest", "embed"),
     ),
     Stage(

@@ -53,8 +53,17 @@ def _add_holdout_last(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="hold out each user's last N events (default: evaluate.holdout_last; for tune, "
-        "tune.holdout_last)",
+        help="hold out each user's last N events (default: evaluate.holdout_last; for tune "
+        "and finetune, tune.holdout_last and finetune.holdout_last)",
+    )
+
+
+def _add_promote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="make the tuned encoder finetuned:latest whatever its scores (default: only "
+        "with finetune.promote=auto and a better score)",
     )
 
 
@@ -66,6 +75,7 @@ INPUT_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "truth": _add_truth,
     "recluster_now": _add_recluster,
     "holdout_last": _add_holdout_last,
+    "promote": _add_promote,
 }
 
 

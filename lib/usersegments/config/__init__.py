@@ -14,6 +14,7 @@ Modules:
 - ``models``: the spark, store, input and embed sections and ``Config``, the whole;
 - ``segmenting``: the profile, cluster, interests and label sections;
 - ``stages``: the recommend, evaluate, update, report, privacy and tune sections;
+- ``finetune``: the finetune section (``usersegments finetune``: pairs, training, promotion);
 - ``stream``: the stream section (``usersegments stream``: source, trigger, checkpoint);
 - ``loader``: ``load_config``, ``config_from_dict`` (YAML, ``--set``, merging) and
   ``with_settings`` (dotted settings replaced in a config);
@@ -21,6 +22,7 @@ Modules:
 - ``reference``: ``defaults_yaml`` and ``config_reference``, generated from the model.
 """
 
+from usersegments.config.finetune import FinetuneConfig
 from usersegments.config.loader import config_from_dict, load_config, with_settings
 from usersegments.config.models import (
     DEFAULT_MODEL,
@@ -57,6 +59,7 @@ __all__ = [
     "Config",
     "EmbedConfig",
     "EvaluateConfig",
+    "FinetuneConfig",
     "InputConfig",
     "InterestsConfig",
     "ItemColumnMapping",

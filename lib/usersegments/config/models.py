@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from usersegments.config.finetune import FinetuneConfig
 from usersegments.config.section import Section, check_timezone, stringify_values
 from usersegments.config.segmenting import (
     ClusterConfig,
@@ -213,8 +214,10 @@ class EmbedConfig(Section):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description=f"'{DEFAULT_MODEL}' = the MiniLM shipped in that package; else a local "
-        "Hugging Face model folder or a hub name.",
+        description=f"'{DEFAULT_MODEL}' = the MiniLM shipped in that package; "
+        "finetuned:latest (or finetuned:vN) = the encoder `usersegments finetune` promoted "
+        "(or its version N) under <store.root>/models/encoder; else a local Hugging Face "
+        "model folder or a hub name.",
     )
     revision: str | None = Field(None, description="Hub revision, for hub names only.")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -244,6 +247,18 @@ class EmbedConfig(Section):
     partitions: int | None = Field(
         None, ge=1, description="Partitions of new texts (default: Spark's default parallelism)."
     )
+    # Where ``finetuned:`` models live (<store.root>/models/encoder): set by ``Config``,
+    # not a setting of its own, so the section alone can resolve its model.
+    _models_root: str | None = PrivateAttr(None)
+
+    @property
+    def models_root(self) -> str | None:
+        """The folder of fine-tuned encoder versions of this config's store, if known."""
+        return self._models_root
+
+
+# Fine-tuned encoder versions, below the store root (``usersegments.finetune.versions``).
+MODELS_FOLDER = "models/encoder"
 
 
 class Config(Section):
@@ -264,6 +279,12 @@ class Config(Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @model_validator(mode="after")
+    def _embed_knows_its_store(self) -> Config:
+        self.embed._models_root = f"{self.store.root.rstrip('/')}/{MODELS_FOLDER}"
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-compatible values (what a run records)."""

