@@ -114,7 +114,9 @@ def test_versions_resolve_promote_and_name_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_trains_a_version_scores_it_and_embed_uses_it_once_promoted(spark, tmp_path):
+def test_finetune_trains_a_version_scores_it_and_embed_uses_it_once_promoted(
+    spark, tmp_path, capsys
+):
     data = generate(GeneratorSettings(users=40, seed=5, drift_share=0.0))
     paths = write(data, tmp_path / "input")
     root = tmp_path / "store"
@@ -128,6 +130,9 @@ def test_finetune_trains_a_version_scores_it_and_embed_uses_it_once_promoted(spa
         paths["events_parquet"],
     ]
     assert cli.main([*args, "--items", paths["items"], "--truth", paths["truth"], "--promote"]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned" in out and "NMI(cluster, area)" in out
+    assert "promoted: embed.model finetuned:latest is now" in out
 
     store = TableStore.from_config(spark, make_config(root))
     pairs = store.read("finetune_pairs")

@@ -99,3 +99,27 @@ def test_truth_gives_each_users_secondary_share():
     assert (truth.loc[~with_secondary, "secondary_share"] == 0).all()
     # A secondary area gets about 20% of a user's events (plus noise landing on it).
     assert 0.15 < truth.loc[with_secondary, "secondary_share"].mean() < 0.3
+
+
+def test_ambiguous_areas_share_their_words_and_differ_only_by_brand():
+    data = generate(GeneratorSettings(users=80, seed=5, ambiguous_areas=True))
+    first, second = area_names()[:2]
+    words = {
+        area: {
+            w.strip(".,:").lower()
+            for text in data.items.loc[data.items["category"] == area, "text"]
+            for w in text.split()[1:]  # after the brand
+        }
+        for area in (first, second)
+    }
+    # The second area speaks the first's vocabulary: none of its own distinctive words.
+    assert not words[second] & distinctive_words(second)
+    assert words[second] & distinctive_words(first)
+    brands_seen = {
+        area: set(data.items.loc[data.items["category"] == area, "text"].str.split().str[0])
+        for area in (first, second)
+    }
+    assert brands_seen[first] and not brands_seen[first] & brands_seen[second]
+    # Without the option the catalog is the pinned one (no brands, own vocabularies).
+    plain = generate(GeneratorSettings(users=80, seed=5))
+    assert not plain.items["text"].str.split().str[0].isin(brands_seen[first]).any()

@@ -117,7 +117,13 @@ def _print_tune(ctx: Context, result: StageResult) -> None:
 
 
 # Stages whose own command prints more than "done" and the versions written.
-_STAGE_SUMMARIES = {"evaluate": _print_evaluate, "tune": _print_tune}
+def _print_finetune(ctx: Context, result: StageResult) -> None:
+    from usersegments.console import print_finetune
+
+    print_finetune(result)
+
+
+_STAGE_SUMMARIES = {"evaluate": _print_evaluate, "tune": _print_tune, "finetune": _print_finetune}
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:

@@ -7,13 +7,14 @@ measure (ARI/NMI without a truth table) are left out, never shown as "nan".
 - ``output``: the one console, ``say``, ``print_table`` and how a cell is written;
 - ``tables``: listings of the store's tables and of one table's rows;
 - ``summary``: the per-stage summary of a run or update, the largest segments;
-- ``evaluation``: evaluate, tune, churn and drift-recovery tables.
+- ``evaluation``: evaluate, tune, finetune, churn and drift-recovery tables.
 """
 
 from usersegments.console.evaluation import (
     print_churn,
     print_drift_recovery,
     print_evaluation,
+    print_finetune,
     print_tuning,
 )
 from usersegments.console.output import print_table, say
@@ -24,6 +25,7 @@ __all__ = [
     "print_churn",
     "print_drift_recovery",
     "print_evaluation",
+    "print_finetune",
     "print_run_summary",
     "print_table",
     "print_table_rows",

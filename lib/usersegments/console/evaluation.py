@@ -1,5 +1,5 @@
 """Tables of the figures measured on held-out or planted behaviour: evaluate, tune,
-an update's churn and the dynamic demo's drift recovery."""
+finetune, an update's churn and the dynamic demo's drift recovery."""
 
 from __future__ import annotations
 
@@ -107,6 +107,39 @@ def print_tuning(ctx: Context, result: StageResult) -> None:
     say(f"best: trial {best}, {objective} {result.metrics['best_score']:.4f}")
     say(f"tuned config: {result.path}")
     say(f"use it: usersegments run --config {result.path}")
+
+
+def print_finetune(result: StageResult) -> None:
+    """A fine-tuning's training figures and its before/after scores, side by side."""
+    m = result.metrics
+    objective = "interest fit" if m.get("objective_interest_fit") else "hit-rate lift"
+    rows = [
+        (f"score ({objective})", m.get("score_before"), m.get("score_after")),
+        (
+            "NMI(cluster, area)",
+            m.get("nmi_cluster_vs_area_before"),
+            m.get("nmi_cluster_vs_area_after"),
+        ),
+        (
+            "NMI(segment, sub-style)",
+            m.get("nmi_segment_vs_substyle_before"),
+            m.get("nmi_segment_vs_substyle_after"),
+        ),
+    ]
+    print_table(
+        f"finetune ({result.seconds:.1f}s): v{int(m['version'])}, {int(m['steps'])} steps on "
+        f"{int(m['pairs'])} pairs, loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
+        f"{m['pairs_per_second']:.1f} pairs/s",
+        ["held-out figure", "current encoder", "fine-tuned"],
+        [row for row in rows if measured(row[1]) or measured(row[2])],
+    )
+    if m.get("promoted"):
+        say(f"promoted: embed.model finetuned:latest is now {result.path}")
+    else:
+        say(
+            f"kept as {result.path}, not promoted: use it with embed.model=finetuned:"
+            f"v{int(m['version'])}, or rerun with --promote"
+        )
 
 
 def print_churn(update: StageResult) -> None:

@@ -41,6 +41,7 @@ from usersegments.privacy import with_texts
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import FINETUNE_PAIRS, conform
 from usersegments.store import TableStore
+from usersegments.tune.scores import INTEREST_FIT
 from usersegments.tune.stage import prepare_holdout
 from usersegments.tune.trials import Trial, run_trial
 
@@ -94,6 +95,7 @@ def run_finetune(
     if promoted:
         promote_version(folder, version)
     metrics = _metrics(version, pairs, trained, before, after, promoted)
+    metrics["objective_interest_fit"] = before["objective"] == INTEREST_FIT
     run.record_all("finetune", metrics)
     _log_to_mlflow(run.run_id, metadata, output)
     return StageResult(

@@ -94,6 +94,9 @@ class GeneratorSettings:
     bad_row_share: float = 0.02
     duplicate_share: float = 0.01
     malformed_csv_lines: int = 3
+    # Areas in pairs share every word (the second of a pair speaks the first's
+    # vocabulary); only a brand name in item titles and who engages tell them apart.
+    ambiguous_areas: bool = False
 
 
 @dataclass
@@ -122,11 +125,39 @@ class _Persona:
     new_style: str | None
 
 
-def make_items(rng: np.random.Generator, per_style: int) -> pd.DataFrame:
-    """The item catalog: titles and descriptions from each sub-style's vocabulary."""
+# Syllables of the made-up brand names of ambiguous areas (words no encoder knows).
+BRAND_SYLLABLES = ("vor", "tal", "qui", "mex", "dran", "sol", "pim", "rue", "zan", "kel")
+
+
+def speaks_like(area: str, style: str, ambiguous: bool) -> tuple[str, list[str], list[str]]:
+    """The (style name, nouns, style words) an area's texts use: its own, or with
+    ``ambiguous`` and an area second of its pair, the first's (style by position)."""
+    names = area_names()
+    position = names.index(area)
+    if ambiguous and position % 2 == 1:
+        lead = names[position - 1]
+        own_styles = list(AREAS[area][1])
+        lead_styles = list(AREAS[lead][1])
+        lead_style = lead_styles[own_styles.index(style) % len(lead_styles)]
+        return lead_style, AREAS[lead][0], AREAS[lead][1][lead_style]
+    return style, AREAS[area][0], AREAS[area][1][style]
+
+
+def brands(area: str) -> list[str]:
+    """Three made-up brand names of ``area`` (distinct across areas)."""
+    k = area_names().index(area)
+    n = len(BRAND_SYLLABLES)
+    first = BRAND_SYLLABLES[k % n] + BRAND_SYLLABLES[(k // n + 3) % n]
+    return [(first + BRAND_SYLLABLES[(k + j + 1) % n]).title() for j in range(3)]
+
+
+def make_items(rng: np.random.Generator, per_style: int, ambiguous: bool = False) -> pd.DataFrame:
+    """The item catalog: titles and descriptions from each sub-style's vocabulary (with
+    ``ambiguous``, see ``speaks_like``, and a brand of the area first in each title)."""
     rows = []
-    for area, (nouns, styles) in AREAS.items():
-        for style, words in styles.items():
+    for area, (_, styles) in AREAS.items():
+        for style in styles:
+            spoken, nouns, words = speaks_like(area, style, ambiguous)
             seen: set[str] = set()
             while len(seen) < per_style:
                 w1, w2 = rng.choice(words, size=2, replace=False)
@@ -140,10 +171,12 @@ def make_items(rng: np.random.Generator, per_style: int) -> pd.DataFrame:
                 )
                 if rng.random() < 0.5:
                     title += f" {int(rng.integers(2, 40))}"
+                if ambiguous:
+                    title = f"{rng.choice(brands(area))} {title}"
                 if title in seen:
                     continue
                 seen.add(title)
-                description = f"{title}. For {style} fans: {w2} and {w1}, {rng.choice(nouns)}."
+                description = f"{title}. For {spoken} fans: {w2} and {w1}, {rng.choice(nouns)}."
                 rows.append((area, style, description))
     items = pd.DataFrame(rows, columns=["category", "sub_style", "text"])
     items.insert(0, "item_id", [f"i{n:05d}" for n in range(len(items))])
@@ -154,7 +187,7 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
     """Generate events, items and truth for ``settings`` (deterministic for a seed)."""
     s = settings or GeneratorSettings()
     rng = np.random.default_rng(s.seed)
-    items = make_items(rng, s.items_per_style)
+    items = make_items(rng, s.items_per_style, s.ambiguous_areas)
     by_style = {k: g["item_id"].to_numpy() for k, g in items.groupby("sub_style", sort=True)}
     start = s.end - timedelta(days=s.days)
     drift_date = start + timedelta(days=s.days * s.drift_at)
@@ -168,7 +201,9 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
             when = start + timedelta(seconds=float(off))
             area, style = _event_interest(rng, persona, when, s)
             secondary += area == persona.secondary
-            events.append(_make_event(rng, persona.user_id, when, area, style, by_style))
+            events.append(
+                _make_event(rng, persona.user_id, when, area, style, by_style, s.ambiguous_areas)
+            )
         # Noise events that land on the secondary area count too: they are its events.
         truth_rows.append((*astuple(persona), secondary / len(offsets)))
 
@@ -282,10 +317,9 @@ def _event_interest(
     return area, style
 
 
-def _make_event(rng, user_id, when, area, style, by_style):
+def _make_event(rng, user_id, when, area, style, by_style, ambiguous=False):
     etype = EVENT_TYPES[int(rng.choice(len(EVENT_TYPES), p=EVENT_TYPE_P))]
-    words = AREAS[area][1][style]
-    nouns = AREAS[area][0]
+    _, nouns, words = speaks_like(area, style, ambiguous)
     item_id = text = value = None
     if etype == "search":
         template = QUERY_TEMPLATES[int(rng.integers(len(QUERY_TEMPLATES)))]
