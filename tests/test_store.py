@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from usersegments.errors import InputError, SchemaMismatchError, StoreError
+from usersegments.frames import driver_held, rows_to_spark
 from usersegments.store import TableStore, TableVersion, resolve_backend
 from usersegments.store.retention import vacuum_due
 
@@ -22,15 +23,15 @@ def rows(spark, data):
     return spark.createDataFrame(data, SCHEMA)
 
 
+SAMPLE = [
+    ("a", datetime(2024, 1, 1, 10, 0), date(2024, 1, 1), 1.5, [0.1, 0.2], 1),
+    ("b", datetime(2024, 1, 2, 11, 30), date(2024, 1, 2), None, [0.3, 0.4], 2),
+    ("c", datetime(2024, 1, 2, 12, 0), date(2024, 1, 2), 3.0, [], None),
+]
+
+
 def sample(spark):
-    return rows(
-        spark,
-        [
-            ("a", datetime(2024, 1, 1, 10, 0), date(2024, 1, 1), 1.5, [0.1, 0.2], 1),
-            ("b", datetime(2024, 1, 2, 11, 30), date(2024, 1, 2), None, [0.3, 0.4], 2),
-            ("c", datetime(2024, 1, 2, 12, 0), date(2024, 1, 2), 3.0, [], None),
-        ],
-    )
+    return rows(spark, SAMPLE)
 
 
 def test_write_read_round_trip_exact(spark, store):
@@ -103,6 +104,22 @@ def test_merge_rejects_duplicate_and_null_keys(spark, store):
         store.merge(null_key, "t", on=["id"])
 
 
+def test_rows_the_driver_holds_commit_and_are_checked_as_computed_rows_are(spark, store):
+    """Run records and figures are committed without a Spark job on delta-rs (the rows are
+    on the driver already); what lands, and the merge's key checks, are the same."""
+    schema = rows(spark, []).schema
+    held = rows_to_spark(spark, SAMPLE, schema)
+    assert driver_held(held) and not driver_held(sample(spark).filter("n > 0"))
+    store.write(held, "t")
+    assertDataFrameEqual(store.read("t"), sample(spark))
+    dup = rows_to_spark(spark, [*SAMPLE, SAMPLE[0]], schema)
+    with pytest.raises(ValueError, match=r"unique keys \['id'\]; \{'id': 'a'\} appears 2 times"):
+        store.merge(dup, "t", on=["id"])
+    with pytest.raises(ValueError, match="must not be null"):
+        store.merge(rows_to_spark(spark, [(None,) * 6], schema), "t", on=["id"])
+    assert store.merge(held, "t", on=["id"]).updated == 3
+
+
 @pytest.mark.slow
 def test_replace_groups_leaves_no_stale_row_and_other_groups_alone(spark, store):
     schema = "user_id string, rank int, weight double"
@@ -119,6 +136,7 @@ def test_replace_groups_leaves_no_stale_row_and_other_groups_alone(spark, store)
     assertDataFrameEqual(store.read("t"), spark.createDataFrame(expected, schema))
 
 
+@pytest.mark.slow  # over ~4 s on 2 cores
 def test_time_travel(spark, store):
     df = sample(spark)
     store.write(df.filter("id = 'a'"), "t")
@@ -317,6 +335,7 @@ def _ids_per_file(store: TableStore, name: str) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # over ~4 s on 2 cores
 def test_maintain_zorders_by_the_key_and_keeps_the_rows(spark, store):
     batches = [sample(spark).withColumn("n", F.lit(i)) for i in range(5)]
     for batch in batches:
@@ -403,6 +422,7 @@ def test_tables_command_reads_a_table_as_of_a_version(spark, store, capsys):
     assert "versions 0..1; version 7 does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over ~4 s on 2 cores
 def test_inserted_since_reads_only_the_rows_of_later_commits(spark, store):
     # events records its change data feed: an insert-only merge's rows come back alone,
     # typed as the table, whichever backend wrote and reads it.

@@ -1,16 +1,20 @@
 """Small DataFrame helpers every stage uses: literal maps, a pandas function per key,
-partitions for iterative fits, and pandas -> Spark frames."""
+partitions for iterative fits, and pandas or driver rows -> Spark frames."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+from py4j.protocol import Py4JError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType, TimestampType
 
 
 def literal_map(mapping: Mapping[Any, Any]) -> Column:
@@ -94,3 +98,41 @@ def apply_per_key(
 def to_spark(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:
     """A pandas frame as a Spark DataFrame of exactly ``schema``'s columns, in its order."""
     return spark.createDataFrame(frame[[field.name for field in schema.fields]], schema)
+
+
+def rows_to_spark(
+    spark: SparkSession, rows: Sequence[Sequence[Any]], schema: StructType
+) -> DataFrame:
+    """Rows built on the driver (run records, figures) as a Spark DataFrame of ``schema``.
+
+    The frame is a local relation, as from pandas, so the delta-rs store commits it
+    without a Spark job. A naive datetime is local time, as ``createDataFrame`` of
+    tuples reads it; nulls stay nulls in every column type.
+    """
+    arrow_schema = to_arrow_schema(schema, timezone="UTC")
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema.fields)
+    arrays = [
+        pa.array(
+            [_aware(v) for v in values] if isinstance(field.dataType, TimestampType) else values,
+            type=arrow_schema.field(field.name).type,
+        )
+        for field, values in zip(schema.fields, columns, strict=True)
+    ]
+    return spark.createDataFrame(pa.Table.from_arrays(arrays, schema=arrow_schema), schema)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.astimezone(timezone.utc)
+
+
+def driver_held(df: DataFrame) -> bool:
+    """Whether ``df``'s optimized plan is a local relation: rows that the driver holds
+    already (``createDataFrame`` of pandas or Arrow data, ``rows_to_spark``, and
+    projections of them), which need no Spark job to reach the driver again."""
+    try:
+        plan = df._jdf.queryExecution().optimizedPlan()
+        return bool(plan.getClass().getSimpleName() == "LocalRelation")
+    except (AttributeError, Py4JError):  # Spark Connect has no JVM plan to ask
+        return False

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config
 from usersegments.errors import InputError
+from usersegments.frames import rows_to_spark
 from usersegments.schema import RUN_METRICS, RUNS
 from usersegments.store import TableStore
 from usersegments.times import collected_utc
@@ -107,7 +108,7 @@ class RunLog:
         if not self._pending:
             return
         rows = [(self.run_id, s, m, v, t) for s, m, v, t in self._pending]
-        self.store.write(self.spark.createDataFrame(rows, RUN_METRICS), "run_metrics")
+        self.store.write(rows_to_spark(self.spark, rows, RUN_METRICS), "run_metrics")
         self._pending.clear()
 
     def timed(self, stage: str) -> _StageTimer:
@@ -126,7 +127,7 @@ class RunLog:
             self.model_id,
             product_version(),
         )
-        frame = self.spark.createDataFrame([row], RUNS)
+        frame = rows_to_spark(self.spark, [row], RUNS)
         if new:
             self.store.write(frame, "runs")
         else:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from usersegments.errors import SchemaMismatchError
+from usersegments.frames import driver_held
 
 
 def check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
@@ -31,6 +33,9 @@ def check_unique_keys(df: DataFrame, keys: list[str], name: str) -> None:
     The stages deduplicate before merging, so either one is a bug: a merge would
     otherwise update a row twice or insert duplicates.
     """
+    if driver_held(df):
+        _check_unique_held_keys(df, keys, name)
+        return
     null_key = F.lit(False)
     for key in keys:
         null_key = null_key | F.col(key).isNull()
@@ -45,6 +50,22 @@ def check_unique_keys(df: DataFrame, keys: list[str], name: str) -> None:
         f"merge into '{name}': source rows must have unique keys {keys}; "
         f"{example} appears {bad[0]['count']} times"
     )
+
+
+def _check_unique_held_keys(df: DataFrame, keys: list[str], name: str) -> None:
+    """``check_unique_keys`` for rows the driver holds: checked in Arrow, without a job."""
+    table = df.select(*keys).toArrow()
+    for key in keys:
+        if table.column(key).null_count:
+            raise ValueError(f"merge into '{name}': key columns {keys} must not be null")
+    counts = table.group_by(keys).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.field("count_all") > 1)
+    if repeated.num_rows:
+        example = {k: repeated.column(k)[0].as_py() for k in keys}
+        raise ValueError(
+            f"merge into '{name}': source rows must have unique keys {keys}; "
+            f"{example} appears {repeated.column('count_all')[0].as_py()} times"
+        )
 
 
 def check_schema_compatible(table: StructType, incoming: StructType, name: str) -> None:

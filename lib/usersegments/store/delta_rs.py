@@ -2,7 +2,9 @@
 
 Spark computes; a DataFrame to commit is staged as Parquet by Spark (distributed,
 bounded memory) and streamed from there as Arrow batches into ``write_deltalake`` /
-``DeltaTable.merge`` (``StagedRows``). Reads come back into Spark from the files the
+``DeltaTable.merge`` (``StagedRows``). A frame whose rows the driver holds already (a
+local relation: run records, figures, frames made from pandas) goes to Arrow directly,
+without a Spark job that would only copy them back. Reads come back into Spark from the files the
 Delta log names for the wanted version (never a directory listing).
 """
 
@@ -29,6 +31,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
 from usersegments.errors import ChangeFeedUnavailable, StoreError
+from usersegments.frames import driver_held
 from usersegments.store.backend import (
     CHANGE_TYPE_COLUMN,
     INSERT_CHANGE,
@@ -318,8 +321,13 @@ class StagedRows:
         self.folder = os.path.join(base, f"usersegments-stage-{uuid.uuid4().hex}")
 
     def __enter__(self) -> pa.RecordBatchReader:
-        self.df.write.mode("overwrite").parquet(self.folder)
         schema = _all_nullable(to_arrow_schema(self.df.schema, timezone="UTC"))
+        if driver_held(self.df):
+            rows = self.df.toArrow().to_batches(max_chunksize=self.batch_rows)
+            return pa.RecordBatchReader.from_batches(
+                schema, (_conform_batch(batch, schema) for batch in rows if batch.num_rows)
+            )
+        self.df.write.mode("overwrite").parquet(self.folder)
         files = sorted(str(p) for p in Path(self.folder).glob("*.parquet"))
         return pa.RecordBatchReader.from_batches(schema, self._batches(files, schema))
 

@@ -38,6 +38,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from usersegments.config import Config
 from usersegments.dynamics.stage import REQUIRED_TABLES
+from usersegments.frames import rows_to_spark
 from usersegments.pipeline import Context, finishing, run_all, update_all
 from usersegments.runlog import RunLog, StageResult, new_run_id
 from usersegments.schema import RUN_METRICS
@@ -84,7 +85,7 @@ class BatchRunLog(RunLog):
         self._pending.clear()
         if not rows:
             return
-        frame = self.spark.createDataFrame(rows, RUN_METRICS)
+        frame = rows_to_spark(self.spark, rows, RUN_METRICS)
         self.metrics_committed = self.store.write(frame, "run_metrics", txn=self.txn)
         if not self.metrics_committed:
             log.info(

@@ -16,6 +16,7 @@ from usersegments.embed import model_id, model_vectors
 from usersegments.errors import InputError
 from usersegments.evaluate.holdout import holdout_split
 from usersegments.evaluate.stage import holdout_count
+from usersegments.frames import rows_to_spark
 from usersegments.paths import is_local, local_path
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import TUNING_TRIALS
@@ -201,7 +202,7 @@ def _write_trials(
         )
         for t in trials
     ]
-    store.write(spark.createDataFrame(rows, TUNING_TRIALS), "tuning_trials")
+    store.write(rows_to_spark(spark, rows, TUNING_TRIALS), "tuning_trials")
 
 
 def _figure(trial: Trial, name: str) -> float | int | None:
