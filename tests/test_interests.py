@@ -90,6 +90,7 @@ def test_at_most_max_per_user_interests_and_zero_weights_take_no_part():
     assert nothing.empty
 
 
+@pytest.mark.slow  # over ~4 s on 2 cores
 def test_interests_of_users_in_spark(spark):
     rng = np.random.default_rng(5)
     a, b = directions()

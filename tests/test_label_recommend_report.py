@@ -42,6 +42,7 @@ def test_label_from_keywords_prefers_phrases_and_skips_repeats():
     assert label_from_keywords([], 2, " · ") == ""
 
 
+@pytest.mark.slow  # over ~4 s on 2 cores
 def test_terms_drop_stop_words_numbers_and_count_once_per_event(spark):
     cfg = load_config(overrides=["label.stop_words=[deluxe]"]).label
     events = spark.createDataFrame(
