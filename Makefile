@@ -28,7 +28,7 @@ test: check-java $(STAMP) $(DELTA_JARS)
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The unit lane (under 2 minutes): everything not marked slow (end-to-end runs,
-# spark-submit jobs, notebooks, the planted run and its users, tests over ~5 s)
+# spark-submit jobs, notebooks, the planted run and its users, tests over ~3 s)
 # nor delta_spark (make test runs the store tests on both backends).
 test-fast: check-java $(STAMP) $(DELTA_JARS)
 	$(PYTEST) -m "not slow and not delta_spark" $(PYTEST_ARGS)

@@ -160,7 +160,7 @@ def test_direct_embedder_sorts_and_restores_order():
     assert embedder.embed([]).shape == (0, 384)
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_int8_quantization_stays_close():
     cfg = load_config(overrides=["embed.quantize=int8", "embed.device=cpu"]).embed
     int8 = TextEmbedder(EmbedderSpec.from_config(cfg, 1)).load().embed(TEXTS)

@@ -48,7 +48,7 @@ def _pairs(frame) -> dict[tuple[str, str], tuple[float, int]]:
     return {(r["text_a"], r["text_b"]): (r["weight"], r["users"]) for r in frame.collect()}
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_pairs_join_what_a_user_engages_with_next_within_the_window(spark):
     rows = [("u1", i, text, "view") for i, text in enumerate(["a", "b", "c", "d"])]
     rows += [("u2", 0, "b", "purchase"), ("u2", 1, "a", "view"), ("u2", 2, "a", "view")]
@@ -65,7 +65,7 @@ def test_pairs_join_what_a_user_engages_with_next_within_the_window(spark):
     assert weight == pytest.approx(2 + 4 + 4)
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_pairs_keep_each_users_recent_events_and_thin_popular_texts(spark):
     rows = [("u1", i, f"t{i}", "view") for i in range(6)]
     capped = training_pairs(

@@ -90,7 +90,7 @@ def test_at_most_max_per_user_interests_and_zero_weights_take_no_part():
     assert nothing.empty
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_interests_of_users_in_spark(spark):
     rng = np.random.default_rng(5)
     a, b = directions()
@@ -202,6 +202,7 @@ def test_planted_secondary_areas_become_interests(planted):
     assert false_rate <= 0.1
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_an_update_rewrites_segments_of_a_store_from_before_reach(spark, rs_store):
     """``segments`` written before it had ``reach``: an update's size refresh writes it
     back with the column, null (not known until the next interests stage)."""

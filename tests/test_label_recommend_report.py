@@ -42,7 +42,7 @@ def test_label_from_keywords_prefers_phrases_and_skips_repeats():
     assert label_from_keywords([], 2, " · ") == ""
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_terms_drop_stop_words_numbers_and_count_once_per_event(spark):
     cfg = load_config(overrides=["label.stop_words=[deluxe]"]).label
     events = spark.createDataFrame(
@@ -70,6 +70,7 @@ def test_class_tfidf_ranks_the_distinctive_term_first(spark):
     assert max(r["rank"] for r in scored) == 2
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_terms_are_contiguous_n_grams_without_addresses(spark):
     cfg = load_config(overrides=["label.ngram_max=3"]).label
     text = (
@@ -208,6 +209,7 @@ def test_segment_recommendations_are_ranked_per_segment(planted):
     assert (pdf["run_id"] == planted.run_id).all()
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_per_user_lists_leave_out_seen_items(spark):
     recs = spark.createDataFrame(
         [("s", "i1", 1, 3.0), ("s", "i2", 2, 2.0), ("s", "i3", 3, 1.0)],

@@ -52,6 +52,7 @@ def unit(rows) -> np.ndarray:
 # Unit: the anchor, the fold, the guard, the derived half-lives
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_a_user_idle_for_20_years_keeps_a_full_strength_vector(spark):
     # 20 years at a 30-day half-life is ~243 half-lives: decayed to the log's end, the
     # float32 sum was all zeros. Decayed from the user's own latest event it is not.

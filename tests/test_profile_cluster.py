@@ -138,7 +138,7 @@ def test_subgroups_recover_planted_groups_and_cap_path():
     assert len(labels) == len(x) and adjusted_rand_score(truth, labels) > 0.9
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_a_cluster_too_big_for_one_worker_is_fitted_on_a_sample_in_spark(spark):
     """A coarse cluster above cluster.sub.max_local_points never reaches one worker
     whole: its sub-groups come from a sample and every member is assigned in Spark.
@@ -287,7 +287,7 @@ def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid
     assert np.allclose(np.linalg.norm(result.centroids, axis=1), 1.0)
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tmp_path):
     """ARI/NMI against a truth file come from (label, cluster) counts aggregated in
     Spark, equal to scikit-learn's on the per-user labels; a drift before as_of scores

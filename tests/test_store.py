@@ -60,6 +60,7 @@ def test_overwrite_may_change_the_schema(spark, store):
     assertDataFrameEqual(store.read("t"), other)
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_merge_upserts_exact_rows(spark, store):
     store.write(sample(spark), "t")
     change = rows(
@@ -136,7 +137,7 @@ def test_replace_groups_leaves_no_stale_row_and_other_groups_alone(spark, store)
     assertDataFrameEqual(store.read("t"), spark.createDataFrame(expected, schema))
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_time_travel(spark, store):
     df = sample(spark)
     store.write(df.filter("id = 'a'"), "t")
@@ -301,6 +302,7 @@ def test_tables_are_created_with_their_contract_properties(spark, store):
     assert native_properties(spark, store, "events") == {"delta.enableChangeDataFeed": "true"}
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_append_only_tables_refuse_overwrite_update_and_delete(spark, store):
     store.write(metric_rows(spark, "a"), "run_metrics")
     store.write(metric_rows(spark, "b"), "run_metrics")  # appends are the contract
@@ -335,7 +337,7 @@ def _ids_per_file(store: TableStore, name: str) -> list[list[str]]:
     ]
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_maintain_zorders_by_the_key_and_keeps_the_rows(spark, store):
     batches = [sample(spark).withColumn("n", F.lit(i)) for i in range(5)]
     for batch in batches:
@@ -422,7 +424,7 @@ def test_tables_command_reads_a_table_as_of_a_version(spark, store, capsys):
     assert "versions 0..1; version 7 does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # over ~4 s on 2 cores
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_inserted_since_reads_only_the_rows_of_later_commits(spark, store):
     # events records its change data feed: an insert-only merge's rows come back alone,
     # typed as the table, whichever backend wrote and reads it.

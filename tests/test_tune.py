@@ -183,6 +183,7 @@ def test_interest_fit_is_higher_for_the_planted_grouping_than_a_random_one(spark
     assert abs(everyone["interest_fit"]) < 1e-5
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_repeat_share_picks_the_objective(spark):
     train = spark.createDataFrame(
         [("a", "i1"), ("b", "i2"), ("c", None)], "user_id string, item_id string"

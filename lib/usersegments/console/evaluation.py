@@ -121,6 +121,11 @@ def print_finetune(result: StageResult) -> None:
             m.get("nmi_cluster_vs_area_after"),
         ),
         (
+            "NMI(segment, area)",
+            m.get("nmi_segment_vs_area_before"),
+            m.get("nmi_segment_vs_area_after"),
+        ),
+        (
             "NMI(segment, sub-style)",
             m.get("nmi_segment_vs_substyle_before"),
             m.get("nmi_segment_vs_substyle_after"),

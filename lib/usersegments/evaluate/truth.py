@@ -60,7 +60,8 @@ def score_against_truth(
     as_of: datetime | None,
     privacy: PrivacyConfig | None = None,
 ) -> dict[str, float]:
-    """ARI/NMI of coarse clusters vs the planted area and of segments vs (area, sub-style).
+    """ARI/NMI of coarse clusters vs the planted area, and of segments vs (area, sub-style)
+    and vs the area alone (how well the fine segments keep the areas apart).
 
     A user whose planted drift happened before ``as_of`` is scored on the new interest.
     Computed from contingency tables aggregated in Spark: only (truth label, cluster)
@@ -90,6 +91,7 @@ def score_against_truth(
     try:
         by_cluster = contingency(joined, "_area", "cluster_id")
         by_segment = contingency(joined, "_style", "segment_id")
+        by_segment_area = contingency(joined, "_area", "segment_id")
     finally:
         joined.unpersist()
     users = int(by_cluster.sum())
@@ -101,6 +103,7 @@ def score_against_truth(
         "nmi_cluster_vs_area": normalized_mutual_info(by_cluster),
         "nmi_segment_vs_substyle": normalized_mutual_info(by_segment),
         "ari_segment_vs_substyle": adjusted_rand(by_segment),
+        "nmi_segment_vs_area": normalized_mutual_info(by_segment_area),
     }
 
 

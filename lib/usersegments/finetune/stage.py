@@ -48,6 +48,8 @@ from usersegments.tune.trials import Trial, run_trial
 log = logging.getLogger(__name__)
 
 PAIRS_TABLE = "finetune_pairs"
+# The truth scores compared before and after, when the command is given a truth table.
+TRUTH_FIGURES = ("nmi_cluster_vs_area", "nmi_segment_vs_area", "nmi_segment_vs_substyle")
 
 
 def run_finetune(
@@ -228,7 +230,7 @@ def _metrics(
         "loss_last": trained["loss_curve"][-1][1],
         "promoted": promoted,
     }
-    for name in ("score", "nmi_cluster_vs_area", "nmi_segment_vs_substyle"):
+    for name in ("score", *TRUTH_FIGURES):
         for when, scores in (("before", before), ("after", after)):
             if scores.get(name) is not None:
                 metrics[f"{name}_{when}"] = scores[name]

@@ -31,6 +31,7 @@ QUALITY_METRICS = {
     "nmi_cluster_vs_area": "NMI clusters vs truth areas",
     "ari_segment_vs_substyle": "ARI segments vs truth sub-styles",
     "nmi_segment_vs_substyle": "NMI segments vs truth sub-styles",
+    "nmi_segment_vs_area": "NMI segments vs truth areas",
 }
 INGEST_METRICS = ("rows_read", "accepted", "rejected", "duplicates")
 

@@ -164,6 +164,7 @@ def _score(
         truth = score_against_truth(spark, user_segments, holdout.truth, as_of, cfg.privacy)
         scores["nmi_segment_vs_substyle"] = truth.get("nmi_segment_vs_substyle")
         scores["nmi_cluster_vs_area"] = truth.get("nmi_cluster_vs_area")
+        scores["nmi_segment_vs_area"] = truth.get("nmi_segment_vs_area")
     return scores
 
 
