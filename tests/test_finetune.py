@@ -157,3 +157,67 @@ def test_finetune_trains_a_version_scores_it_and_embed_uses_it_once_promoted(
     cached = store.read("text_embeddings").groupBy("model_id").count().toPandas()
     counts = dict(zip(cached["model_id"], cached["count"], strict=True))
     assert counts[model_id(tuned)] == counts[model_id(base)]
+
+
+class _Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+@pytest.mark.slow
+def test_training_killed_after_a_checkpoint_resumes_there(tmp_path, monkeypatch, caplog):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from usersegments.config.models import DEFAULT_MODEL
+    from usersegments.embed.model import resolve_model_path
+    from usersegments.finetune import train
+
+    texts = [f"{word} gear for the trail, size {n}" for n in range(6) for word in ("hiking", "ski")]
+    write_deltalake(
+        str(tmp_path / "pairs"),
+        pa.table(
+            {
+                "text_a": texts[0::2],
+                "text_b": texts[1::2],
+                "hash_a": [f"a{i}" for i in range(6)],
+                "hash_b": [f"b{i}" for i in range(6)],
+                "weight": [1.0] * 6,
+            }
+        ),
+    )
+    spec = train.TrainSpec(
+        base_model=resolve_model_path(DEFAULT_MODEL),
+        output=str(tmp_path / "v1"),
+        pairs_table=str(tmp_path / "pairs"),
+        max_length=16,
+        pooling="mean",
+        batch_size=3,
+        learning_rate=1e-4,
+        warmup_share=0.0,
+        temperature=0.05,
+        seed=1,
+        max_steps=4,
+        max_minutes=30,
+        checkpoint_every=2,
+        use_gpu=False,
+    )
+    save = train._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train.train_encoder(spec)
+    assert (tmp_path / "v1" / "checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "v1" / "config.json").exists()  # no model saved yet
+
+    monkeypatch.setattr(train, "_save_checkpoint", save)
+    with caplog.at_level("INFO", logger="usersegments.finetune.train"):
+        done = train.train_encoder(spec)
+    assert "resumed at step 2" in caplog.text
+    # Two steps before the kill (kept in the curve), two after it: four in all.
+    assert done["steps"] == 4 and [s for s, _ in done["loss_curve"]] == [1, 2, 3, 4]
+    assert (tmp_path / "v1" / "config.json").is_file()
+    assert not (tmp_path / "v1" / "checkpoint").exists()
