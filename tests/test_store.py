@@ -105,6 +105,22 @@ def test_merge_rejects_duplicate_and_null_keys(spark, store):
         store.merge(null_key, "t", on=["id"])
 
 
+def test_a_merge_computes_its_source_once(spark, store):
+    """The key check and the commit read one computed source (a merge's source is often a
+    join over all events), on either backend."""
+    store.write(sample(spark), "t")
+    calls = spark.sparkContext.accumulator(0)
+
+    @F.udf("string")
+    def counted(key):
+        calls.add(1)
+        return key
+
+    store.merge(sample(spark).withColumn("id", counted("id")), "t", on=["id"])
+    assert calls.value == len(SAMPLE)
+    assertDataFrameEqual(store.read("t"), sample(spark))
+
+
 def test_rows_the_driver_holds_commit_and_are_checked_as_computed_rows_are(spark, store):
     """Run records and figures are committed without a Spark job on delta-rs (the rows are
     on the driver already); what lands, and the merge's key checks, are the same."""

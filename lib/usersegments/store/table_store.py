@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -19,6 +20,7 @@ from usersegments.errors import (
     MissingTableError,
     StoreError,
 )
+from usersegments.frames import driver_held
 from usersegments.paths import is_local, local_path
 from usersegments.schema import is_append_only, records_changes, table_properties
 from usersegments.store.backend import (
@@ -228,18 +230,19 @@ class TableStore:
         if not keys:
             raise ValueError("merge needs at least one key column in 'on'")
         check_columns_exist(df, keys, "on")
-        check_unique_keys(df, keys, name)
-        path = self.path(name)
-        if not self._backend.exists(path):
-            if when_not_matched == "ignore":
-                return MergeResult(inserted=0, updated=0)
-            count = df.count()
-            self.write(df, name, mode="append", partition_by=partition_by)
-            return MergeResult(inserted=count, updated=0)
-        check_schema_compatible(self._backend.schema(path), df.schema, name)
-        if when_matched == "update":
-            self._refuse_if_append_only(name, "a merge that updates matched rows")
-        return self._backend.merge(df, path, keys, when_matched, when_not_matched)
+        with computed_once(df) as source:
+            check_unique_keys(source, keys, name)
+            path = self.path(name)
+            if not self._backend.exists(path):
+                if when_not_matched == "ignore":
+                    return MergeResult(inserted=0, updated=0)
+                count = source.count()
+                self.write(source, name, mode="append", partition_by=partition_by)
+                return MergeResult(inserted=count, updated=0)
+            check_schema_compatible(self._backend.schema(path), source.schema, name)
+            if when_matched == "update":
+                self._refuse_if_append_only(name, "a merge that updates matched rows")
+            return self._backend.merge(source, path, keys, when_matched, when_not_matched)
 
     def replace_groups(
         self, df: DataFrame, name: str, on: Sequence[str], group: Sequence[str]
@@ -257,7 +260,13 @@ class TableStore:
         if not set(groups) <= set(keys):
             raise ValueError(f"replace_groups: group {groups} must be part of the key {keys}")
         check_columns_exist(df, keys, "on")
-        check_unique_keys(df, keys, name)
+        with computed_once(df) as source:
+            check_unique_keys(source, keys, name)
+            return self._replace_checked_groups(source, name, keys, groups)
+
+    def _replace_checked_groups(
+        self, df: DataFrame, name: str, keys: list[str], groups: list[str]
+    ) -> MergeResult:
         path = self.path(name)
         if not self._backend.exists(path):
             count = df.count()
@@ -380,3 +389,19 @@ def _normalise_root(root: str) -> str:
     if is_local(root):
         return str(local_path(root).resolve())
     return root
+
+
+@contextmanager
+def computed_once(df: DataFrame) -> Iterator[DataFrame]:
+    """Context manager: ``df`` persisted (in memory, spilling to disk) while a merge checks
+    its keys and commits it, so that its plan (often joins over events) runs once, not
+    once per pass; rows the driver holds, and a frame its caller cached, are yielded as
+    they are (and stay as they were)."""
+    if df.is_cached or driver_held(df):
+        yield df
+        return
+    source = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        yield source
+    finally:
+        source.unpersist()
