@@ -124,9 +124,61 @@ def _pool(hidden: Any, mask: Any, pooling: str) -> Any:
     return nnf.normalize(pooled, dim=-1)
 
 
+@dataclass
+class _Training:
+    """One process's model, its (DDP-wrapped) forward, optimizer, schedule and place."""
+
+    tokenizer: Any
+    model: Any
+    forward: Any
+    optimizer: Any
+    schedule: Any
+    device: Any
+    cuda: bool
+    rank: int
+    world: int
+
+
 def train_encoder(spec: TrainSpec) -> dict[str, Any]:
     """Fine-tune ``spec.base_model`` on the pairs; rank 0 saves it to ``spec.output`` and
     returns the training figures (steps, loss curve, seconds, pairs/s, device)."""
+    import torch
+    import torch.distributed as dist
+
+    t = _start(spec)
+    checkpoint = Path(spec.output) / "checkpoint"
+    step, curve = _resume(checkpoint, t.model, t.optimizer, t.schedule)
+    pairs = sample_pairs(
+        spec.pairs_table, spec.max_steps * spec.batch_size, t.rank, t.world, spec.seed
+    )
+    if len(pairs) < 2:
+        raise ValueError(f"{len(pairs)} training pairs: fine-tuning needs at least 2")
+    started = time.monotonic()
+    step, stopped_by, trained_pairs = _run_steps(spec, t, pairs, step, curve, checkpoint)
+    seconds = time.monotonic() - started
+    if t.rank == 0:
+        t.model.save_pretrained(spec.output)
+        t.tokenizer.save_pretrained(spec.output)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    if t.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {
+        "steps": step,
+        "stopped_by": stopped_by,
+        "loss_curve": curve,
+        "seconds": seconds,
+        "pairs_per_second": trained_pairs * t.world / seconds if seconds > 0 else 0.0,
+        "pairs_sampled": len(pairs),
+        "device": str(t.device),
+        "processes": t.world,
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(t.device) / 2**20 if t.cuda else None,
+    }
+
+
+def _start(spec: TrainSpec) -> _Training:
+    """This process's place (rank, device; the process group when there are several),
+    the model and tokenizer from ``spec.base_model``, AdamW and the warmup schedule."""
     import torch
     import torch.distributed as dist
     from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
@@ -141,66 +193,53 @@ def train_encoder(spec: TrainSpec) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     model = AutoModel.from_pretrained(spec.base_model).to(device)
     model.train()
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate)
     schedule = get_linear_schedule_with_warmup(
         optimizer, int(spec.warmup_share * spec.max_steps), spec.max_steps
     )
-    checkpoint = Path(spec.output) / "checkpoint"
-    step, curve = _resume(checkpoint, model, optimizer, schedule)
-    pairs = sample_pairs(spec.pairs_table, spec.max_steps * spec.batch_size, rank, world, spec.seed)
-    if len(pairs) < 2:
-        raise ValueError(f"{len(pairs)} training pairs: fine-tuning needs at least 2")
-    autocast = _autocast(cuda)
+    return _Training(tokenizer, model, forward, optimizer, schedule, device, cuda, rank, world)
+
+
+def _run_steps(
+    spec: TrainSpec, t: _Training, pairs: list[tuple], step: int, curve: list, checkpoint: Path
+) -> tuple[int, str, int]:
+    """Train from ``step`` until ``max_steps`` or the time budget, appending to ``curve``
+    and checkpointing on rank 0; (the last step, what stopped it, pairs trained on)."""
+    import torch
+
+    autocast = _autocast(t.cuda)
     started, budget = time.monotonic(), spec.max_minutes * 60
     stopped_by, trained_pairs = "steps", 0
     while step < spec.max_steps:
         batch = _batch(pairs, step, spec.batch_size)
         with autocast:
-            a = _encode(trained, tokenizer, [p[0] for p in batch], spec, device)
-            b = _encode(trained, tokenizer, [p[1] for p in batch], spec, device)
+            a = _encode(t.forward, t.tokenizer, [p[0] for p in batch], spec, t.device)
+            b = _encode(t.forward, t.tokenizer, [p[1] for p in batch], spec, t.device)
             loss = contrastive_loss(
                 a.float(), b.float(), [p[2] for p in batch], [p[3] for p in batch], spec.temperature
             )
-        optimizer.zero_grad(set_to_none=True)
+        t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), 1.0)
+        t.optimizer.step()
+        t.schedule.step()
         step += 1
         trained_pairs += len(batch)
         curve.append([step, float(loss.detach())])
         elapsed = time.monotonic() - started
-        if rank == 0 and (step % PROGRESS_EVERY == 0 or step == spec.max_steps):
+        if t.rank == 0 and (step % PROGRESS_EVERY == 0 or step == spec.max_steps):
             print(
                 f"finetune: step {step}/{spec.max_steps} loss {curve[-1][1]:.4f} "
                 f"{trained_pairs / max(elapsed, 1e-9):.1f} pairs/s",
                 flush=True,
             )
-        if rank == 0 and step % spec.checkpoint_every == 0 and step < spec.max_steps:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, step, curve)
-        if _out_of_time(elapsed > budget, world, device):
+        if t.rank == 0 and step % spec.checkpoint_every == 0 and step < spec.max_steps:
+            _save_checkpoint(checkpoint, t.model, t.optimizer, t.schedule, step, curve)
+        if _out_of_time(elapsed > budget, t.world, t.device):
             stopped_by = "time"
             break
-    seconds = time.monotonic() - started
-    if rank == 0:
-        model.save_pretrained(spec.output)
-        tokenizer.save_pretrained(spec.output)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return {
-        "steps": step,
-        "stopped_by": stopped_by,
-        "loss_curve": curve,
-        "seconds": seconds,
-        "pairs_per_second": trained_pairs * world / seconds if seconds > 0 else 0.0,
-        "pairs_sampled": len(pairs),
-        "device": str(device),
-        "processes": world,
-        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-    }
+    return step, stopped_by, trained_pairs
 
 
 def _batch(pairs: list[tuple], step: int, size: int) -> list[tuple]:
