@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -15,6 +14,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType, TimestampType
+
+from usersegments.times import collected_utc
 
 
 def literal_map(mapping: Mapping[Any, Any]) -> Column:
@@ -113,18 +114,14 @@ def rows_to_spark(
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema.fields)
     arrays = [
         pa.array(
-            [_aware(v) for v in values] if isinstance(field.dataType, TimestampType) else values,
+            [v if v is None else collected_utc(v) for v in values]
+            if isinstance(field.dataType, TimestampType)
+            else values,
             type=arrow_schema.field(field.name).type,
         )
         for field, values in zip(schema.fields, columns, strict=True)
     ]
     return spark.createDataFrame(pa.Table.from_arrays(arrays, schema=arrow_schema), schema)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.astimezone(timezone.utc)
 
 
 def driver_held(df: DataFrame) -> bool:
