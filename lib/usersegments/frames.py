@@ -1,15 +1,18 @@
 """Small DataFrame helpers every stage uses: literal maps, a pandas function per key,
-partitions for iterative fits, and pandas or driver rows -> Spark frames."""
+partitions for iterative fits, pandas or driver rows -> Spark frames, and a frame
+computed once while a merge uses it."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 from py4j.protocol import Py4JError
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -133,3 +136,19 @@ def driver_held(df: DataFrame) -> bool:
         return bool(plan.getClass().getSimpleName() == "LocalRelation")
     except (AttributeError, Py4JError):  # Spark Connect has no JVM plan to ask
         return False
+
+
+@contextmanager
+def computed_once(df: DataFrame) -> Iterator[DataFrame]:
+    """Context manager: ``df`` persisted (in memory, spilling to disk) while a merge checks
+    its keys and commits it, so that its plan (often joins over events) runs once, not
+    once per pass; rows the driver holds, and a frame its caller cached, are yielded as
+    they are (and stay as they were)."""
+    if df.is_cached or driver_held(df):
+        yield df
+        return
+    source = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        yield source
+    finally:
+        source.unpersist()

@@ -10,10 +10,10 @@ Two real Delta backends sit behind one interface:
 
 Modules:
 
-- ``table_store``: ``TableStore`` and ``Maintenance``.
+- ``table_store``: ``TableStore``.
 - ``choice``: ``resolve_backend``, which backend a store uses on this session.
-- ``backend``: the ``Backend`` protocol, ``MergeResult``, ``TableVersion``, ``Txn`` (an
-  idempotent write's application transaction), mode literals.
+- ``backend``: the ``Backend`` protocol, ``MergeResult``, ``Maintenance``, ``TableVersion``,
+  ``Txn`` (an idempotent write's application transaction), mode literals.
 - ``checks``: option, column, merge-key and schema-compatibility checks before a commit.
 - ``delta_rs``: the delta-rs backend and ``StagedRows`` (Spark -> Parquet -> Arrow stream).
 - ``delta_spark``: the delta-spark backend and ``DELTA_SPARK_PACKAGE`` (its jars).
@@ -25,6 +25,7 @@ Modules:
 """
 
 from usersegments.store.backend import (
+    Maintenance,
     MatchedAction,
     MergeResult,
     NotMatchedAction,
@@ -35,7 +36,7 @@ from usersegments.store.backend import (
 from usersegments.store.checks import check_schema_compatible
 from usersegments.store.choice import resolve_backend
 from usersegments.store.delta_spark import DELTA_SPARK_PACKAGE, delta_spark_package
-from usersegments.store.table_store import Maintenance, TableStore
+from usersegments.store.table_store import TableStore
 
 __all__ = [
     "DELTA_SPARK_PACKAGE",

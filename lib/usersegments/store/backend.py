@@ -31,6 +31,24 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
+class Maintenance:
+    """What ``TableStore.maintain`` did to one table."""
+
+    table: str
+    files_before: int
+    files_after: int
+    compacted: bool
+    files_vacuumed: int
+    zorder_by: tuple[str, ...] = ()  # the columns it was z-ordered by; empty when not
+    vacuumed: bool = False  # whether it was due for VACUUM (``retention.vacuum_due``)
+
+    @property
+    def zordered(self) -> bool:
+        """Whether this maintenance z-ordered the table (instead of a plain compaction)."""
+        return bool(self.zorder_by)
+
+
+@dataclass(frozen=True)
 class Txn:
     """An idempotent write's application transaction (Delta's ``txn`` action).
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -20,11 +18,12 @@ from usersegments.errors import (
     MissingTableError,
     StoreError,
 )
-from usersegments.frames import driver_held
+from usersegments.frames import computed_once
 from usersegments.paths import is_local, local_path
 from usersegments.schema import is_append_only, records_changes, table_properties
 from usersegments.store.backend import (
     Backend,
+    Maintenance,
     MatchedAction,
     MergeResult,
     NotMatchedAction,
@@ -45,24 +44,6 @@ from usersegments.store.retention import vacuum_due
 
 # The source column of ``replace_groups`` that marks a stored row to delete.
 DELETE_FLAG = "_usersegments_delete"
-
-
-@dataclass(frozen=True)
-class Maintenance:
-    """What ``TableStore.maintain`` did to one table."""
-
-    table: str
-    files_before: int
-    files_after: int
-    compacted: bool
-    files_vacuumed: int
-    zorder_by: tuple[str, ...] = ()  # the columns it was z-ordered by; empty when not
-    vacuumed: bool = False  # whether it was due for VACUUM (``retention.vacuum_due``)
-
-    @property
-    def zordered(self) -> bool:
-        """Whether this maintenance z-ordered the table (instead of a plain compaction)."""
-        return bool(self.zorder_by)
 
 
 class TableStore:
@@ -389,19 +370,3 @@ def _normalise_root(root: str) -> str:
     if is_local(root):
         return str(local_path(root).resolve())
     return root
-
-
-@contextmanager
-def computed_once(df: DataFrame) -> Iterator[DataFrame]:
-    """Context manager: ``df`` persisted (in memory, spilling to disk) while a merge checks
-    its keys and commits it, so that its plan (often joins over events) runs once, not
-    once per pass; rows the driver holds, and a frame its caller cached, are yielded as
-    they are (and stay as they were)."""
-    if df.is_cached or driver_held(df):
-        yield df
-        return
-    source = df.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        yield source
-    finally:
-        source.unpersist()
