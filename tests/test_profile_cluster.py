@@ -351,3 +351,53 @@ def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tm
     split = np.array([[3.0, 2.0]])
     assert normalized_mutual_info(split) == normalized_mutual_info_score([0] * 5, [0, 0, 0, 1, 1])
     assert contingency(segs, "cluster_id", "segment_id").sum() == n
+
+
+@pytest.mark.slow  # over ~3 s on 2 cores
+@pytest.mark.parametrize("few_event_users", [True, False])
+def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
+    spark, cfg, few_event_users
+):
+    """Two planted groups of members; users of one event sit beside group 0, off its
+    axis. With ``cluster.fit_few_event_users`` they pull group 0's centre towards them
+    by their weight (1 / profile.min_events each) and are counted, never placed."""
+    from usersegments.cluster.stage import cluster_users
+
+    cfg = cfg.model_copy(
+        update={
+            "cluster": cfg.cluster.model_copy(
+                update={"k": 2, "fit_few_event_users": few_event_users}
+            ),
+            "privacy": cfg.privacy.model_copy(update={"min_segment_size": 5}),
+        }
+    )
+    rng = np.random.default_rng(3)
+    axes = np.eye(3, 6)
+    members = [
+        (f"m{g}_{i}", axes[g] + rng.normal(scale=0.02, size=6), 5)
+        for g in (0, 1)
+        for i in range(20)
+    ]
+    beside = axes[0] + 0.6 * axes[2]
+    few = [(f"f{i}", beside, 1) for i in range(30)]
+    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    profiles = spark.createDataFrame(
+        [(u, [float(x) for x in v / np.linalg.norm(v)], n, as_of) for u, v, n in members + few],
+        "user_id string, embedding array<float>, n_events long, as_of timestamp",
+    )
+    out = cluster_users(spark, profiles, cfg, "r1")
+    try:
+        placed = {r["user_id"] for r in out.user_segments.select("user_id").collect()}
+        assert placed == {u for u, _, _ in members}
+        assert out.total == 40 and out.fit_only == (30 if few_event_users else 0)
+        centre = out.coarse.centroids[np.argmax(out.coarse.centroids[:, 0])]
+        group0 = np.array([v / np.linalg.norm(v) for u, v, _ in members if u.startswith("m0")])
+        weight = 1 / cfg.profile.min_events
+        expected = group0.sum(axis=0)
+        if few_event_users:
+            expected = expected + weight * len(few) * beside / np.linalg.norm(beside)
+        expected /= np.linalg.norm(expected)
+        assert centre @ expected == pytest.approx(1.0, abs=1e-5)
+        assert (centre[2] > 0.1) == few_event_users
+    finally:
+        out.release()

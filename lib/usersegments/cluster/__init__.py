@@ -1,7 +1,9 @@
 """Cluster: ``user_profiles`` -> ``user_segments`` + ``segments``, in two levels.
 
 1. Coarse: Spark MLlib ``BisectingKMeans`` with cosine distance; ``k`` fixed or
-   chosen from ``cluster.k_candidates`` by cosine silhouette on a sample.
+   chosen from ``cluster.k_candidates`` by cosine silhouette on a sample. Users with
+   too few events for a segment still weigh in the fit, by their evidence
+   (``cluster.fit_few_event_users``).
 2. Fine: inside each coarse cluster, ``groupBy(cluster_id).applyInPandas`` runs
    scikit-learn ``AgglomerativeClustering``. A cluster larger than
    ``cluster.sub.max_local_points`` is handled in bounded memory: fit on a
@@ -15,7 +17,8 @@ Segment ids read ``c{cluster:02d}.s{sub:02d}``; sub-segments are numbered by siz
 
 Modules:
 
-- ``features``: the ``features`` column, clusterable users, optional PCA.
+- ``features``: the ``features`` column, clusterable users, the coarse fit's weighted
+  population, optional PCA.
 - ``coarse``: bisecting k-means leaves merged back to k (``fit_coarse``, ``CoarseResult``).
 - ``local``: agglomerative sub-groups per coarse cluster (numpy/scikit-learn).
 - ``segments``: segment centroids, the size floor across clusters, ``segments`` rows.

@@ -10,6 +10,9 @@ from pyspark.sql import functions as F
 from usersegments.profile import usable_vector, with_unit_vector
 
 FEATURES = "features"
+# Columns of the coarse fit's population (``clustering_population``).
+FIT_WEIGHT = "fit_weight"
+MEMBER = "member"
 
 
 def clusterable(min_events: int) -> Column:
@@ -24,6 +27,28 @@ def clusterable_users(profiles: DataFrame, min_events: int) -> DataFrame:
     the profiles: a zero vector fails MLlib's cosine k-means."""
     return profiles.filter(clusterable(min_events)).select(
         "user_id", array_to_vector(F.col("embedding")).alias(FEATURES)
+    )
+
+
+def clustering_population(profiles: DataFrame, min_events: int, few_event_users: bool) -> DataFrame:
+    """The profiles the coarse fit reads: (user_id, features, fit_weight, member).
+
+    ``member`` rows (``clusterable``) get a segment and weigh 1. With
+    ``few_event_users``, profiles with a usable vector but fewer than ``min_events``
+    events join the fit without a segment, weighing ``n_events / min_events``: a real
+    log's many users of one or two events still say where its interests lie, in
+    proportion to their evidence, while only users with enough events are placed.
+    """
+    rows = profiles.filter(usable_vector("embedding"))
+    enough = F.col("n_events") >= min_events
+    if not few_event_users:
+        rows = rows.filter(enough)
+    weight = F.least(F.col("n_events"), F.lit(min_events)).cast("double") / float(min_events)
+    return rows.select(
+        "user_id",
+        array_to_vector(F.col("embedding")).alias(FEATURES),
+        weight.alias(FIT_WEIGHT),
+        enough.alias(MEMBER),
     )
 
 
@@ -42,14 +67,16 @@ def skipped_users(profiles: DataFrame, min_events: int) -> dict[str, int]:
 def reduce_dimensions(
     users: DataFrame, dims: int, sample_size: int, seed: int, total: int
 ) -> DataFrame:
-    """MLlib PCA fit on a sample, applied to everyone, re-normalised."""
+    """MLlib PCA fit on a sample, applied to everyone, re-normalised; ``users``' other
+    columns are kept."""
     fraction = min(1.0, sample_size / max(total, 1))
     pca = PCA(k=dims, inputCol=FEATURES, outputCol="_pca").fit(
         users.sample(fraction=fraction, seed=seed)
     )
+    others = [c for c in users.columns if c != FEATURES]
     reduced = pca.transform(users).select(
-        "user_id", vector_to_array(F.col("_pca"), dtype="float32").alias("_reduced")
+        *others, vector_to_array(F.col("_pca"), dtype="float32").alias("_reduced")
     )
     return with_unit_vector(reduced, "_reduced", "_unit").select(
-        "user_id", array_to_vector(F.col("_unit")).alias(FEATURES)
+        *others, array_to_vector(F.col("_unit")).alias(FEATURES)
     )

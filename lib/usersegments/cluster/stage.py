@@ -17,7 +17,8 @@ from usersegments.cluster.assign import settle_to_nearest
 from usersegments.cluster.coarse import CoarseResult, fit_coarse
 from usersegments.cluster.features import (
     FEATURES,
-    clusterable_users,
+    MEMBER,
+    clustering_population,
     reduce_dimensions,
     skipped_users,
 )
@@ -49,6 +50,7 @@ class ClusterOutput:
     as_of: datetime | None
     _cached: list[DataFrame]
     skipped: dict[str, int] = field(default_factory=dict)
+    fit_only: int = 0  # users of too few events who informed the coarse fit, unplaced
 
     def release(self) -> None:
         """Drop the cached frames."""
@@ -56,13 +58,25 @@ class ClusterOutput:
             frame.unpersist()
 
 
-def _users_to_cluster(profiles: DataFrame, cfg: Config) -> tuple[DataFrame, int, dict[str, int]]:
-    """The clusterable users (user_id, features; PCA-reduced when configured), their
-    number, and the users left out by reason (``skipped_users``); too few clusterable
-    users is an ``InputError``."""
-    users = clusterable_users(profiles, cfg.profile.min_events)
-    total = users.count()
-    skipped = skipped_users(profiles, cfg.profile.min_events)
+@dataclass
+class _Population:
+    """The coarse fit's rows (``clustering_population``; PCA-reduced when configured),
+    how many there are, how many of them are members, and the users left out of
+    segments by reason (``skipped_users``)."""
+
+    rows: DataFrame
+    fit_rows: int
+    members: int
+    skipped: dict[str, int]
+
+
+def _users_to_cluster(profiles: DataFrame, cfg: Config) -> _Population:
+    """The population of the coarse fit; fewer than 2 members is an ``InputError``."""
+    min_events = cfg.profile.min_events
+    users = clustering_population(profiles, min_events, cfg.cluster.fit_few_event_users)
+    counts = users.agg(F.count(F.lit(1)), F.sum(F.col(MEMBER).cast("long"))).first()
+    fit_rows, total = int(counts[0]), int(counts[1] or 0)
+    skipped = skipped_users(profiles, min_events)
     if skipped["zero_vector"]:
         log.warning(
             "cluster: %d users with enough events have a zero or non-finite interest vector "
@@ -82,9 +96,9 @@ def _users_to_cluster(profiles: DataFrame, cfg: Config) -> tuple[DataFrame, int,
         )
     if cfg.profile.pca_dims:
         users = reduce_dimensions(
-            users, cfg.profile.pca_dims, cfg.cluster.sample_size, cfg.cluster.seed, total
+            users, cfg.profile.pca_dims, cfg.cluster.sample_size, cfg.cluster.seed, fit_rows
         )
-    return users, total, skipped
+    return _Population(users, fit_rows, total, skipped)
 
 
 def cluster_users(
@@ -94,17 +108,20 @@ def cluster_users(
     run_id: str,
 ) -> ClusterOutput:
     """Coarse clusters and fine segments of every profile with enough events
-    (``profiles`` follows the ``user_profiles`` contract)."""
+    (``profiles`` follows the ``user_profiles`` contract); with
+    ``cluster.fit_few_event_users`` the other usable profiles inform the coarse fit."""
     as_of = max_time(profiles, "as_of")
-    users, total, skipped = _users_to_cluster(profiles, cfg)
+    population = _users_to_cluster(profiles, cfg)
     # At most cluster.sample_size users a partition: the auto-k fit holds that many.
-    users = fit_partitions(users, spark, total, cfg.cluster.sample_size).cache()
+    users = fit_partitions(
+        population.rows, spark, population.fit_rows, cfg.cluster.sample_size
+    ).cache()
     try:
-        coarse = fit_coarse(users, cfg, total)
+        coarse = fit_coarse(users, cfg, population.fit_rows)
     except BaseException:
         users.unpersist()
         raise
-    assigned = coarse.assign(users).select(
+    assigned = coarse.assign(users.filter(F.col(MEMBER))).select(
         "user_id",
         F.col("cluster_id").cast("int").alias("cluster_id"),
         vector_to_array(F.col(FEATURES), dtype="float32").alias(FEATURES),
@@ -125,10 +142,11 @@ def cluster_users(
         user_segments=user_segments,
         segments=segments,
         coarse=coarse,
-        total=total,
+        total=population.members,
         as_of=as_of,
         _cached=[users, fine, final, segments],
-        skipped=skipped,
+        skipped=population.skipped,
+        fit_only=population.fit_rows - population.members,
     )
 
 
@@ -144,6 +162,7 @@ def run_cluster(
         out.release()
     metrics = _quality(spark, store, cfg, out.coarse, out.total, truth, out.as_of)
     metrics.update({f"users_skipped.{reason}": n for reason, n in out.skipped.items()})
+    metrics["users_fit_only"] = out.fit_only
     run.record_all("cluster", metrics)
     log.info(
         "cluster: k=%d, %d segments, silhouette %.3f",

@@ -147,6 +147,12 @@ class ClusterConfig(Section):
         ge=0.0,
         description="Refining stops when no centroid moves by more than this cosine distance.",
     )
+    fit_few_event_users: bool = Field(
+        True,
+        description="Users with a profile but fewer than profile.min_events events also "
+        "inform the coarse clusters' centres, each weighing n_events / min_events; they get "
+        "no segment. false: the fit reads only the users it places.",
+    )
     seed: int = Field(42, description="Seed of every random choice in clustering.")
     sub: SubClusterConfig = Field(default_factory=SubClusterConfig)
 
