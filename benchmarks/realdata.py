@@ -596,7 +596,11 @@ def benchmark(args: argparse.Namespace, workdir: Path, command: str) -> str:
         if tune["code"] != 0:
             raise SystemExit(f"`usersegments tune` exited {tune['code']}:\n{tune['tail']}")
         args.tuned_config = str(workdir / "store-tune" / "tuned.yaml")
-        failures.append(f"`usersegments tune` took {tune['wall_s']:.0f} s wall")
+        ratio = tune["wall_s"] / max(run["wall_s"], 1e-9)
+        failures.append(
+            f"`usersegments tune` took {tune['wall_s']:.0f} s wall ({ratio:.1f}x the "
+            f"defaults run's {run['wall_s']:.0f} s)"
+        )
     if args.tuned_config:
         tuned_run = run_usersegments(
             data["paths"], workdir / "store-tuned", args.tuned_config, run["settings"], args.reuse
