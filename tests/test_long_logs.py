@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from tests.conftest import make_config, set_args
 from tests.helpers import metrics_of
 from usersegments import cli
-from usersegments.cluster.features import clusterable_users, skipped_users
+from usersegments.cluster.features import MEMBER, clustering_population, skipped_users
 from usersegments.config import load_config
 from usersegments.dynamics.fold import fold_profiles
 from usersegments.halflife import derive_profile_half_life, derive_recommend_half_life
@@ -145,7 +145,9 @@ def test_a_user_whose_events_all_weigh_zero_is_kept_out_of_clustering(spark):
         for r in profiles.select("user_id", usable_vector("embedding").alias("ok")).collect()
     }
     assert flags == {"zero": False, "ok": True, "few": True}
-    kept = {r["user_id"] for r in clusterable_users(profiles, 3).collect()}
+    population = clustering_population(profiles, 3, few_event_users=True).collect()
+    assert {r["user_id"]: r[MEMBER] for r in population} == {"ok": True, "few": False}
+    kept = {r["user_id"] for r in clustering_population(profiles, 3, False).collect()}
     assert kept == {"ok"}
     assert skipped_users(profiles, 3) == {"below_min_events": 1, "zero_vector": 1}
 

@@ -17,8 +17,8 @@ Segment ids read ``c{cluster:02d}.s{sub:02d}``; sub-segments are numbered by siz
 
 Modules:
 
-- ``features``: the ``features`` column, clusterable users, the coarse fit's weighted
-  population, optional PCA.
+- ``features``: the ``features`` column, which users are clusterable, the coarse fit's
+  weighted population, optional PCA.
 - ``coarse``: bisecting k-means leaves merged back to k (``fit_coarse``, ``CoarseResult``).
 - ``local``: agglomerative sub-groups per coarse cluster (numpy/scikit-learn).
 - ``segments``: segment centroids, the size floor across clusters, ``segments`` rows.
@@ -38,7 +38,7 @@ from usersegments.cluster.assign import (
     unit_rows,
 )
 from usersegments.cluster.coarse import CoarseResult, fit_coarse, merge_leaves
-from usersegments.cluster.features import FEATURES, clusterable_users, reduce_dimensions
+from usersegments.cluster.features import FEATURES, clustering_population, reduce_dimensions
 from usersegments.cluster.local import (
     SUBCLUSTER_SCHEMA,
     fine_segments,
@@ -58,7 +58,7 @@ __all__ = [
     "assign_to_segments",
     "cluster_centroids",
     "cluster_users",
-    "clusterable_users",
+    "clustering_population",
     "fine_segments",
     "fit_coarse",
     "fit_subgroups",

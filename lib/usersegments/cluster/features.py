@@ -21,15 +21,6 @@ def clusterable(min_events: int) -> Column:
     return (F.col("n_events") >= min_events) & usable_vector("embedding")
 
 
-def clusterable_users(profiles: DataFrame, min_events: int) -> DataFrame:
-    """Profiles with at least ``min_events`` events and a usable vector, as (user_id,
-    features vector). The vector check guards every clustering input, whatever wrote
-    the profiles: a zero vector fails MLlib's cosine k-means."""
-    return profiles.filter(clusterable(min_events)).select(
-        "user_id", array_to_vector(F.col("embedding")).alias(FEATURES)
-    )
-
-
 def clustering_population(profiles: DataFrame, min_events: int, few_event_users: bool) -> DataFrame:
     """The profiles the coarse fit reads: (user_id, features, fit_weight, member).
 
@@ -38,17 +29,19 @@ def clustering_population(profiles: DataFrame, min_events: int, few_event_users:
     events join the fit without a segment, weighing ``n_events / min_events``: a real
     log's many users of one or two events still say where its interests lie, in
     proportion to their evidence, while only users with enough events are placed.
+    Every row has a usable vector, whatever wrote the profiles: a zero vector fails
+    MLlib's cosine k-means.
     """
     rows = profiles.filter(usable_vector("embedding"))
-    enough = F.col("n_events") >= min_events
+    member = clusterable(min_events)
     if not few_event_users:
-        rows = rows.filter(enough)
+        rows = rows.filter(member)
     weight = F.least(F.col("n_events"), F.lit(min_events)).cast("double") / float(min_events)
     return rows.select(
         "user_id",
         array_to_vector(F.col("embedding")).alias(FEATURES),
         weight.alias(FIT_WEIGHT),
-        enough.alias(MEMBER),
+        member.alias(MEMBER),
     )
 
 
