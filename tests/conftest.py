@@ -131,6 +131,26 @@ def planted(spark, tmp_path_factory):
     return Planted(store=store, cfg=cfg, run_id=run_id, data=data, paths=paths)
 
 
+@pytest.fixture(scope="session")
+def windows(tmp_path_factory):
+    """Two windows of 80 generated users, before and after the planted drift
+    (``tests.test_faults.drift_windows``)."""
+    from tests.test_faults import drift_windows
+
+    return drift_windows(tmp_path_factory.mktemp("fault-input"))
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(spark, tmp_path_factory, windows):
+    """The tables of an uninterrupted ``run`` on window 1 and ``update`` on window 2 on
+    delta-rs: what a crashed-and-resumed run (tests/test_faults.py) and the same commands
+    on delta-spark (tests/test_delta_spark.py) must end with. Built once per session."""
+    from tests.test_faults import uninterrupted_tables
+
+    root = tmp_path_factory.mktemp("uninterrupted") / "store"
+    return uninterrupted_tables(spark, root, windows)
+
+
 @dataclass
 class Planted:
     """The planted run: its store, config, run id, generated data and input paths."""
@@ -211,6 +231,7 @@ END_TO_END_FIXTURES = frozenset(
         "report_root",
         "interests_update",
         "few_new",
+        "few_new_history",
     }
 )
 

@@ -8,7 +8,6 @@ import pytest
 from deltalake import DeltaTable as RsTable
 from deltalake import write_deltalake
 
-from tests import test_faults
 from tests.conftest import make_config, require_delta_spark
 from tests.test_faults import SETTINGS, assert_same_tables, command, snapshot
 from usersegments import cli, delta_jars
@@ -21,11 +20,6 @@ from usersegments.session import (
     session_conf,
 )
 from usersegments.store import TableStore, resolve_backend
-
-# The end-to-end fixtures of the crash tests, shared: the delta-rs run and update that
-# the delta-spark ones are compared with (built once per module that uses them).
-windows = test_faults.windows
-uninterrupted = test_faults.uninterrupted
 
 
 @pytest.fixture
@@ -215,7 +209,8 @@ def test_delta_spark_run_and_update_write_what_delta_rs_writes(
     spark, tmp_path, windows, uninterrupted
 ):
     """``run`` then ``update`` on delta-spark end with the tables the same commands write
-    on delta-rs (``uninterrupted``, from tests/test_faults.py), row for row."""
+    on delta-rs (``uninterrupted``, tests/conftest.py, built once per session), row
+    for row."""
     require_delta_spark(spark)
     after_run, after_update = uninterrupted
     root = tmp_path / "store"

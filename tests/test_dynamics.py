@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from tests.conftest import make_config
+from tests.conftest import SMALL, make_config
 from tests.helpers import metrics_of, new_run
 from usersegments.cluster import nearest_segment_frame, run_cluster
 from usersegments.dynamics import match_segments, run_update
@@ -312,36 +312,52 @@ def disable_change_data_feed(store: TableStore) -> None:
     table.alter.set_table_properties({"delta.enableChangeDataFeed": "false"})
 
 
-@pytest.fixture(
-    scope="module",
-    params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)],
-)
-def few_new(request, spark, tmp_path_factory):
-    """A full run over most of the log, then new events of 4 users ingested and embedded
-    by an update run, and that run's update in three copies of the store: reading the
-    change data feed, reading the whole table (update.read_changes=false), and reading
-    a table whose feed is off."""
-    import shutil
+FEW_NEW_SETTINGS = ("profile.half_life_days=14", *SMALL)
 
-    from tests.conftest import SMALL, require_delta_spark
-    from usersegments.runlog import RunLog
 
-    if request.param == "delta-spark":
-        require_delta_spark(spark)
-    root = tmp_path_factory.mktemp(f"few-new-{request.param}")
+@pytest.fixture(scope="module")
+def few_new_history(spark, tmp_path_factory):
+    """A full run over most of an 80-user log on delta-rs, and the log's rest: the last 10
+    days of 4 users' events (the update of ``few_new`` on either backend starts from a
+    copy of this store; tests/test_delta_spark.py proves a full run on delta-spark)."""
+    root = tmp_path_factory.mktemp("few-new-history")
     data = generate(GeneratorSettings(users=80, seed=9, drift_share=0.0))
     history, batch = few_users_later(data, users=4, days=10)
     paths = {name: write(part, root / name) for name, part in (("h", history), ("b", batch))}
-    settings = (f"store.backend={request.param}", "profile.half_life_days=14", *SMALL)
-    cfg = make_config(root / "changes", *settings)
+    cfg = make_config(root / "store", "store.backend=delta-rs", *FEW_NEW_SETTINGS)
     store = TableStore.from_config(spark, cfg)
     full = new_run(spark, store, cfg, "run")
-    h, b = paths["h"], paths["b"]
+    h = paths["h"]
     run_ingest(spark, store, cfg, full, events=[h["events_parquet"]], items=h["items"])
     run_embed(spark, store, cfg, full)
     run_profile(spark, store, cfg, full)
     run_cluster(spark, store, cfg, full)
     full.finish()
+    return root / "store", paths["b"]
+
+
+@pytest.fixture(
+    scope="module",
+    params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)],
+)
+def few_new(request, spark, tmp_path_factory, few_new_history):
+    """On a copy of ``few_new_history``'s store, new events of 4 users ingested and
+    embedded by an update run on the backend under test, and that run's update in three
+    copies of the store: reading the change data feed, reading the whole table
+    (update.read_changes=false), and reading a table whose feed is off."""
+    import shutil
+
+    from tests.conftest import require_delta_spark
+    from usersegments.runlog import RunLog
+
+    if request.param == "delta-spark":
+        require_delta_spark(spark)
+    history_root, b = few_new_history
+    root = tmp_path_factory.mktemp(f"few-new-{request.param}")
+    shutil.copytree(history_root, root / "changes")
+    settings = (f"store.backend={request.param}", *FEW_NEW_SETTINGS)
+    cfg = make_config(root / "changes", *settings)
+    store = TableStore.from_config(spark, cfg)
     update = new_run(spark, store, cfg, "update")
     ingested = run_ingest(spark, store, cfg, update, events=[b["events_parquet"]], items=b["items"])
     run_embed(spark, store, cfg, update)

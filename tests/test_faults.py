@@ -158,10 +158,9 @@ def assert_committed(store: TableStore, failed_runs: int) -> None:
     assert not (Path(store.root) / "_usersegments.lock").exists()
 
 
-@pytest.fixture(scope="module")
-def windows(tmp_path_factory):
-    """Two windows of 80 generated users: before and after the planted drift."""
-    root = tmp_path_factory.mktemp("fault-input")
+def drift_windows(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Two windows of 80 generated users written under ``root``: before and after the
+    planted drift (the session fixture ``windows`` in tests/conftest.py)."""
     data = generate(GeneratorSettings(users=80, seed=3, items_per_style=8, drift_share=0.25))
     first, second = split_at(data, datetime.fromisoformat(data.manifest["drift_date"]))
     return write(first, root / "window1"), write(second, root / "window2")
@@ -182,11 +181,10 @@ def command(name: str, root: Path, paths: dict[str, str], *overrides: str) -> li
     ]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(spark, tmp_path_factory, windows):
-    """The tables of an uninterrupted run on window 1 and of the update on window 2, on
-    the local default backend (delta-rs)."""
-    root = tmp_path_factory.mktemp("uninterrupted") / "store"
+def uninterrupted_tables(spark, root: Path, windows) -> tuple[dict, dict]:
+    """The tables of an uninterrupted run on window 1 and of the update on window 2 into
+    ``root``, on the local default backend (delta-rs): the session fixture
+    ``uninterrupted`` in tests/conftest.py, shared with tests/test_delta_spark.py."""
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
     assert store.backend == "delta-rs"
     assert cli.main(command("run", root, windows[0])) == 0

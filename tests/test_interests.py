@@ -256,42 +256,32 @@ def copied_events(source: pd.DataFrame, user: str, start: datetime, step: timede
 
 
 @pytest.fixture(scope="module")
-def interests_update(spark, tmp_path_factory):
-    """300 generated users through profile, cluster and interests; then an update whose
-    new events belong to 3 users (1%): two single-area users engage with a new area
-    (12 events copied from another area's users), one user with a secondary area keeps
-    to their primary area for 40 more days (24 events of single-area users of it)."""
+def interests_update(spark, tmp_path_factory, planted):
+    """A copy of the planted store (700 users through the full run, interests included);
+    then an update whose new events belong to 3 users (under 1%): two single-area users
+    engage with a new area (12 events copied from another area's users), one user with a
+    secondary area keeps to their primary area for 40 more days (24 events of
+    single-area users of it)."""
+    import shutil
+
     from tests.conftest import PLANTED_OVERRIDES, make_config
     from tests.helpers import new_run
-    from usersegments.cluster import run_cluster
     from usersegments.dynamics import run_update
     from usersegments.embed import run_embed
     from usersegments.ingest import run_ingest
-    from usersegments.interests import run_interests
-    from usersegments.profile import run_profile
     from usersegments.store import TableStore
-    from usersegments.testing.synthetic import (
-        GeneratedData,
-        GeneratorSettings,
-        generate,
-        generated_times,
-        write,
-    )
+    from usersegments.testing.synthetic import GeneratedData, generated_times, write
 
     root = tmp_path_factory.mktemp("interests-update")
-    data = generate(GeneratorSettings(users=300, seed=13, drift_share=0.0, bad_row_share=0.0))
-    paths = write(data, root / "window1")
+    shutil.copytree(planted.store.root, root / "store")
+    data, paths = planted.data, planted.paths
     cfg = make_config(root / "store", *PLANTED_OVERRIDES, "update.recluster_threshold=1.0")
     store = TableStore.from_config(spark, cfg)
-    full = new_run(spark, store, cfg, "run")
-    run_ingest(spark, store, cfg, full, events=[paths["events_parquet"]], items=paths["items"])
-    for stage in (run_embed, run_profile, run_cluster, run_interests):
-        stage(spark, store, cfg, full)
-    full.flush()
     before = interest_table(store)
 
     truth = data.truth.set_index("user_id")
-    events = data.events.assign(_time=generated_times(data.events)).dropna(subset=["_time"])
+    clean = data.events[data.events["_bad"] == ""]  # no planted bad row is copied
+    events = clean.assign(_time=generated_times(clean)).dropna(subset=["_time"])
     end = events["_time"].max().to_pydatetime()
     hour = timedelta(hours=1)
     counts = before.groupby("user_id").size()
@@ -325,7 +315,7 @@ def interests_update(spark, tmp_path_factory):
         "store": store,
         "cfg": cfg,
         "truth": data.truth,
-        "full": full,
+        "full_run_id": planted.run_id,
         "update": update,
         "result": result,
         "before": before,
@@ -358,7 +348,7 @@ def test_an_update_recomputes_the_interests_of_users_with_new_events_only(intere
     others_before = before[~before["user_id"].isin(changed)].reset_index(drop=True)
     others_after = after[~after["user_id"].isin(changed)].reset_index(drop=True)
     pd.testing.assert_frame_equal(others_after, others_before)
-    assert (others_after["run_id"] == u["full"].run_id).all()
+    assert (others_after["run_id"] == u["full_run_id"]).all()
     mine = after[after["user_id"].isin(changed)]
     assert set(mine["user_id"]) == changed and (mine["run_id"] == u["update"].run_id).all()
     # No stale row: each recomputed user's ranks run 1..n and their weights sum to 1.
