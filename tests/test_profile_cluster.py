@@ -401,3 +401,43 @@ def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
         assert (centre[2] > 0.1) == few_event_users
     finally:
         out.release()
+
+
+@pytest.mark.slow  # over ~3 s on 2 cores
+def test_a_coarse_cluster_of_few_event_users_only_gets_no_segment_and_places_nobody(spark, cfg):
+    """Users of one event outweigh the members on an axis of their own: the coarse fit
+    gives them a cluster, which holds no member. It gets no segment; every member is
+    placed; a later user near that axis goes to the nearest segment that exists."""
+    from usersegments.cluster.stage import cluster_users
+
+    cfg = cfg.model_copy(
+        update={
+            "cluster": cfg.cluster.model_copy(update={"k": 2, "fit_few_event_users": True}),
+            "privacy": cfg.privacy.model_copy(update={"min_segment_size": 5}),
+        }
+    )
+    rng = np.random.default_rng(5)
+    axes = np.eye(2, 6)
+    members = [(f"m{i}", axes[0] + rng.normal(scale=0.05, size=6), 5) for i in range(30)]
+    few = [(f"f{i}", axes[1] + rng.normal(scale=0.05, size=6), 1) for i in range(200)]
+    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    profiles = spark.createDataFrame(
+        [(u, [float(x) for x in v / np.linalg.norm(v)], n, as_of) for u, v, n in members + few],
+        "user_id string, embedding array<float>, n_events long, as_of timestamp",
+    )
+    out = cluster_users(spark, profiles, cfg, "r1")
+    try:
+        # The fit made a cluster of the one-event users (its centre on their axis) ...
+        assert out.coarse.k == 2 and out.fit_only == 200
+        assert np.max(out.coarse.centroids[:, 1]) > 0.9
+        # ... which places nobody and has no segment.
+        rows = out.user_segments.select("user_id", "cluster_id", "segment_id").toPandas()
+        assert set(rows["user_id"]) == {u for u, _, _ in members}
+        segments = out.segments.toPandas()
+        assert segments["cluster_id"].nunique() == 1
+        assert set(segments["segment_id"]) == set(rows["segment_id"])
+        later = pd.DataFrame({"user_id": ["new"], "embedding": [axes[1].astype(np.float32)]})
+        placed = nearest_segment_frame(later, segments)
+        assert placed["segment_id"].iloc[0] in set(segments["segment_id"])
+    finally:
+        out.release()
