@@ -89,6 +89,21 @@ def test_merge_is_idempotent(spark, store):
     assertDataFrameEqual(store.read("t"), spark.createDataFrame(once, SCHEMA))
 
 
+def test_row_count_follows_appends_merges_and_overwrites_without_a_scan(spark, store):
+    """``row_count`` reads the log's statistics; it agrees with a scan after every kind
+    of commit, on either backend."""
+    store.write(sample(spark), "t")
+    assert store.row_count("t") == 3
+    store.write(sample(spark).filter("id = 'a'"), "t")
+    assert store.row_count("t") == 4
+    change = rows(spark, [("z", datetime(2024, 2, 1), date(2024, 2, 1), 1.0, [0.5], 7)])
+    store.merge(change, "t", on=["id"])
+    store.merge(change, "t", on=["id"])  # an update: the count does not move
+    assert store.row_count("t") == 5 == store.read("t").count()
+    store.write(change, "t", mode="overwrite")
+    assert store.row_count("t") == 1
+
+
 def test_merge_creates_missing_table(spark, store):
     result = store.merge(sample(spark), "new_table", on=["id"], partition_by=["day"])
     assert result.inserted == 3

@@ -217,7 +217,7 @@ def run_recommend(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
         metrics: dict[str, float] = half_life.metrics()
         if cfg.recommend.per_user:
             tables["user_recommendations"] = write_user_lists(store, run, top, groups, texts, cfg)
-            metrics["user_recommendations"] = store.read("user_recommendations").count()
+            metrics["user_recommendations"] = store.row_count("user_recommendations")
     finally:
         top.unpersist()
     stored = store.read("segment_recommendations")

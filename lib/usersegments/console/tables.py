@@ -12,7 +12,7 @@ def print_tables(store: TableStore) -> None:
     """List every Delta table under the store root with its version and row count."""
     rows = []
     for name in store.tables():
-        rows.append((name, store.version(name), store.read(name).count(), store.path(name)))
+        rows.append((name, store.version(name), store.row_count(name), store.path(name)))
     print_table(
         f"Delta tables under {store.root} ({store.backend})",
         ["table", "version", "rows", "path"],

@@ -66,7 +66,7 @@ def reconcile_history(store: TableStore, as_of: datetime | None, run_id: str) ->
             F.lit(run_id).alias("run_id"),
         )
         store.write(conform(seed, SEGMENT_HISTORY), "segment_history", mode="overwrite")
-        return store.read("segment_history").count()
+        return store.row_count("segment_history")
     open_rows = store.read("segment_history").filter(F.col("valid_to").isNull())
     changes = history_changes(current.drop("as_of"), open_rows, as_of, run_id).cache()
     try:

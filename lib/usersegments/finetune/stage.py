@@ -117,7 +117,7 @@ def _write_pairs(store: TableStore, cfg: Config, run_id: str, n_out: int) -> int
     train = split.filter(~F.col("held_out"))
     pairs = training_pairs(train, cfg.finetune, cfg.profile).withColumn("run_id", F.lit(run_id))
     store.write(conform(pairs, FINETUNE_PAIRS), PAIRS_TABLE, mode="overwrite")
-    count = store.read(PAIRS_TABLE).count()
+    count = store.row_count(PAIRS_TABLE)
     if count < 2:
         raise InputError(
             f"fine-tuning found {count} training pairs: it needs users with at least two "

@@ -188,6 +188,18 @@ class DeltaRsBackend:
         """Data files in the latest version."""
         return len(self._table(path).file_uris())
 
+    def row_count(self, path: str) -> int:
+        """Rows in the latest version, from the log's per-file statistics (no data file is
+        read); a table whose log lacks them, or that uses deletion vectors (the statistics
+        count deleted rows too), is counted by a scan."""
+        table = self._table(path)
+        features = table.protocol().writer_features or []
+        if "deletionVectors" not in features:
+            records = pa.table(table.get_add_actions(flatten=True)).column("num_records")
+            if records.null_count == 0:
+                return int(pc.sum(records).as_py() or 0)
+        return self.read(path, None).count()
+
     @contextmanager
     def inserted_rows(
         self, path: str, after_version: int, through_version: int, columns: Sequence[str]

@@ -167,6 +167,11 @@ class DeltaSparkBackend:
         """Data files in the latest version."""
         return int(self.spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
 
+    def row_count(self, path: str) -> int:
+        """Rows in the latest version: Delta answers a bare count from the log's
+        statistics (its metadata-only count), scanning only files without them."""
+        return self.read(path, None).count()
+
     def properties(self, path: str) -> dict[str, str]:
         """The table's Delta properties (``DESCRIBE DETAIL``'s ``properties``)."""
         detail = self._table(path).detail().select("properties").first()

@@ -306,6 +306,12 @@ class TableStore:
         self.require(name)
         return self._backend.file_count(self.path(name))
 
+    def row_count(self, name: str) -> int:
+        """Rows in table ``name``'s current version, from the Delta log's statistics where
+        they can vouch for it (no second scan of a table just written)."""
+        self.require(name)
+        return self._backend.row_count(self.path(name))
+
     def maintain(
         self,
         name: str,
