@@ -353,6 +353,24 @@ def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tm
     assert contingency(segs, "cluster_id", "segment_id").sum() == n
 
 
+def two_clusters(cfg, fit_few_event_users: bool):
+    """``cfg`` with ``cluster.k`` 2, ``cluster.fit_few_event_users`` as given and a
+    segment size floor of 5."""
+    cluster = cfg.cluster.model_copy(update={"k": 2, "fit_few_event_users": fit_few_event_users})
+    privacy = cfg.privacy.model_copy(update={"min_segment_size": 5})
+    return cfg.model_copy(update={"cluster": cluster, "privacy": privacy})
+
+
+def unit_profiles(spark, users):
+    """``user_profiles``-like rows of (user_id, vector, n_events): the vectors made unit,
+    one as_of."""
+    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return spark.createDataFrame(
+        [(u, [float(x) for x in v / np.linalg.norm(v)], n, as_of) for u, v, n in users],
+        "user_id string, embedding array<float>, n_events long, as_of timestamp",
+    )
+
+
 @pytest.mark.slow  # over ~3 s on 2 cores
 @pytest.mark.parametrize("few_event_users", [True, False])
 def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
@@ -363,14 +381,7 @@ def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
     by their weight (1 / profile.min_events each) and are counted, never placed."""
     from usersegments.cluster.stage import cluster_users
 
-    cfg = cfg.model_copy(
-        update={
-            "cluster": cfg.cluster.model_copy(
-                update={"k": 2, "fit_few_event_users": few_event_users}
-            ),
-            "privacy": cfg.privacy.model_copy(update={"min_segment_size": 5}),
-        }
-    )
+    cfg = two_clusters(cfg, few_event_users)
     rng = np.random.default_rng(3)
     axes = np.eye(3, 6)
     members = [
@@ -380,12 +391,7 @@ def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
     ]
     beside = axes[0] + 0.6 * axes[2]
     few = [(f"f{i}", beside, 1) for i in range(30)]
-    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    profiles = spark.createDataFrame(
-        [(u, [float(x) for x in v / np.linalg.norm(v)], n, as_of) for u, v, n in members + few],
-        "user_id string, embedding array<float>, n_events long, as_of timestamp",
-    )
-    out = cluster_users(spark, profiles, cfg, "r1")
+    out = cluster_users(spark, unit_profiles(spark, members + few), cfg, "r1")
     try:
         placed = {r["user_id"] for r in out.user_segments.select("user_id").collect()}
         assert placed == {u for u, _, _ in members}
@@ -410,22 +416,12 @@ def test_a_coarse_cluster_of_few_event_users_only_gets_no_segment_and_places_nob
     placed; a later user near that axis goes to the nearest segment that exists."""
     from usersegments.cluster.stage import cluster_users
 
-    cfg = cfg.model_copy(
-        update={
-            "cluster": cfg.cluster.model_copy(update={"k": 2, "fit_few_event_users": True}),
-            "privacy": cfg.privacy.model_copy(update={"min_segment_size": 5}),
-        }
-    )
+    cfg = two_clusters(cfg, fit_few_event_users=True)
     rng = np.random.default_rng(5)
     axes = np.eye(2, 6)
     members = [(f"m{i}", axes[0] + rng.normal(scale=0.05, size=6), 5) for i in range(30)]
     few = [(f"f{i}", axes[1] + rng.normal(scale=0.05, size=6), 1) for i in range(200)]
-    as_of = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    profiles = spark.createDataFrame(
-        [(u, [float(x) for x in v / np.linalg.norm(v)], n, as_of) for u, v, n in members + few],
-        "user_id string, embedding array<float>, n_events long, as_of timestamp",
-    )
-    out = cluster_users(spark, profiles, cfg, "r1")
+    out = cluster_users(spark, unit_profiles(spark, members + few), cfg, "r1")
     try:
         # The fit made a cluster of the one-event users (its centre on their axis) ...
         assert out.coarse.k == 2 and out.fit_only == 200
