@@ -2,7 +2,7 @@
 
 The stream's fault test is a real crash: the stream runs in a subprocess, which is
 killed with SIGKILL (its whole process group: driver, JVM, workers) right after the
-second micro-batch's fold committed, and started again on the same checkpoint. The
+first micro-batch's fold committed, and started again on the same checkpoint. The
 replayed batch must change nothing twice: ``events`` keeps one row per event (its
 merge ignores matched ids), the profiles fold no event twice (``events_through``),
 and ``run_metrics`` counts every input row once (a batch's figures are appended
@@ -43,14 +43,14 @@ KILL_TIMEOUT_S = 900
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory):
-    """30 generated users in four time windows as JSON lines: the first for a full run,
-    the other three to land one by one (one micro-batch each)."""
+    """30 generated users in three time windows as JSON lines: the first for a full run,
+    the other two to land one by one (one micro-batch each)."""
     root = tmp_path_factory.mktemp("stream-input")
     data = generate(GeneratorSettings(users=30, seed=3, items_per_style=4, days=30))
     times = generated_times(data.events)
     start, end = times.min(), times.max()
     windows, rest = [], data
-    for share in (0.55, 0.7, 0.85):
+    for share in (0.6, 0.8):
         before, rest = split_at(rest, (start + (end - start) * share).to_pydatetime())
         windows.append(before)
     windows.append(rest)
@@ -72,7 +72,7 @@ def cli_args(command: str, root: Path, *rest: str) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(spark, tmp_path_factory, landed):
     """The one-shot path on delta-rs: a full run on the first window (its store, also the
-    stream tests' starting point), then one update over the three landing files."""
+    stream tests' starting point), then one update over the two landing files."""
     base = tmp_path_factory.mktemp("stream-reference")
     seeded = base / "seeded"
     events = ["--events", str(landed["first"]), "--items", str(landed["items"])]
@@ -256,18 +256,17 @@ def wait_for(condition, process: subprocess.Popen, log: Path, what: str) -> None
         time.sleep(0.1)
 
 
-def kill_in_second_batch(command: list[str], root: Path, log: Path) -> None:
-    """Run the stream until the second batch's fold is committed, then SIGKILL it."""
+def kill_in_first_batch(command: list[str], root: Path, log: Path) -> None:
+    """Run the stream until the first batch's fold is committed, then SIGKILL it."""
     checkpoint = root / "checkpoints" / "usersegments"
+    folded = commits(root / "user_profiles")  # the full run's commits
     process = start_stream(command, log)
-    wait_for(lambda: (checkpoint / "commits" / "0").exists(), process, log, "batch 0")
-    folded = commits(root / "user_profiles")
-    wait_for(lambda: commits(root / "user_profiles") > folded, process, log, "batch 1's fold")
+    wait_for(lambda: commits(root / "user_profiles") > folded, process, log, "batch 0's fold")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     # Killed in the middle: the batch's offsets are logged, its commit is not.
-    assert (checkpoint / "offsets" / "1").exists()
-    assert not (checkpoint / "commits" / "1").exists()
+    assert (checkpoint / "offsets" / "0").exists()
+    assert not (checkpoint / "commits" / "0").exists()
 
 
 @pytest.mark.slow
@@ -287,19 +286,19 @@ def test_a_stream_killed_mid_batch_resumes_exactly_once(
     land(landed["landing"], tmp_path / "landing")
     command = stream_command(root, tmp_path / "landing", landed["items"], backend)
     log = tmp_path / "stream.log"
-    kill_in_second_batch(command, root, log)
+    kill_in_first_batch(command, root, log)
 
     if backend == "delta-rs":
         stop_with_sigterm_in_last_batch(command, root, log)
     else:
         restarted = start_stream(command, log)
         assert restarted.wait(timeout=KILL_TIMEOUT_S) == 0, log.read_text()[-4000:]
-    assert (root / "checkpoints" / "usersegments" / "commits" / "2").exists()
+    assert (root / "checkpoints" / "usersegments" / "commits" / "1").exists()
 
     store = TableStore.from_config(spark, make_config(root, *SETTINGS))
     statuses = store.read("runs").filter("command = 'stream'").groupBy("status").count()
-    # The killed attempt of batch 1 is marked failed by the restart; its replay succeeded.
-    assert {r["status"]: r["count"] for r in statuses.collect()} == {"succeeded": 3, "failed": 1}
+    # The killed attempt of batch 0 is marked failed by the restart; its replay succeeded.
+    assert {r["status"]: r["count"] for r in statuses.collect()} == {"succeeded": 2, "failed": 1}
     events = store.read("events")
     assert events.count() == events.select("event_id").distinct().count()
     assert_profiles_equal(profiles(store), reference["profiles"])
@@ -309,21 +308,21 @@ def test_a_stream_killed_mid_batch_resumes_exactly_once(
 
 def stop_with_sigterm_in_last_batch(command: list[str], root: Path, log: Path) -> None:
     """Restart the stream on processingTime (it would keep running) and send SIGTERM once
-    the last landed file's batch (batch 2) began: the stream stops once that batch is
+    the last landed file's batch (batch 1) began: the stream stops once that batch is
     committed, with exit status 0."""
     checkpoint = root / "checkpoints" / "usersegments"
     process = start_stream(
         [*command, "--trigger", "processingTime", "--set", "stream.interval=2 seconds"], log
     )
-    # Batch 2's offsets are logged once batch 1's replay committed; its run is recorded
+    # Batch 1's offsets are logged once batch 0's replay committed; its run is recorded
     # (status running) first thing in the batch.
     wait_for(
-        lambda: (checkpoint / "offsets" / "2").exists() and running_runs(root / "runs") > 0,
+        lambda: (checkpoint / "offsets" / "1").exists() and running_runs(root / "runs") > 0,
         process,
         log,
-        "batch 2 began",
+        "batch 1 began",
     )
-    assert not (checkpoint / "commits" / "2").exists()
+    assert not (checkpoint / "commits" / "1").exists()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=KILL_TIMEOUT_S) == 0, log.read_text()[-4000:]
     assert "stopped by SIGTERM" in log.read_text()
