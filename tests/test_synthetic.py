@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from importlib import resources
 
 import pandas as pd
+import pytest
 
 from usersegments.testing.synthetic import (
     AREAS,
@@ -123,3 +124,16 @@ def test_ambiguous_areas_share_their_words_and_differ_only_by_brand():
     # Without the option the catalog is the pinned one (no brands, own vocabularies).
     plain = generate(GeneratorSettings(users=80, seed=5))
     assert not plain.items["text"].str.split().str[0].isin(brands_seen[first]).any()
+
+
+def test_a_subset_of_areas_plants_only_those_areas_and_keeps_pairs_whole():
+    data = generate(GeneratorSettings(users=60, seed=5, areas=4, ambiguous_areas=True))
+    chosen = area_names()[:4]
+    assert set(data.truth["area"]) == set(chosen)
+    assert set(data.truth["secondary_area"].dropna()) <= set(chosen)
+    assert set(data.items["category"]) == set(chosen)
+    assert data.manifest["areas"] == chosen
+    with pytest.raises(ValueError, match="areas must be even"):
+        GeneratorSettings(areas=3, ambiguous_areas=True)
+    with pytest.raises(ValueError, match="areas must be 0"):
+        GeneratorSettings(areas=len(area_names()) + 1)

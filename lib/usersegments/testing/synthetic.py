@@ -97,6 +97,18 @@ class GeneratorSettings:
     # Areas in pairs share every word (the second of a pair speaks the first's
     # vocabulary); only a brand name in item titles and who engages tell them apart.
     ambiguous_areas: bool = False
+    # The first N planted areas only (0: all of them); an even N keeps pairs whole.
+    areas: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.areas <= len(AREAS) or self.areas == 1:
+            raise ValueError(f"areas must be 0 (all) or 2..{len(AREAS)}, got {self.areas}")
+        if self.ambiguous_areas and self.areas % 2:
+            raise ValueError(f"ambiguous_areas pairs areas: areas must be even, got {self.areas}")
+
+    def area_names(self) -> list[str]:
+        """The areas these settings plant, in the vocabulary's order."""
+        return area_names()[: self.areas or None]
 
 
 @dataclass
@@ -151,12 +163,18 @@ def brands(area: str) -> list[str]:
     return [(first + BRAND_SYLLABLES[(k + j + 1) % n]).title() for j in range(3)]
 
 
-def make_items(rng: np.random.Generator, per_style: int, ambiguous: bool = False) -> pd.DataFrame:
-    """The item catalog: titles and descriptions from each sub-style's vocabulary (with
-    ``ambiguous``, see ``speaks_like``, and a brand of the area first in each title)."""
+def make_items(
+    rng: np.random.Generator,
+    per_style: int,
+    ambiguous: bool = False,
+    areas: list[str] | None = None,
+) -> pd.DataFrame:
+    """The item catalog of ``areas`` (default all): titles and descriptions from each
+    sub-style's vocabulary (with ``ambiguous``, see ``speaks_like``, and a brand of the
+    area first in each title)."""
     rows = []
-    for area, (_, styles) in AREAS.items():
-        for style in styles:
+    for area in areas or area_names():
+        for style in AREAS[area][1]:
             spoken, nouns, words = speaks_like(area, style, ambiguous)
             seen: set[str] = set()
             while len(seen) < per_style:
@@ -187,7 +205,7 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
     """Generate events, items and truth for ``settings`` (deterministic for a seed)."""
     s = settings or GeneratorSettings()
     rng = np.random.default_rng(s.seed)
-    items = make_items(rng, s.items_per_style, s.ambiguous_areas)
+    items = make_items(rng, s.items_per_style, s.ambiguous_areas, s.area_names())
     by_style = {k: g["item_id"].to_numpy() for k, g in items.groupby("sub_style", sort=True)}
     start = s.end - timedelta(days=s.days)
     drift_date = start + timedelta(days=s.days * s.drift_at)
@@ -215,7 +233,7 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
             "drift_date": drift_date.isoformat(),
             "drifted_users": int(truth["new_area"].notna().sum()),
             "items": len(items),
-            "areas": area_names(),
+            "areas": s.area_names(),
             "malformed_csv_lines": s.malformed_csv_lines,
         }
     )
@@ -266,7 +284,7 @@ def _draw_persona(
     rng: np.random.Generator, user_id: str, s: GeneratorSettings, drift_date: datetime
 ) -> _Persona:
     """A user's primary area and style, maybe a secondary area, maybe a planted switch."""
-    areas = area_names()
+    areas = s.area_names()
     area = areas[int(rng.integers(len(areas)))]
     style = _draw_style(rng, area)
     secondary = None
@@ -306,7 +324,7 @@ def _event_interest(
         area, style = persona.new_area, persona.new_style
     roll = rng.random()
     if roll < s.noise_share:
-        areas = area_names()
+        areas = s.area_names()
         area = areas[int(rng.integers(len(areas)))]
         style = _draw_style(rng, area)
     elif persona.secondary is not None and roll < s.noise_share + 0.2:
