@@ -116,8 +116,8 @@ def test_versions_resolve_promote_and_name_the_fix(tmp_path):
 
 
 # Two pairs of areas whose texts share every word (only a brand in item titles differs),
-# 25 users each: the shipped encoder cannot tell a pair apart, what the users engage
-# with next can. Segments at area size (sub.target_size 25), four coarse clusters.
+# 25 users each: the shipped encoder can hardly tell a pair apart, what the users
+# engage with next can. Segments at area size (sub.target_size 25), four coarse clusters.
 AMBIGUOUS = GeneratorSettings(
     users=100, seed=11, items_per_style=20, drift_share=0.0, ambiguous_areas=True, areas=4
 )
@@ -163,6 +163,7 @@ def test_finetune_trains_a_version_scores_it_and_embed_uses_it_once_promoted(
     assert metadata["promoted"] is True and metadata["pairs"] == pairs.count()
     for when in ("before", "after"):  # the same trial on both encoders, NMI from the truth
         assert metadata[when]["status"] == "succeeded"
+        assert metadata[when]["nmi_cluster_vs_area"] is not None
     before, after = metadata["before"], metadata["after"]
     assert after["nmi_segment_vs_area"] >= before["nmi_segment_vs_area"] + 0.1, (before, after)
     metrics = store.read("run_metrics").filter("stage = 'finetune'").toPandas()

@@ -137,3 +137,5 @@ def test_a_subset_of_areas_plants_only_those_areas_and_keeps_pairs_whole():
         GeneratorSettings(areas=3, ambiguous_areas=True)
     with pytest.raises(ValueError, match="areas must be 0"):
         GeneratorSettings(areas=len(area_names()) + 1)
+    with pytest.raises(ValueError, match="needs areas of 3 or more"):
+        GeneratorSettings(areas=2, drift_share=0.1)

@@ -105,6 +105,9 @@ class GeneratorSettings:
             raise ValueError(f"areas must be 0 (all) or 2..{len(AREAS)}, got {self.areas}")
         if self.ambiguous_areas and self.areas % 2:
             raise ValueError(f"ambiguous_areas pairs areas: areas must be even, got {self.areas}")
+        if self.areas == 2 and self.drift_share > 0:
+            # A drifting user moves to an area that is neither their primary nor secondary.
+            raise ValueError("drift_share > 0 needs areas of 3 or more (or 0, all of them)")
 
     def area_names(self) -> list[str]:
         """The areas these settings plant, in the vocabulary's order."""
