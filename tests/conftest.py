@@ -26,6 +26,7 @@ from usersegments import delta_jars  # noqa: E402
 from usersegments.config import Config, load_config  # noqa: E402
 from usersegments.session import build_session, delta_spark_ready  # noqa: E402
 from usersegments.store import TableStore  # noqa: E402
+from usersegments.testing.synthetic import GeneratorSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,19 +104,29 @@ def set_args(*overrides: str) -> list[str]:
 PLANTED_OVERRIDES = ("privacy.min_segment_size=10", "cluster.sub.target_size=25")
 
 
+PLANTED_SETTINGS = GeneratorSettings(
+    users=700, seed=21, drift_share=0.0, item_popularity=1.0, focused_secondary=True
+)
+
+
 @pytest.fixture(scope="session")
 def planted(spark, tmp_path_factory):
     """700 generated users (14 planted areas, no drift) through the full run.
+
+    Items are drawn with Zipf popularity within a sub-style, and a secondary interest
+    is a sub-style of its area as the primary is: real catalogues are skewed and real
+    second interests are specific, and recommendations blended from several interests
+    only pay where both hold (``PLANTED_SETTINGS``).
 
     The run is ``jobs/run_pipeline.py`` under ``spark-submit`` (so every planted
     test also proves the job): ingest, embed, profile, cluster, label, recommend
     and report. Returns the store, the config, the run id and the generated data
     with its file paths.
     """
-    from usersegments.testing.synthetic import GeneratorSettings, generate, write
+    from usersegments.testing.synthetic import generate, write
 
     root = tmp_path_factory.mktemp("planted")
-    data = generate(GeneratorSettings(users=700, seed=21, drift_share=0.0))
+    data = generate(PLANTED_SETTINGS)
     paths = write(data, root / "input")
     cfg = make_config(root / "store", *PLANTED_OVERRIDES)
     overrides = set_args(*PLANTED_OVERRIDES)

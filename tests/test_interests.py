@@ -260,7 +260,7 @@ def interests_update(spark, tmp_path_factory, planted):
     """A copy of the planted store (700 users through the full run, interests included);
     then an update whose new events belong to 3 users (under 1%): two single-area users
     engage with a new area (12 events copied from another area's users), one user with a
-    secondary area keeps to their primary area for 40 more days (24 events of
+    secondary area keeps to their primary area for 40 more days (48 events of
     single-area users of it)."""
     import shutil
 
@@ -299,8 +299,10 @@ def interests_update(spark, tmp_path_factory, planted):
     # Their primary area's events only (copied from users with that area alone).
     primary = truth.loc[fading, "area"]
     donors = truth.index[(truth["area"] == primary) & truth["secondary_area"].isna()]
-    source = events[events["user_id"].isin(donors)].head(24)
-    new_rows.append(copied_events(source, fading, end + hour, timedelta(days=40) / 24))
+    # More new events than a typical user has in all: the old ones' share (the secondary
+    # interest's included) must at least halve.
+    source = events[events["user_id"].isin(donors)].head(48)
+    new_rows.append(copied_events(source, fading, end + hour, timedelta(days=40) / 48))
     new = pd.concat(new_rows, ignore_index=True)
     new_paths = write(GeneratedData(new, data.items, data.truth, data.settings), root / "new")
 

@@ -130,3 +130,16 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "usersegments", "--help"], capture_output=True, text=True, check=True
     )
     assert "usersegments" in out.stdout and "demo" in out.stdout
+
+
+def test_generate_takes_the_realism_options_and_refuses_a_bad_one(tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "generated"
+    args = ["generate", "--output", str(out), "--users", "40", "--seed", "3"]
+    assert cli.main([*args, "--item-popularity", "1.0", "--focused-secondary"]) == 0
+    events = pd.read_parquet(out / "events.parquet")
+    assert events["user_id"].nunique() >= 30
+    assert cli.main([*args, "--item-popularity", "-0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "item_popularity" in err and "Traceback" not in err

@@ -139,3 +139,48 @@ def test_a_subset_of_areas_plants_only_those_areas_and_keeps_pairs_whole():
         GeneratorSettings(areas=len(area_names()) + 1)
     with pytest.raises(ValueError, match="needs areas of 3 or more"):
         GeneratorSettings(areas=2, drift_share=0.1)
+
+
+def _item_events(settings: GeneratorSettings) -> pd.DataFrame:
+    """Events with an item, with the item's area, sub-style (from its "For <style> fans"
+    description) and the user's planted secondary area."""
+    data = generate(settings)
+    items = data.items.rename(columns={"text": "item_text"})
+    items["sub_style"] = items["item_text"].str.extract(r"For (.+?) fans:", expand=False)
+    assert items["sub_style"].notna().all()
+    return (
+        data.events.dropna(subset=["user_id", "item_id"])
+        .merge(items, on="item_id")
+        .merge(data.truth[["user_id", "secondary_area"]], on="user_id")
+    )
+
+
+def test_options_skew_item_popularity_and_focus_secondary_interests():
+    """``item_popularity`` makes a sub-style's first items the most engaged with (Zipf);
+    ``focused_secondary`` puts most of a secondary area's events on one sub-style."""
+    base = dict(users=300, seed=5, drift_share=0.0)
+    uniform = _item_events(GeneratorSettings(**base))
+    skewed = _item_events(GeneratorSettings(**base, item_popularity=1.0, focused_secondary=True))
+
+    def top_item_share(events: pd.DataFrame) -> float:
+        counts = events.groupby(["sub_style", "item_id"]).size()
+        return float(counts.groupby("sub_style").agg(lambda c: c.max() / c.sum()).mean())
+
+    def secondary_focus(events: pd.DataFrame) -> float:
+        secondary = events[events["category"] == events["secondary_area"]]
+        enough = secondary.groupby("user_id").size() >= 4
+        top = secondary.groupby("user_id")["sub_style"].agg(
+            lambda s: s.value_counts().iloc[0] / len(s)
+        )
+        return float(top[enough].mean())
+
+    # 90 items a sub-style: uniform draws give the top item ~4% of a style's events;
+    # Zipf (s = 1) gives it 1 / H(90) = 20%.
+    assert top_item_share(uniform) < 0.08 < 0.15 < top_item_share(skewed)
+    # 85% of a focused secondary interest's events are about its sub-style.
+    assert secondary_focus(uniform) < 0.7 < 0.8 < secondary_focus(skewed)
+
+
+def test_negative_item_popularity_is_refused():
+    with pytest.raises(ValueError, match="item_popularity"):
+        GeneratorSettings(item_popularity=-1.0)

@@ -54,7 +54,9 @@ def popularity_weight(cfg: Config, as_of: datetime) -> Column:
 def item_scores(
     events: DataFrame, groups: DataFrame, group_col: str, cfg: Config, as_of: datetime
 ) -> DataFrame:
-    """Per (group, item): decayed weighted popularity per member, and members who touched it.
+    """Per (group, item): decayed weighted popularity per member (``score``), the item's
+    share of its group's decayed weight over every item (``share``: an estimate of the
+    chance that a member's next event is about it) and members who touched it.
 
     ``events``: user_id, item_id, event_type, event_time, value; ``groups``: user_id and
     ``group_col``. Only events with an item id count.
@@ -65,12 +67,21 @@ def item_scores(
         .join(groups.select("user_id", group_col), "user_id")
         .withColumn("_w", popularity_weight(cfg, as_of))
     )
+    per_item = weighted.groupBy(group_col, "item_id").agg(
+        F.sum("_w").alias("_weight"), F.countDistinct("user_id").alias("users")
+    )
+    # A join, not a window: one group (the popularity baseline) would put every item
+    # in one partition.
+    totals = per_item.groupBy(group_col).agg(F.sum("_weight").alias("_total"))
     return (
-        weighted.groupBy(group_col, "item_id")
-        .agg(F.sum("_w").alias("_weight"), F.countDistinct("user_id").alias("users"))
-        .join(members, group_col)
+        per_item.join(members, group_col)
+        .join(totals, group_col)
         .select(
-            group_col, "item_id", (F.col("_weight") / F.col("_members")).alias("score"), "users"
+            group_col,
+            "item_id",
+            (F.col("_weight") / F.col("_members")).alias("score"),
+            (F.col("_weight") / F.col("_total")).alias("share"),
+            "users",
         )
     )
 
@@ -111,22 +122,20 @@ def without_seen(
 def blended(recommendations: DataFrame, interests: DataFrame, seen: DataFrame, n: int) -> DataFrame:
     """Each user's list blended from their interests' segment lists, top ``n``.
 
-    ``recommendations``: segment_id, item_id, score; ``interests``: user_id, segment_id,
-    weight; ``seen``: user_id, item_id (left out). An item scores the sum over the user's
-    interests of ``weight x score / best score of that segment`` (segments' popularity
-    scales differ; relative to the best, a segment's top item is worth its interest's
-    weight). Columns user_id, segment_id (the interest the item owes most to), item_id,
-    rank (from 1, ties by item id), score (the blended one).
+    ``recommendations``: segment_id, item_id, share (``item_scores``); ``interests``:
+    user_id, segment_id, weight; ``seen``: user_id, item_id (left out). An item scores
+    the sum over the user's interests of ``weight x share``: the chance that the user's
+    next event is about it, if each interest behaves like its segment. A secondary
+    interest's item so displaces a heavier interest's item only where it is likelier
+    to be engaged with: a flat list of a light interest does not crowd out a heavy one.
+    Columns user_id, segment_id (the interest the item owes most to), item_id, rank
+    (from 1, ties by item id), score (the blended one).
     """
-    best = Window.partitionBy("segment_id")
-    relative = recommendations.select(
-        "segment_id", "item_id", (F.col("score") / F.max("score").over(best)).alias("_relative")
-    )
     contributions = (
         interests.select("user_id", "segment_id", "weight")
-        .join(relative, "segment_id")
+        .join(recommendations.select("segment_id", "item_id", "share"), "segment_id")
         .join(seen.select("user_id", "item_id").distinct(), ["user_id", "item_id"], "left_anti")
-        .withColumn("_part", F.col("weight") * F.col("_relative"))
+        .withColumn("_part", F.col("weight") * F.col("share"))
     )
     per_item = contributions.groupBy("user_id", "item_id").agg(
         F.sum("_part").alias("score"), F.max_by("segment_id", "_part").alias("segment_id")

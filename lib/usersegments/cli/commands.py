@@ -67,9 +67,19 @@ def check_tables_options(args: argparse.Namespace) -> None:
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
     """``usersegments generate``: synthetic events, items and truth under the output root."""
     from usersegments.console import say
+    from usersegments.errors import InputError
     from usersegments.testing.synthetic import GeneratorSettings, generate, write
 
-    settings = GeneratorSettings(users=args.users, seed=args.seed, days=args.days)
+    try:
+        settings = GeneratorSettings(
+            users=args.users,
+            seed=args.seed,
+            days=args.days,
+            item_popularity=args.item_popularity,
+            focused_secondary=args.focused_secondary,
+        )
+    except ValueError as exc:  # the generator's own check names the setting
+        raise InputError(f"usersegments generate: {exc} (see --help)") from None
     data = generate(settings)
     paths = write(data, cfg.store.root)
     say(

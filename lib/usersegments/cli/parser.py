@@ -136,6 +136,18 @@ def _add_generator_options(parser: argparse.ArgumentParser, days: bool = True) -
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     if days:
         parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of activity")
+        parser.add_argument(
+            "--item-popularity",
+            type=float,
+            default=0.0,
+            metavar="S",
+            help="Zipf exponent of item popularity within a sub-style (0: uniform)",
+        )
+        parser.add_argument(
+            "--focused-secondary",
+            action="store_true",
+            help="a secondary interest is one sub-style of its area, as the primary is",
+        )
 
 
 def _add_run_and_update(sub, common: argparse.ArgumentParser) -> None:

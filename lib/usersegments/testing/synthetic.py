@@ -7,6 +7,12 @@ words (see ``vocabulary``). A configurable share of users switches primary
 interest at a known date (planted drift) and a configurable share of rows is bad
 in known ways (planted bad rows). Everything is a pure function of the seed.
 
+By default items are drawn uniformly within a sub-style and a secondary interest
+spreads over its area's sub-styles. ``item_popularity`` (Zipf popularity) and
+``focused_secondary`` (a secondary interest is a sub-style, as the primary is) make
+the log look more like a real one, where per-user blends of several interests'
+recommendations pay; both off keeps the draws of earlier versions.
+
 Files written under the output folder:
 
 - ``events.csv`` and ``events.parquet``: the events (times as strings in mixed
@@ -60,6 +66,9 @@ __all__ = [
 EVENT_TYPES = ["view", "search", "click", "purchase", "review", "rate"]
 EVENT_TYPE_P = [0.58, 0.16, 0.12, 0.07, 0.04, 0.03]
 
+# The share of a persona's events about another sub-style of the interest's area.
+OTHER_STYLE_SHARE = 0.15
+
 DEFAULT_END = datetime(2026, 9, 30, tzinfo=timezone.utc)
 
 BAD_KINDS = ("null_user", "garbage_time", "empty_text", "invalid_utf8")
@@ -99,12 +108,21 @@ class GeneratorSettings:
     ambiguous_areas: bool = False
     # The first N planted areas only (0: all of them); an even N keeps pairs whole.
     areas: int = 0
+    # Item popularity within a sub-style: 0 draws items uniformly; s > 0 draws the
+    # r-th item of a sub-style with probability proportional to 1 / r**s (Zipf), as
+    # real catalogues are skewed. 0 keeps the draws (and every figure) as they were.
+    item_popularity: float = 0.0
+    # True: a secondary interest is a sub-style of its area, as the primary is (85% of
+    # its events there); False: each secondary event picks any sub-style of the area.
+    focused_secondary: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.areas <= len(AREAS) or self.areas == 1:
             raise ValueError(f"areas must be 0 (all) or 2..{len(AREAS)}, got {self.areas}")
         if self.ambiguous_areas and self.areas % 2:
             raise ValueError(f"ambiguous_areas pairs areas: areas must be even, got {self.areas}")
+        if self.item_popularity < 0:
+            raise ValueError(f"item_popularity must be >= 0, got {self.item_popularity}")
         if self.areas == 2 and self.drift_share > 0:
             # A drifting user moves to an area that is neither their primary nor secondary.
             raise ValueError("drift_share > 0 needs areas of 3 or more (or 0, all of them)")
@@ -138,6 +156,12 @@ class _Persona:
     drift: datetime | None
     new_area: str | None
     new_style: str | None
+    # Not a truth column: the sub-style a focused secondary interest is about.
+    secondary_style: str | None = None
+
+    def truth_fields(self) -> tuple:
+        """The truth table's persona columns, in order (all fields but the last)."""
+        return astuple(self)[:-1]
 
 
 # Syllables of the made-up brand names of ambiguous areas (words no encoder knows).
@@ -223,10 +247,19 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
             area, style = _event_interest(rng, persona, when, s)
             secondary += area == persona.secondary
             events.append(
-                _make_event(rng, persona.user_id, when, area, style, by_style, s.ambiguous_areas)
+                _make_event(
+                    rng,
+                    persona.user_id,
+                    when,
+                    area,
+                    style,
+                    by_style,
+                    s.ambiguous_areas,
+                    s.item_popularity,
+                )
             )
         # Noise events that land on the secondary area count too: they are its events.
-        truth_rows.append((*astuple(persona), secondary / len(offsets)))
+        truth_rows.append((*persona.truth_fields(), secondary / len(offsets)))
 
     truth = pd.DataFrame(truth_rows, columns=_TRUTH_COLUMNS)
     frame, manifest = _plant_bad_rows(rng, pd.DataFrame(events, columns=_EVENT_COLUMNS), s)
@@ -300,7 +333,11 @@ def _draw_persona(
         new_area = choices[int(rng.integers(len(choices)))]
         new_style = _draw_style(rng, new_area)
         drift = drift_date + timedelta(hours=float(rng.uniform(0, 48)))
-    return _Persona(user_id, area, style, secondary, drift, new_area, new_style)
+    # Drawn last, and only when asked, so the other settings keep their draws.
+    secondary_style = (
+        _draw_style(rng, secondary) if s.focused_secondary and secondary is not None else None
+    )
+    return _Persona(user_id, area, style, secondary, drift, new_area, new_style, secondary_style)
 
 
 def _event_offsets(
@@ -332,13 +369,26 @@ def _event_interest(
         style = _draw_style(rng, area)
     elif persona.secondary is not None and roll < s.noise_share + 0.2:
         area = persona.secondary
-        style = _draw_style(rng, area)
-    elif rng.random() < 0.15:  # other sub-styles of the same area
+        if persona.secondary_style is None or rng.random() < OTHER_STYLE_SHARE:
+            style = _draw_style(rng, area)
+        else:
+            style = persona.secondary_style
+    elif rng.random() < OTHER_STYLE_SHARE:  # other sub-styles of the same area
         style = _draw_style(rng, area)
     return area, style
 
 
-def _make_event(rng, user_id, when, area, style, by_style, ambiguous=False):
+def _pick_item(rng: np.random.Generator, pool: np.ndarray, popularity: float) -> str:
+    """One item of ``pool``: uniform, or Zipf with exponent ``popularity`` over the
+    pool's order (the first item the most popular)."""
+    if popularity <= 0:
+        return str(pool[int(rng.integers(len(pool)))])
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** popularity
+    cumulative = np.cumsum(weights / weights.sum())
+    return str(pool[min(int(np.searchsorted(cumulative, rng.random())), len(pool) - 1)])
+
+
+def _make_event(rng, user_id, when, area, style, by_style, ambiguous=False, popularity=0.0):
     etype = EVENT_TYPES[int(rng.choice(len(EVENT_TYPES), p=EVENT_TYPE_P))]
     _, nouns, words = speaks_like(area, style, ambiguous)
     item_id = text = value = None
@@ -346,8 +396,7 @@ def _make_event(rng, user_id, when, area, style, by_style, ambiguous=False):
         template = QUERY_TEMPLATES[int(rng.integers(len(QUERY_TEMPLATES)))]
         text = template.format(w=rng.choice(words), a=rng.choice(nouns))
     else:
-        pool = by_style[style]
-        item_id = str(pool[int(rng.integers(len(pool)))])
+        item_id = _pick_item(rng, by_style[style], popularity)
         if etype == "review":
             template = REVIEW_TEMPLATES[int(rng.integers(len(REVIEW_TEMPLATES)))]
             text = template.format(w=rng.choice(words))
