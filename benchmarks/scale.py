@@ -425,7 +425,8 @@ NOTES = [
     "phrases from a combinatorial vocabulary, so distinct texts grow slower than events "
     "(the embed stage logs how many), and embed time grows "
     "with them: almost all of it is the model running on the CPU.",
-    "- **interests** runs Ward per user (`frames.apply_per_key`: one `mapInPandas` over user-sorted partitions) over each user's most recent "
+    "- **interests** runs Ward per user (`frames.apply_per_key`: one `mapInPandas` over "
+    "user-sorted partitions) over each user's most recent "
     "`interests.max_events_per_user` events: linear in users, each group bounded.",
     "- **report** grows little: its map samples `report.map_sample` users; it still "
     "reads the tables for counts and item texts.",
