@@ -273,6 +273,53 @@ def test_per_user_lists_blend_interests_by_weight(spark):
     assert u["segment_id"].to_dict() == {"a2": "a", "a3": "a", "b1": "b"}
 
 
+@pytest.mark.slow
+def test_per_user_recommendations_of_a_run_blend_each_users_interests(spark, planted, tmp_path):
+    """``recommend.per_user`` on a copy of the planted store: every placed user gets a
+    ranked list without what they touched, whose items come from their interests'
+    segments; users with several interests get items of more than one of them."""
+    import shutil
+
+    from tests.conftest import make_config
+    from tests.helpers import new_run
+    from usersegments.recommend import run_recommend
+    from usersegments.store import TableStore
+
+    shutil.copytree(planted.store.root, tmp_path / "store")
+    cfg = make_config(tmp_path / "store", *PLANTED_OVERRIDES, "recommend.per_user=true")
+    store = TableStore.from_config(spark, cfg)
+    run = new_run(spark, store, cfg, "recommend")
+    result = run_recommend(spark, store, cfg, run)
+    run.flush()
+
+    lists = store.read("user_recommendations").toPandas()
+    placed = store.read("user_segments").select("user_id", "segment_id").toPandas()
+    interests = store.read("user_interests").select("user_id", "segment_id").toPandas()
+    seen = (
+        store.read("events")
+        .filter(F.col("item_id").isNotNull())
+        .select("user_id", "item_id")
+        .distinct()
+        .toPandas()
+    )
+    assert result.metrics["user_recommendations"] == len(lists)
+    assert set(lists["user_id"]) == set(placed["user_id"])
+    assert lists.merge(seen, on=["user_id", "item_id"]).empty
+    for _, group in lists.groupby("user_id"):
+        ordered = group.sort_values("rank")
+        assert list(ordered["rank"]) == list(range(1, len(group) + 1))
+        assert len(group) <= cfg.recommend.top_n
+        assert ordered["score"].is_monotonic_decreasing
+    # Each item names the interest it owes most to: one of the user's interests' segments.
+    with_interests = lists[lists["user_id"].isin(set(interests["user_id"]))]
+    owed = with_interests.merge(interests, on=["user_id", "segment_id"], how="left", indicator=True)
+    assert (owed["_merge"] == "both").all()
+    several = interests.groupby("user_id").size()
+    several = set(several[several >= 2].index)
+    sources = lists[lists["user_id"].isin(several)].groupby("user_id")["segment_id"].nunique()
+    assert len(sources) >= 50 and (sources >= 2).mean() > 0.25, sources.describe()
+
+
 def test_holdout_keeps_min_events_for_training(spark):
     from datetime import datetime, timedelta
 
