@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from usersegments.config import load_config
-from usersegments.pipeline import open_context, run_all
+from usersegments.pipeline import pipeline_run, run_all
 from usersegments.stages import RUN, UPDATE, stages_of
 from usersegments.testing.synthetic import (
     GeneratedData,
@@ -63,11 +63,10 @@ def split_batch(data: GeneratedData, share: float, days: int, seed: int) -> tupl
 
 def timed_run(cfg, command: str, paths: dict[str, str], stages: tuple[str, ...]):
     """Run ``stages`` over the files in ``paths`` as one run; (results, seconds)."""
-    ctx = open_context(cfg, command)
-    t0 = time.perf_counter()
-    results = run_all(ctx, [paths["events_parquet"]], paths["items"], stages=stages)
-    seconds = time.perf_counter() - t0
-    ctx.run.finish()
+    with pipeline_run(cfg, command) as ctx:  # finishes the run and releases the lock
+        t0 = time.perf_counter()
+        results = run_all(ctx, [paths["events_parquet"]], paths["items"], stages=stages)
+        seconds = time.perf_counter() - t0
     return results, seconds
 
 
