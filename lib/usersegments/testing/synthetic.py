@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
+from usersegments.testing.bad_rows import BAD_KINDS, plant_bad_rows
 from usersegments.testing.files import output_paths, write
 from usersegments.testing.vocabulary import (
     AREAS,
@@ -70,8 +71,6 @@ EVENT_TYPE_P = [0.58, 0.16, 0.12, 0.07, 0.04, 0.03]
 OTHER_STYLE_SHARE = 0.15
 
 DEFAULT_END = datetime(2026, 9, 30, tzinfo=timezone.utc)
-
-BAD_KINDS = ("null_user", "garbage_time", "empty_text", "invalid_utf8")
 
 _EVENT_COLUMNS = ["user_id", "event_time", "event_type", "item_id", "text", "value"]
 _TRUTH_COLUMNS = [
@@ -262,7 +261,9 @@ def generate(settings: GeneratorSettings | None = None) -> GeneratedData:
         truth_rows.append((*persona.truth_fields(), secondary / len(offsets)))
 
     truth = pd.DataFrame(truth_rows, columns=_TRUTH_COLUMNS)
-    frame, manifest = _plant_bad_rows(rng, pd.DataFrame(events, columns=_EVENT_COLUMNS), s)
+    frame, manifest = plant_bad_rows(
+        rng, pd.DataFrame(events, columns=_EVENT_COLUMNS), s.bad_row_share, s.duplicate_share
+    )
     manifest.update(
         {
             "settings": {k: str(v) for k, v in asdict(s).items()},
@@ -415,43 +416,3 @@ def _format_time(rng: np.random.Generator, when: datetime) -> str:
     if roll < 0.90:
         return str(int(when.timestamp()))  # epoch seconds
     return str(int(when.timestamp() * 1000))  # epoch milliseconds
-
-
-def _plant_bad_rows(
-    rng: np.random.Generator, frame: pd.DataFrame, s: GeneratorSettings
-) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Spoil a share of rows in known ways and duplicate some; count each kind."""
-    frame = frame.copy()
-    n = len(frame)
-    n_bad = int(round(n * s.bad_row_share))
-    picked = rng.choice(n, size=n_bad, replace=False) if n_bad else np.array([], dtype=int)
-    kinds = {k: 0 for k in BAD_KINDS}
-    frame["_bad"] = ""
-    for i, row in zip(picked, rng.integers(len(BAD_KINDS), size=n_bad), strict=True):
-        kind = BAD_KINDS[row]
-        if kind == "null_user":
-            frame.iat[i, 0] = None if rng.random() < 0.5 else "  "
-        elif kind == "garbage_time":
-            frame.iat[i, 1] = ["not a time", "2024-13-45T99:00:00Z", "yesterday", ""][
-                int(rng.integers(4))
-            ]
-        elif kind == "empty_text":
-            # A search with a blank query: no item, so no catalog text either.
-            frame.iat[i, 2], frame.iat[i, 3], frame.iat[i, 4] = "search", None, "   \t "
-        else:  # invalid UTF-8: marked here, spoiled when the CSV bytes are written
-            frame.iat[i, 2], frame.iat[i, 3] = "search", None
-            frame.iat[i, 4] = "broken bytes query"
-        frame.iat[i, 6] = kind
-        kinds[kind] += 1
-    n_dup = int(round(n * s.duplicate_share))
-    clean = np.flatnonzero(frame["_bad"].to_numpy() == "")
-    dups = rng.choice(clean, size=min(n_dup, len(clean)), replace=False)
-    frame = pd.concat([frame, frame.iloc[dups]], ignore_index=True)
-    order = rng.permutation(len(frame))
-    frame = frame.iloc[order].reset_index(drop=True)
-    manifest: dict[str, object] = {
-        "rows": len(frame),
-        "bad_rows": kinds,
-        "duplicates": int(len(dups)),
-    }
-    return frame, manifest
