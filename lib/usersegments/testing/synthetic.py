@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -384,9 +385,15 @@ def _pick_item(rng: np.random.Generator, pool: np.ndarray, popularity: float) ->
     pool's order (the first item the most popular)."""
     if popularity <= 0:
         return str(pool[int(rng.integers(len(pool)))])
-    weights = 1.0 / np.arange(1, len(pool) + 1) ** popularity
-    cumulative = np.cumsum(weights / weights.sum())
+    cumulative = _zipf_cumulative(len(pool), popularity)
     return str(pool[min(int(np.searchsorted(cumulative, rng.random())), len(pool) - 1)])
+
+
+@lru_cache(maxsize=64)
+def _zipf_cumulative(n: int, exponent: float) -> np.ndarray:
+    """The cumulative Zipf distribution over ranks 1..n (computed once per pool size)."""
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
+    return np.cumsum(weights / weights.sum())
 
 
 def _make_event(rng, user_id, when, area, style, by_style, ambiguous=False, popularity=0.0):
