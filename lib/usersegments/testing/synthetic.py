@@ -360,22 +360,21 @@ def _event_offsets(
 def _event_interest(
     rng: np.random.Generator, persona: _Persona, when: datetime, s: GeneratorSettings
 ) -> tuple[str, str]:
-    """The area and style one event is about: the persona's, its secondary, or noise."""
+    """The area and style one event is about: the persona's, its secondary, or noise.
+
+    An interest with a sub-style (the primary; a focused secondary) keeps to it but for
+    ``OTHER_STYLE_SHARE`` of its events; one without (noise; an unfocused secondary)
+    draws any sub-style of its area."""
     area, style = persona.area, persona.style
     if persona.drift is not None and when >= persona.drift:
         area, style = persona.new_area, persona.new_style
     roll = rng.random()
     if roll < s.noise_share:
         areas = s.area_names()
-        area = areas[int(rng.integers(len(areas)))]
-        style = _draw_style(rng, area)
+        area, style = areas[int(rng.integers(len(areas)))], None
     elif persona.secondary is not None and roll < s.noise_share + 0.2:
-        area = persona.secondary
-        if persona.secondary_style is None or rng.random() < OTHER_STYLE_SHARE:
-            style = _draw_style(rng, area)
-        else:
-            style = persona.secondary_style
-    elif rng.random() < OTHER_STYLE_SHARE:  # other sub-styles of the same area
+        area, style = persona.secondary, persona.secondary_style
+    if style is None or rng.random() < OTHER_STYLE_SHARE:
         style = _draw_style(rng, area)
     return area, style
 
