@@ -10,8 +10,9 @@ weight (type x value) decayed from the run's ``as_of`` with ``recommend.half_lif
 With ``recommend.per_user`` each user also gets a list in ``user_recommendations``,
 minus the items they already touched: a user with interests (``user_interests``) gets the
 lists of their interests' segments blended by interest weight (``blended``: an item
-scores ``sum(interest weight x its score / the segment's best score)``, so a secondary
-interest's best items come in between the primary's), others their segment's list.
+scores ``sum(interest weight x its share of the segment's decayed engagement)``, so a
+secondary interest's item comes in only where it is likelier to be engaged with than
+the primary's next one), others their segment's list.
 """
 
 from __future__ import annotations
