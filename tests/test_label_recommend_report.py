@@ -143,7 +143,7 @@ def test_keywords_on_generated_events_are_real_distinctive_and_not_boilerplate(s
         events[["user_id", "area", "event_type", "text", "value"]].rename(
             columns={"area": "segment_id"}
         )
-    ).withColumn("event_time", F.lit(data.settings.end))
+    ).withColumns({"event_time": F.lit(data.settings.end), "text_hash": F.sha2("text", 256)})
     cfg = load_config(overrides=["profile.half_life_days=30"])
     keywords = segment_keywords(frame, cfg, data.settings.end)
     assert set(keywords) == set(events["area"]) and all(keywords.values())

@@ -30,7 +30,7 @@ the distinctive, non-repeating keywords), ``items`` (representative items),
 ``naming`` (labels from keywords, or a local generator), ``stage`` (``run_label``).
 """
 
-from usersegments.label.items import item_texts, representative_items
+from usersegments.label.items import item_hashes, item_texts, representative_items
 from usersegments.label.keywords import class_tfidf, distinct_keywords, segment_keywords
 from usersegments.label.naming import LabelGenerator, label_from_keywords, label_segments
 from usersegments.label.stage import member_events, run_label
@@ -41,6 +41,7 @@ __all__ = [
     "class_tfidf",
     "distinct_keywords",
     "event_terms",
+    "item_hashes",
     "item_texts",
     "label_from_keywords",
     "label_segments",

@@ -9,18 +9,32 @@ from usersegments.config import LabelConfig
 from usersegments.profile import dot
 
 
-def item_texts(events: DataFrame) -> DataFrame:
-    """One text per item id: the text (and its hash) its events carry most often."""
+def item_hashes(events: DataFrame) -> DataFrame:
+    """One text hash per item id: the one its events carry most often (ties by hash)."""
     counts = (
         events.filter(F.col("item_id").isNotNull() & F.col("text_hash").isNotNull())
-        .groupBy("item_id", "text_hash", "text")
+        .groupBy("item_id", "text_hash")
         .count()
     )
     order = Window.partitionBy("item_id").orderBy(F.desc("count"), F.asc("text_hash"))
     return (
         counts.withColumn("_rank", F.row_number().over(order))
         .filter("_rank = 1")
-        .select("item_id", "text_hash", "text")
+        .select("item_id", "text_hash")
+    )
+
+
+def item_texts(events: DataFrame) -> DataFrame:
+    """One text per item id: the text (and its hash) its events carry most often.
+    Texts travel once per distinct hash, not once per event: narrow ``events`` to the
+    items wanted first where only some are."""
+    texts = (
+        events.filter(F.col("text_hash").isNotNull() & F.col("text").isNotNull())
+        .select("text_hash", "text")
+        .dropDuplicates(["text_hash"])
+    )
+    return (
+        item_hashes(events).join(texts, "text_hash", "left").select("item_id", "text_hash", "text")
     )
 
 
@@ -40,7 +54,7 @@ def representative_items(
     candidates = touched.withColumn("_p", F.row_number().over(popular)).filter(
         F.col("_p") <= cfg.item_candidates
     )
-    items = item_texts(member_events).join(vectors, "text_hash")
+    items = item_hashes(member_events).join(vectors, "text_hash")
     scored = (
         candidates.join(items.select("item_id", "embedding"), "item_id")
         .join(segments.select("segment_id", "centroid"), "segment_id")

@@ -15,7 +15,7 @@ from usersegments.profile import event_weight, user_anchor
 
 
 def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
-    """c-TF-IDF of (segment_id, term, weight[, user_id]) rows -> segment_id, term,
+    """c-TF-IDF of (segment_id, term, weight[, user_id][, events]) rows -> segment_id, term,
     score, rank; only terms that describe their segment, at most
     ``label.keyword_candidates`` per segment.
 
@@ -42,12 +42,16 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
 
 def term_counts(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
     """segment_id, term, tf (summed weight), events, members: the terms that occur in
-    at least ``label.min_df`` events overall. One row per segment and term, so small
-    enough to cache while ``scored_terms`` reads it several times."""
+    at least ``label.min_df`` events overall. A row of ``weighted_terms`` stands for
+    one event, or for ``events`` events when it has that column. One row per segment
+    and term, so small enough to cache while ``scored_terms`` reads it several times."""
     has_users = "user_id" in weighted_terms.columns
     members = (F.countDistinct("user_id") if has_users else F.count(F.lit(1))).alias("members")
+    # Rows that stand for several events of one text carry their count (``events``).
+    has_counts = "events" in weighted_terms.columns
+    events = (F.sum("events") if has_counts else F.count(F.lit(1))).alias("events")
     per_term = weighted_terms.groupBy("segment_id", "term").agg(
-        F.sum("weight").alias("tf"), F.count(F.lit(1)).alias("events"), members
+        F.sum("weight").alias("tf"), events, members
     )
     frequent = (
         per_term.groupBy("term")
@@ -167,23 +171,32 @@ def segment_keywords(
 ) -> dict[str, list[str]]:
     """segment_id -> its keywords, best first, from its members' weighted events.
 
-    ``member_events``: segment_id, user_id plus the events columns (text,
-    event_type, event_time, value); ``cfg.profile.half_life_days`` must be resolved
+    ``member_events``: segment_id, user_id plus the events columns (text, text_hash,
+    event_type, event_time, value); each distinct text is tokenized once, however
+    many events carry it; ``cfg.profile.half_life_days`` must be resolved
     (the stored profiles', ``halflife.stored_profile_half_life``). Each event has the
     profile's weight, decayed from its member's own anchor (so long-idle members
     still count) and divided by its user's total so that every member weighs the
     same in their segment's term frequencies, as in profiles: a prolific poster's
     signature or pet words do not become the segment's keywords.
     """
-    weighted = event_terms(member_events, cfg.label).withColumn(
-        "weight", event_weight(cfg.profile, user_anchor(as_of))
-    )
+    with_text = member_events.filter(F.col("text_hash").isNotNull() & F.col("text").isNotNull())
+    weighted = with_text.withColumn("weight", event_weight(cfg.profile, user_anchor(as_of)))
     weighted = weighted.filter(F.col("weight") > 0).withColumn(
         "weight", F.col("weight") / F.sum("weight").over(Window.partitionBy("user_id"))
     )
-    exploded = weighted.select("segment_id", "user_id", F.explode("terms").alias("term"), "weight")
+    # Each distinct text is tokenized once: a member's events of one text become one
+    # row (their weights summed, their count kept) before the texts' terms join in.
+    per_text = weighted.groupBy("segment_id", "user_id", "text_hash").agg(
+        F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events")
+    )
+    texts = with_text.select("text_hash", "text").dropDuplicates(["text_hash"])
+    terms = event_terms(texts, cfg.label).select("text_hash", "terms")
+    exploded = per_text.join(terms, "text_hash").select(
+        "segment_id", "user_id", F.explode("terms").alias("term"), "weight", "events"
+    )
     # Every join of the scoring reads the counts again: without the cache each one would
-    # tokenize all member events anew (a hundred Spark jobs for one label stage).
+    # aggregate the member events and tokenize the texts anew.
     counts = term_counts(exploded, cfg.label).persist()
     try:
         ranked = scored_terms(counts, cfg.label).collect()

@@ -48,7 +48,7 @@ def run_label(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         wanted = sorted({i for items in top_items.values() for i in items})
         texts = {
             r["item_id"]: r["text"]
-            for r in item_texts(events).filter(F.col("item_id").isin(wanted)).collect()
+            for r in item_texts(events.filter(F.col("item_id").isin(wanted))).collect()
         }
     finally:
         events.unpersist()
