@@ -198,10 +198,15 @@ def baseline_child(events_path: str, items_path: str, k: int, target_size: int) 
     import pandas as pd
 
     frame = pd.read_parquet(events_path, columns=["user_id", "event_time", "item_id", "text"])
-    # The catalog's item text first, then the event's own text (usersegments' default).
+    # The text usersegments embeds (input.text_source: item_then_event): the catalog's item
+    # text, then " | " and the event's own text unless empty or the same; so both sides
+    # embed the same distinct texts.
     items = pd.read_parquet(items_path, columns=["item_id", "text"])
     frame = frame.merge(items.rename(columns={"text": "item_text"}), on="item_id", how="left")
-    frame["text"] = frame["item_text"].fillna(frame["text"])
+    item_text = frame["item_text"].str.strip().replace("", None)
+    own_text = frame["text"].str.strip().replace("", None)
+    both = item_text.notna() & own_text.notna() & (item_text.str.lower() != own_text.str.lower())
+    frame["text"] = item_text.fillna(own_text).where(~both, item_text + " | " + own_text)
     frame = frame.drop(columns=["item_id", "item_text"])
     frame["event_time"] = pd.to_datetime(
         frame["event_time"], utc=True, errors="coerce", format="mixed"
