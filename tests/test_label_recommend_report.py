@@ -70,6 +70,30 @@ def test_class_tfidf_ranks_the_distinctive_term_first(spark):
     assert max(r["rank"] for r in scored) == 2
 
 
+def test_a_row_standing_for_several_events_scores_as_those_events(spark):
+    """Label tokenizes each distinct text once, so a member's events of one text arrive as
+    one row with their summed weight and their count (``events``): ``label.min_df`` and
+    the scores must see the events, as if each came as its own row."""
+    cfg = load_config(overrides=["label.min_df=3", "label.min_members=1"]).label
+    events = [("a", "u1", "alpha", 0.5)] * 3 + [("a", "u2", "alpha", 0.25)]
+    events += [("a", "u1", "rare", 1.0)] * 2 + [("b", "u3", "beta", 0.2)] * 4
+    events += [("b", "u3", "shared", 0.1)] * 3 + [("a", "u2", "shared", 0.1)]
+    schema = "segment_id string, user_id string, term string, weight double"
+    one_per_event = spark.createDataFrame(events, schema)
+    aggregated = one_per_event.groupBy("segment_id", "user_id", "term").agg(
+        F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events")
+    )
+    assert aggregated.count() < len(events)
+
+    def ranked(frame):
+        rows = class_tfidf(frame, cfg).collect()
+        return sorted((r["segment_id"], r["rank"], r["term"], round(r["score"], 9)) for r in rows)
+
+    assert ranked(aggregated) == ranked(one_per_event)
+    terms = {term for _, _, term, _ in ranked(aggregated)}
+    assert "alpha" in terms and "rare" not in terms  # 4 events pass min_df 3; 2 do not
+
+
 @pytest.mark.slow  # over ~3 s on 2 cores
 def test_terms_are_contiguous_n_grams_without_addresses(spark):
     cfg = load_config(overrides=["label.ngram_max=3"]).label
