@@ -89,8 +89,9 @@ def test_a_row_standing_for_several_events_scores_as_those_events(spark):
         rows = class_tfidf(frame, cfg).collect()
         return sorted((r["segment_id"], r["rank"], r["term"], round(r["score"], 9)) for r in rows)
 
-    assert ranked(aggregated) == ranked(one_per_event)
-    terms = {term for _, _, term, _ in ranked(aggregated)}
+    scored = ranked(aggregated)
+    assert scored == ranked(one_per_event)
+    terms = {term for _, _, term, _ in scored}
     assert "alpha" in terms and "rare" not in terms  # 4 events pass min_df 3; 2 do not
 
 

@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import LabelConfig
+from usersegments.label.terms import distinct_texts
 from usersegments.profile import dot
 
 
@@ -28,13 +29,10 @@ def item_texts(events: DataFrame) -> DataFrame:
     """One text per item id: the text (and its hash) its events carry most often.
     Texts travel once per distinct hash, not once per event: narrow ``events`` to the
     items wanted first where only some are."""
-    texts = (
-        events.filter(F.col("text_hash").isNotNull() & F.col("text").isNotNull())
-        .select("text_hash", "text")
-        .dropDuplicates(["text_hash"])
-    )
     return (
-        item_hashes(events).join(texts, "text_hash", "left").select("item_id", "text_hash", "text")
+        item_hashes(events)
+        .join(distinct_texts(events), "text_hash", "left")
+        .select("item_id", "text_hash", "text")
     )
 
 

@@ -10,7 +10,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, LabelConfig
-from usersegments.label.terms import event_terms
+from usersegments.label.terms import distinct_texts, event_terms
 from usersegments.profile import event_weight, user_anchor
 
 
@@ -190,8 +190,7 @@ def segment_keywords(
     per_text = weighted.groupBy("segment_id", "user_id", "text_hash").agg(
         F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events")
     )
-    texts = with_text.select("text_hash", "text").dropDuplicates(["text_hash"])
-    terms = event_terms(texts, cfg.label).select("text_hash", "terms")
+    terms = event_terms(distinct_texts(member_events), cfg.label).select("text_hash", "terms")
     exploded = per_text.join(terms, "text_hash").select(
         "segment_id", "user_id", F.explode("terms").alias("term"), "weight", "events"
     )

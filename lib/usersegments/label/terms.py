@@ -31,6 +31,15 @@ def stop_words(cfg: LabelConfig) -> list[str]:
     return sorted(lowered | {w.replace("'", "").replace("\u2019", "") for w in lowered})
 
 
+def distinct_texts(events: DataFrame) -> DataFrame:
+    """text_hash, text: each text of ``events`` once (events without a text left out)."""
+    return (
+        events.filter(F.col("text_hash").isNotNull() & F.col("text").isNotNull())
+        .select("text_hash", "text")
+        .dropDuplicates(["text_hash"])
+    )
+
+
 def event_terms(events: DataFrame, cfg: LabelConfig) -> DataFrame:
     """``events`` (with ``text``) plus ``terms``: its distinct 1..ngram_max-grams.
 
