@@ -5,8 +5,11 @@
 Prints texts/s for
   (a) a seed-style baseline: every text padded to 128 tokens, batch 8, [CLS] vector;
   (b) sentence_transformers.SentenceTransformer.encode (what a user would pick);
-  (c) our TextEmbedder called directly (length-sorted micro-batches, mean pooling);
-  (d) our embedder through the Spark ``embed`` stage end to end (local mode);
+  (c) our TextEmbedder called directly, torch fp32 (length-sorted micro-batches, mean
+      pooling);
+  (d) the Spark ``embed`` stage end to end with the default ``embed.runtime: auto``
+      (local mode; ONNX Runtime int8 on a CPU), against the direct loop of the runtime
+      it resolved to ((g) on a CPU, (c) otherwise);
   (e) (c) with embed.quantize=int8 (torch dynamic quantization);
   (f) (c) with embed.runtime=onnxruntime (the model exported to ONNX, fp32);
   (g) (f) with embed.quantize=int8 (ONNX Runtime dynamic quantization);
@@ -31,7 +34,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from usersegments.config import load_config  # noqa: E402
-from usersegments.embed import EmbedderSpec, TextEmbedder, resolve_model_path  # noqa: E402
+from usersegments.embed import (  # noqa: E402
+    EmbedderSpec,
+    TextEmbedder,
+    resolve_model_path,
+    resolve_runtime,
+)
 from usersegments.testing.synthetic import GeneratorSettings, generate  # noqa: E402
 
 
@@ -82,8 +90,9 @@ def seed_baseline(texts: list[str], path: str) -> None:
 
 
 def spark_stage(texts: list[str]) -> tuple[float, float]:
-    """(texts/s of the UDF step, seconds of the whole stage), run as the pipeline runs it:
-    the texts are ingested from a CSV first, then embedded in the same local session."""
+    """(texts/s of the UDF step, seconds of the whole stage) with the default config, run
+    as the pipeline runs it: the texts are ingested from a CSV first, then embedded in
+    the same local session."""
     import csv
 
     from usersegments.embed import run_embed
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     texts = realistic_texts(args.texts)
-    cfg = load_config()
+    cfg = load_config(overrides=["embed.runtime=torch"])
+    default = resolve_runtime(load_config().embed)
     path = resolve_model_path(cfg.embed.model)
     ours = TextEmbedder(EmbedderSpec.from_config(cfg.embed, args.threads)).load()
     ours.embed(texts[:64])
@@ -164,12 +174,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_spark:
         d_rate, d_stage = spark_stage(texts)
-        results.append(("(d) usersegments embed stage in Spark (UDF step)", d_rate))
+        label = f"(d) embed stage in Spark, {default.runtime} {default.quantize} (UDF step)"
+        results.append((label, d_rate))
         results.append(("    whole stage incl. Delta merge", len(texts) / d_stage))
 
     variants = {
-        "(e) usersegments TextEmbedder, int8 (torch)": ["embed.quantize=int8"],
-        "(f) usersegments TextEmbedder, ONNX Runtime fp32": ["embed.runtime=onnxruntime"],
+        "(e) usersegments TextEmbedder, int8 (torch)": [
+            "embed.runtime=torch",
+            "embed.quantize=int8",
+        ],
+        "(f) usersegments TextEmbedder, ONNX Runtime fp32": [
+            "embed.runtime=onnxruntime",
+            "embed.quantize=none",
+        ],
         "(g) usersegments TextEmbedder, ONNX Runtime int8": [
             "embed.runtime=onnxruntime",
             "embed.quantize=int8",
@@ -204,9 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         f"= {100 * achieved / gflops:.0f}% of it ({params / 1e6:.1f}M non-embedding params)"
     )
     print(f"(c) vs (b): {c_rate / b_rate:.2f}x   min cosine (c) vs (b): {agreement:.6f}")
-    if not args.skip_spark:
-        print(f"(d) vs (c): {results[3][1] / c_rate:.2f}x")
     rates = dict(results)
+    if not args.skip_spark:
+        onnx = default.runtime == "onnxruntime"
+        direct = rates[list(variants)[2]] if onnx else c_rate
+        print(
+            f"(d) vs the direct loop of its runtime ({'(g)' if onnx else '(c)'}): UDF step "
+            f"{results[3][1] / direct:.2f}x, whole stage {results[4][1] / direct:.2f}x"
+        )
     for name, cos in cosines.items():
         print(
             f"{name[:3]} vs (c): {rates[name] / c_rate:.2f}x   cosine to (c): "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -16,11 +17,14 @@ from usersegments.embed import (
     TextEmbedder,
     model_id,
     resolve_model_path,
+    resolve_runtime,
     run_embed,
 )
 from usersegments.errors import SetupError
 from usersegments.ingest import run_ingest
 from usersegments.store import TableStore
+
+TORCH_FP32 = load_config(overrides=["embed.runtime=torch"]).embed
 
 TEXTS = [
     "Trail running shoes with a rock plate for technical singletrack",
@@ -85,15 +89,22 @@ def vectors_by_text(store, mid):
 def test_spark_vectors_equal_a_direct_transformers_call(pipeline):
     store, cfg, ingest, embed = pipeline
     ingest(TEXTS)
-    m = embed()
+    fp32 = make_config(cfg.store.root, "embed.runtime=torch")
+    m = embed(fp32)
     assert m["texts_embedded"] == len(TEXTS) and m["cached_hits"] == 0
     assert m["texts_truncated"] == 1
-    got = vectors_by_text(store, model_id(cfg.embed))
+    assert (m["runtime_onnx"], m["quantized_int8"]) == (0, 0)
+    got = vectors_by_text(store, model_id(fp32.embed))
     want = reference_vectors(list(got))
     for (text, vector), expected in zip(got.items(), want, strict=True):
         assert vector.shape == (384,) and vector.dtype == np.float32
         assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
         assert float(vector @ expected) > 0.999, text
+    # The default on a CPU: ONNX Runtime int8 through the same UDF, its own model id.
+    m = embed()
+    assert (m["runtime_onnx"], m["quantized_int8"]) == (1, 1) and m["texts_embedded"] == 7
+    int8 = vectors_by_text(store, model_id(cfg.embed))
+    assert min(float(int8[text] @ got[text]) for text in got) > 0.98
     schema = store.schema("text_embeddings")
     assert schema["embedding"].dataType.simpleString() == "array<float>"
 
@@ -128,12 +139,27 @@ def test_model_id_tracks_every_vector_setting():
     for change in (
         "embed.pooling=cls",
         "embed.normalize=false",
-        "embed.quantize=int8",
+        "embed.quantize=none",
+        "embed.runtime=torch",
         "embed.max_length=64",
     ):
         ids.add(model_id(load_config(overrides=[change]).embed))
-    assert len(ids) == 5
+    ids.add(model_id(load_config(overrides=["embed.runtime=torch", "embed.quantize=int8"]).embed))
+    assert len(ids) == 7
     assert model_id(load_config(overrides=["embed.batch_size=8"]).embed) == model_id(base)
+
+
+def test_auto_runtime_is_onnx_int8_on_cpu_and_torch_on_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: auto picks torch")
+    auto = resolve_runtime(load_config().embed)
+    assert (auto.runtime, auto.quantize, auto.device) == ("onnxruntime", "int8", "cpu")
+    explicit = load_config(overrides=["embed.runtime=onnxruntime", "embed.quantize=int8"]).embed
+    assert model_id(explicit) == model_id(load_config().embed)  # the same vectors, one cache
+    cuda = resolve_runtime(load_config(overrides=["embed.device=cuda"]).embed)
+    assert (cuda.runtime, cuda.quantize, cuda.device) == ("torch", "none", "cuda")
+    torch_cpu = EmbedderSpec.from_config(load_config(overrides=["embed.runtime=torch"]).embed)
+    assert (torch_cpu.runtime, torch_cpu.quantize) == ("torch", "none")
 
 
 def test_missing_model_fails_with_the_fix(tmp_path, monkeypatch):
@@ -152,7 +178,8 @@ def test_missing_model_fails_with_the_fix(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_direct_embedder_sorts_and_restores_order():
-    spec = EmbedderSpec.from_config(load_config(overrides=["embed.batch_size=2"]).embed, 1)
+    overrides = ["embed.batch_size=2", "embed.runtime=torch"]  # int8 scales follow the batch
+    spec = EmbedderSpec.from_config(load_config(overrides=overrides).embed, 1)
     embedder = TextEmbedder(spec).load()
     vectors = embedder.embed(TEXTS)
     single = np.vstack([embedder.embed([t]) for t in TEXTS])
@@ -162,9 +189,10 @@ def test_direct_embedder_sorts_and_restores_order():
 
 @pytest.mark.slow  # over ~3 s on 2 cores
 def test_int8_quantization_stays_close():
-    cfg = load_config(overrides=["embed.quantize=int8", "embed.device=cpu"]).embed
-    int8 = TextEmbedder(EmbedderSpec.from_config(cfg, 1)).load().embed(TEXTS)
-    fp32 = TextEmbedder(EmbedderSpec.from_config(load_config().embed, 1)).load().embed(TEXTS)
+    overrides = ["embed.runtime=torch", "embed.quantize=int8", "embed.device=cpu"]
+    int8 = TextEmbedder(EmbedderSpec.from_config(load_config(overrides=overrides).embed, 1))
+    int8 = int8.load().embed(TEXTS)
+    fp32 = TextEmbedder(EmbedderSpec.from_config(TORCH_FP32, 1)).load().embed(TEXTS)
     cosine = (int8 * fp32).sum(axis=1)
     assert cosine.min() > 0.95 and cosine.mean() > 0.97
 
@@ -172,14 +200,14 @@ def test_int8_quantization_stays_close():
 @pytest.mark.slow
 def test_onnx_runtime_matches_torch_and_is_exported_once(tmp_path, monkeypatch):
     monkeypatch.setenv("USERSEGMENTS_CACHE", str(tmp_path))
-    fp32 = TextEmbedder(EmbedderSpec.from_config(load_config().embed, 1)).load().embed(TEXTS)
+    fp32 = TextEmbedder(EmbedderSpec.from_config(TORCH_FP32, 1)).load().embed(TEXTS)
     vectors, ids = {}, set()
     for quantize in ("none", "int8"):
         overrides = ["embed.runtime=onnxruntime", f"embed.quantize={quantize}", "embed.device=cpu"]
         cfg = load_config(overrides=overrides).embed
         vectors[quantize] = TextEmbedder(EmbedderSpec.from_config(cfg, 1)).load().embed(TEXTS)
         ids.add(model_id(cfg))
-    assert len(ids | {model_id(load_config().embed)}) == 3  # every runtime/precision its own id
+    assert len(ids | {model_id(TORCH_FP32)}) == 3  # every runtime/precision its own id
     assert vectors["none"].dtype == np.float32 and vectors["none"].shape == fp32.shape
     assert (vectors["none"] * fp32).sum(axis=1).min() > 0.999
     assert (vectors["int8"] * fp32).sum(axis=1).min() > 0.98
@@ -224,3 +252,47 @@ def test_truncation_is_counted_without_the_tokenizer_warning():
         hf.removeHandler(grab)
     assert embedder.truncated_ == 2 and vectors.shape == (4, 384)
     assert not [m for m in grab.messages if "sequence length is longer" in m], grab.messages
+
+
+def test_int8_default_segments_planted_users_as_well_as_fp32(planted):
+    """``embed.runtime: auto`` runs ONNX Runtime int8 on a CPU because its segments of the
+    planted users are as good as fp32's: the int8 vectors the run's Spark UDF wrote, and
+    fp32 vectors of the same texts, through the same user means and clusterings. The
+    planted scores the runs report (ARI of areas, NMI of sub-styles) stay within 0.01;
+    the sub-styles' ARI, the most sensitive, measured 0.004-0.015 below fp32's."""
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if resolve_runtime(planted.cfg.embed).runtime != "onnxruntime":
+        pytest.skip("auto picks torch here (a GPU, or no onnxruntime)")
+    store = planted.store
+    events = store.read("events").select("user_id", "text_hash", "text").toPandas()
+    texts = events.drop_duplicates("text_hash").set_index("text_hash")["text"]
+    int8 = vectors_of_hashes(store, model_id(planted.cfg.embed), texts.index)
+    fp32 = TextEmbedder(EmbedderSpec.from_config(TORCH_FP32, 2)).load().embed(list(texts))
+    truth = planted.data.truth.set_index("user_id")
+    scores = {}
+    for name, vectors in (("int8", int8), ("fp32", fp32)):
+        rows = pd.DataFrame(vectors, index=texts.index).loc[events["text_hash"]]
+        users = rows.groupby(events["user_id"].to_numpy()).mean()
+        x = users.to_numpy() / np.linalg.norm(users.to_numpy(), axis=1, keepdims=True)
+        area = truth.loc[users.index, "area"]
+        style = area + "/" + truth.loc[users.index, "sub_style"]
+        coarse = KMeans(area.nunique(), n_init=25, random_state=0).fit_predict(x)
+        fine = AgglomerativeClustering(style.nunique(), linkage="ward").fit_predict(x)
+        scores[name] = {
+            "ari_area": adjusted_rand_score(area, coarse),
+            "nmi_area": normalized_mutual_info_score(area, coarse),
+            "ari_style": adjusted_rand_score(style, fine),
+            "nmi_style": normalized_mutual_info_score(style, fine),
+        }
+    for score, value in scores["fp32"].items():
+        assert scores["int8"][score] >= value - (0.02 if score == "ari_style" else 0.01), scores
+    assert scores["fp32"]["ari_area"] > 0.8, scores  # the comparison is of good segments
+
+
+def vectors_of_hashes(store, mid, hashes):
+    """The cached vectors of ``hashes`` for model id ``mid``, in that order."""
+    rows = store.read("text_embeddings").filter(F.col("model_id") == mid).toPandas()
+    by_hash = dict(zip(rows["text_hash"], rows["embedding"], strict=True))
+    return np.vstack([np.asarray(by_hash[h], dtype=np.float32) for h in hashes])

@@ -233,16 +233,20 @@ class EmbedConfig(Section):
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads per Python worker on CPU (default: cores/tasks)."
     )
-    quantize: Literal["none", "int8"] = Field(
-        "none",
+    quantize: Literal["auto", "none", "int8"] = Field(
+        "auto",
         description="int8 = dynamic quantization of the Linear layers (CPU only): int8 "
-        "weights, activations quantized per batch.",
+        "weights, activations quantized per batch. auto = int8 under ONNX Runtime, none "
+        "under torch.",
     )
-    runtime: Literal["torch", "onnxruntime"] = Field(
-        "torch",
-        description="torch: the model in PyTorch (CPU or CUDA). onnxruntime: exported once "
-        "per model id to ONNX (cached under USERSEGMENTS_CACHE, default ~/.cache/usersegments)"
-        " and run by ONNX Runtime on CPU; with quantize=int8 the fastest CPU path.",
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="auto = ONNX Runtime (int8) on CPU when onnxruntime is installed, torch "
+        "on a GPU (in cuda_dtype) or without onnxruntime; the choice is logged and recorded "
+        "in run_metrics (embed.runtime_onnx, embed.quantized_int8). torch: the model in "
+        "PyTorch (CPU or CUDA). onnxruntime: exported once per model id to ONNX (cached "
+        "under USERSEGMENTS_CACHE, default ~/.cache/usersegments) and run by ONNX Runtime "
+        "on CPU.",
     )
     partitions: int | None = Field(
         None, ge=1, description="Partitions of new texts (default: Spark's default parallelism)."

@@ -2,8 +2,9 @@
 
 Modules:
 
-- ``model``: ``resolve_model_path``, ``weights_digest``, ``model_id`` and the
-  picklable ``EmbedderSpec`` (which model, and every setting that changes vectors).
+- ``model``: ``resolve_model_path``, ``weights_digest``, ``resolve_runtime`` (what
+  ``embed.runtime: auto`` becomes), ``model_id`` and the picklable ``EmbedderSpec``
+  (which model, and every setting that changes vectors).
 - ``embedder``: ``TextEmbedder`` on torch (length-sorted micro-batches, pooling,
   int8), device resolution and the per-process embedder cache ``get_embedder``.
 - ``onnx``: ONNX export, ONNX Runtime int8 quantization and CPU sessions.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from usersegments.config import DEFAULT_MODEL
 from usersegments.embed.embedder import TextEmbedder, get_embedder
-from usersegments.embed.model import EmbedderSpec, model_id, resolve_model_path
+from usersegments.embed.model import EmbedderSpec, model_id, resolve_model_path, resolve_runtime
 from usersegments.embed.stage import model_vectors, run_embed
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "model_id",
     "model_vectors",
     "resolve_model_path",
+    "resolve_runtime",
     "run_embed",
 ]

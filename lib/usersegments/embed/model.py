@@ -2,13 +2,17 @@
 
 ``model_id`` names the model and every setting that changes vectors (weights
 digest, revision, pooling, max_length, normalisation, quantisation, runtime), so
-a change of any of them never reuses stale vectors. ``EmbedderSpec`` carries the
-same settings, small and picklable, to every worker.
+a change of any of them never reuses stale vectors. ``resolve_runtime`` turns
+``embed.runtime: auto`` into one runtime on the driver, so every worker of a run
+makes the same vectors. ``EmbedderSpec`` carries the same settings, small and
+picklable, to every worker.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,21 +83,70 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return _DIGESTS[key]
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a run's texts become vectors: ``runtime`` (torch | onnxruntime), ``quantize``
+    (none | int8), the ``device`` setting workers resolve, and why (for the log)."""
+
+    runtime: str
+    quantize: str
+    device: str
+    reason: str
+
+
+def resolve_runtime(cfg: EmbedConfig) -> Runtime:
+    """``embed.runtime``/``embed.quantize`` with ``auto`` decided: ONNX Runtime int8 on
+    CPU (its planted segment quality matches fp32: tests/test_embed.py, at about twice
+    torch's CPU speed), torch on a GPU (in ``embed.cuda_dtype``) or where onnxruntime is
+    not installed. Decided on the driver, so every worker of a run agrees."""
+    explicit = None if cfg.quantize == "auto" else cfg.quantize
+    if cfg.runtime != "auto":
+        default = "int8" if cfg.runtime == "onnxruntime" else "none"
+        return Runtime(cfg.runtime, explicit or default, cfg.device, "embed.runtime")
+    if cfg.device == "cuda" or (cfg.device == "auto" and gpu_visible()):
+        return Runtime("torch", explicit or "none", cfg.device, "auto: a GPU, torch")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return Runtime("torch", explicit or "none", cfg.device, "auto: no onnxruntime, torch")
+    return Runtime("onnxruntime", explicit or "int8", "cpu", "auto: CPU, ONNX Runtime")
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_visible() -> bool:
+    """Whether this run's embedding can use a GPU: Spark's GPU scheduling asks for one,
+    or (local mode, or no Spark) torch sees one here. A cluster whose executors have
+    GPUs without GPU scheduling is not seen: set ``embed.device=cuda`` there."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        conf = session.sparkContext.getConf()
+        for key in ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount"):
+            if float(conf.get(key, "0") or 0) > 0:
+                return True
+        if not session.sparkContext.master.startswith("local"):
+            return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def model_id(cfg: EmbedConfig) -> str:
     """The id of ``cfg``'s vectors: a readable model name plus a digest of every setting
-    that changes them. CUDA precision is left out: fp16 vectors agree with fp32 ones to
-    cosine > 0.999 and may share the cache."""
+    that changes them (the resolved runtime and quantization among them). CUDA
+    precision is left out: fp16 vectors agree with fp32 ones to cosine > 0.999 and may
+    share the cache."""
     path = resolve_model_path(cfg.model, cfg.models_root)
+    runtime = resolve_runtime(cfg)
     spec = {
         "weights": weights_digest(path, cfg.revision),
         "revision": cfg.revision,
         "pooling": cfg.pooling,
         "max_length": cfg.max_length,
         "normalize": cfg.normalize,
-        "quantize": cfg.quantize,
+        "quantize": runtime.quantize,
     }
-    if cfg.runtime != "torch":  # torch ids stay as they were before runtimes existed
-        spec["runtime"] = cfg.runtime
+    if runtime.runtime != "torch":  # torch ids stay as they were before runtimes existed
+        spec["runtime"] = runtime.runtime
     digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
     if is_finetuned(cfg.model):
         name = f"finetuned-{Path(path).name}"
@@ -128,6 +181,7 @@ class EmbedderSpec:
         model = (
             resolve_model_path(cfg.model, cfg.models_root) if is_finetuned(cfg.model) else cfg.model
         )
+        runtime = resolve_runtime(cfg)
         return cls(
             model=model,
             model_id=model_id(cfg),
@@ -136,9 +190,9 @@ class EmbedderSpec:
             pooling=cfg.pooling,
             normalize=cfg.normalize,
             batch_size=cfg.batch_size,
-            device=cfg.device,
+            device=runtime.device,
             cuda_dtype=cfg.cuda_dtype,
-            quantize=cfg.quantize,
+            quantize=runtime.quantize,
             cpu_threads=cfg.cpu_threads or cpu_threads,
-            runtime=cfg.runtime,
+            runtime=runtime.runtime,
         )

@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, EmbedConfig, InputConfig
-from usersegments.embed.model import EmbedderSpec
+from usersegments.embed.model import EmbedderSpec, resolve_runtime
 from usersegments.embed.udf import make_embed_udf
 from usersegments.errors import InputError
 from usersegments.ingest.rejections import summarize_rejections
@@ -59,12 +59,18 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
     candidates = texts_to_embed(events, cache, spec.model_id)
     metrics = _cache_metrics(events, candidates, blank)
+    runtime = resolve_runtime(cfg.embed)
+    metrics["runtime_onnx"] = float(runtime.runtime == "onnxruntime")
+    metrics["quantized_int8"] = float(runtime.quantize == "int8")
     log.info(
-        "embed: %d distinct texts, %d cached, %d to embed with %s",
+        "embed: %d distinct texts, %d cached, %d to embed with %s (%s, %s, %s)",
         metrics["distinct_texts"],
         metrics["cached_hits"],
         metrics["texts_to_embed"],
         spec.model_id,
+        runtime.runtime,
+        runtime.quantize,
+        runtime.reason,
     )
     if metrics["texts_to_embed"]:
         new = candidates.filter(~blank)
