@@ -187,6 +187,17 @@ def test_direct_embedder_sorts_and_restores_order():
     assert embedder.embed([]).shape == (0, 384)
 
 
+@pytest.mark.slow
+def test_int8_vectors_do_not_depend_on_their_batch_mates():
+    """int8 quantizes activations per forward pass: the default (ONNX Runtime int8 on a
+    CPU) runs one text per pass, so a stream's replay or an update reproduces vectors."""
+    embedder = TextEmbedder(EmbedderSpec.from_config(load_config().embed, 1)).load()
+    together = embedder.embed(TEXTS)
+    alone = np.vstack([embedder.embed([t]) for t in TEXTS])
+    reversed_order = embedder.embed(TEXTS[::-1])[::-1]
+    assert np.array_equal(together, alone) and np.array_equal(together, reversed_order)
+
+
 @pytest.mark.slow  # over ~3 s on 2 cores
 def test_int8_quantization_stays_close():
     overrides = ["embed.runtime=torch", "embed.quantize=int8", "embed.device=cpu"]

@@ -296,12 +296,14 @@ def interests_update(spark, tmp_path_factory, planted):
         new_area[user] = other
     two = counts[counts == 2].index
     fading = next(u for u in two if pd.notna(truth.loc[u, "secondary_area"]))
-    # Their primary area's events only (copied from users with that area alone).
+    # Their primary area's events only: item events of that area's catalog, copied from
+    # users with that area alone (whose logs also hold the generator's off-area noise).
     primary = truth.loc[fading, "area"]
     donors = truth.index[(truth["area"] == primary) & truth["secondary_area"].isna()]
+    on_area = events["item_id"].map(data.items.set_index("item_id")["category"]) == primary
     # More new events than a typical user has in all: the old ones' share (the secondary
     # interest's included) must at least halve.
-    source = events[events["user_id"].isin(donors)].head(48)
+    source = events[events["user_id"].isin(donors) & on_area].head(48)
     new_rows.append(copied_events(source, fading, end + hour, timedelta(days=40) / 48))
     new = pd.concat(new_rows, ignore_index=True)
     new_paths = write(GeneratedData(new, data.items, data.truth, data.settings), root / "new")

@@ -56,6 +56,7 @@ def apply_per_key(
     order: Sequence[str],
     function: Callable[[pd.DataFrame], pd.DataFrame],
     schema: StructType | str,
+    partitioned: bool = False,
 ) -> DataFrame:
     """``function`` applied to each ``key``'s rows (a pandas frame sorted by ``order``),
     its results concatenated: what ``groupBy(key).applyInPandas`` does, for many small
@@ -68,6 +69,8 @@ def apply_per_key(
     cut by a batch boundary is carried into the next batch, so a worker holds one Arrow
     batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows) plus one key's rows.
     Like ``applyInPandas``, a key's rows must fit in one worker: cap them upstream.
+    ``partitioned`` says ``frame`` is already hash-partitioned by ``key`` (a window over
+    ``key`` followed by broadcast joins only): no second shuffle of its rows.
     """
 
     def complete_groups(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -92,11 +95,8 @@ def apply_per_key(
             if len(result):
                 yield result
 
-    return (
-        frame.repartition(key)
-        .sortWithinPartitions(key, *order)
-        .mapInPandas(complete_groups, schema=schema)
-    )
+    grouped = frame if partitioned else frame.repartition(key)
+    return grouped.sortWithinPartitions(key, *order).mapInPandas(complete_groups, schema=schema)
 
 
 def to_spark(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:

@@ -46,7 +46,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from usersegments.config import Config, ProfileConfig
-from usersegments.embed import model_id, model_vectors
+from usersegments.embed import model_id
+from usersegments.embed.stage import model_vectors, vectors_fit_broadcast
 from usersegments.errors import InputError
 from usersegments.frames import literal_map
 from usersegments.halflife import profile_half_life, with_half_life
@@ -136,16 +137,25 @@ def weighted_sums(
     ``cfg.half_life_days`` must be resolved. ``events`` needs user_id, event_time,
     event_type, value, text_hash, and may have run_id: ``events_through`` is then the
     latest ingest run folded into the sums (updates fold only later events);
-    ``vectors`` needs text_hash, embedding.
+    ``vectors`` needs text_hash, embedding (``F.broadcast`` it when it is small).
     """
     through = F.col("run_id") if "run_id" in events.columns else F.lit(None).cast("string")
-    # The anchor window partitions by user_id, so the groupBy below needs no new shuffle.
-    weighted = events.join(vectors, on="text_hash", how="inner").select(
+    # Weights first (the anchor window partitions the small event rows by user_id), then
+    # the vectors: joined from a broadcast (``embed.stage.vectors_fit_broadcast``), the
+    # rows keep that partitioning and the groupBy below shuffles no event's vector.
+    decayed = events.select(
         "user_id",
         "event_time",
+        "text_hash",
         through.alias("_through"),
-        array_to_vector(F.col("embedding")).alias("_vec"),
         event_weight(cfg, user_anchor(as_of)).alias("_w"),
+    )
+    weighted = decayed.join(vectors, on="text_hash", how="inner").select(
+        "user_id",
+        "event_time",
+        "_through",
+        array_to_vector(F.col("embedding")).alias("_vec"),
+        "_w",
     )
     summary = Summarizer.metrics("mean")
     # MLlib's weighted mean skips weight-0 rows and fails for a group with no weight at
@@ -212,14 +222,17 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     )
     store.require("text_embeddings", fix="run `usersegments embed` first")
     vectors = model_vectors(store, mid)
+    broadcast = vectors_fit_broadcast(store, mid, cfg.spark.broadcast_vectors_mb)
     as_of = resolve_as_of(events, cfg.profile)
     half_life = profile_half_life(cfg.profile, events)
-    sums = weighted_sums(events, vectors, with_half_life(cfg.profile, half_life.days), as_of)
+    profile_cfg = with_half_life(cfg.profile, half_life.days)
+    sums = weighted_sums(events, F.broadcast(vectors) if broadcast else vectors, profile_cfg, as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id)
     store.write(profiles, "user_profiles", mode="overwrite")
     metrics = {
         **profile_counts(store.read("user_profiles"), events, cfg.profile.min_events),
         "as_of_epoch_s": as_of.timestamp(),
+        "vectors_broadcast": float(broadcast),
         **half_life.metrics(),
     }
     if metrics["events_without_vector"]:

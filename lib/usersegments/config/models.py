@@ -56,6 +56,15 @@ class SparkConfig(Section):
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = Field(
         "WARN", description="Spark's log level once the session is up."
     )
+    broadcast_vectors_mb: int = Field(
+        256,
+        ge=0,
+        description="profile and interests join events with the model's text vectors by "
+        "broadcasting the vectors when text_embeddings is estimated at most this many MiB "
+        "(rows x vector bytes): events then keep their user partitioning and no event's "
+        "vector is shuffled; above it, a shuffle join. 0 = never broadcast. Each executor "
+        "holds the broadcast in memory.",
+    )
     conf: dict[str, str] = Field(
         default_factory=dict, description="Extra Spark settings, applied as given."
     )
@@ -226,7 +235,9 @@ class EmbedConfig(Section):
     cuda_dtype: Literal["fp16", "bf16", "fp32"] = Field(
         "fp16", description="Precision of the model on CUDA."
     )
-    batch_size: int = Field(64, ge=1, le=8192, description="Texts per forward pass.")
+    batch_size: int = Field(
+        64, ge=1, le=8192, description="Texts per forward pass (int8 runs one text per pass)."
+    )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer is truncated.")
     pooling: Literal["mean", "cls"] = Field("mean", description="Token pooling.")
     normalize: bool = Field(True, description="L2-normalise vectors.")

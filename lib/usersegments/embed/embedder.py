@@ -120,8 +120,9 @@ class TextEmbedder:
         # Length-sorted micro-batches pad each text only to its neighbours' length.
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         pad_id = self.tokenizer_.pad_token_id or 0
-        for start in range(0, len(order), self.spec.batch_size):
-            index = order[start : start + self.spec.batch_size]
+        batch_size = forward_batch_size(self.spec)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
             ids, mask = pad_batch([encoded[i] for i in index], pad_id)
             out[index] = self._forward(ids, mask)
         return out
@@ -155,6 +156,15 @@ class TextEmbedder:
         # tokenizer's "sequence length is longer than the maximum" warning from users.
         longer = self.tokenizer_(candidates, truncation=True, max_length=limit + 1, padding=False)
         return sum(len(ids) > limit for ids in longer["input_ids"])
+
+
+def forward_batch_size(spec: EmbedderSpec) -> int:
+    """Texts per forward pass: ``embed.batch_size``, but one under int8. Dynamic int8
+    quantizes activations with one scale per pass, so a text's vector would follow its
+    batch-mates (cosine ~0.99 between batchings), and a replayed stream batch or an
+    update would not reproduce a run's vectors. Alone, a text's vector depends on the
+    text only; on one CPU thread int8 that way still runs ~1.8x torch fp32 batched."""
+    return 1 if spec.quantize == "int8" else spec.batch_size
 
 
 def pad_batch(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

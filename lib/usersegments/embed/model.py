@@ -96,7 +96,7 @@ class Runtime:
 
 def resolve_runtime(cfg: EmbedConfig) -> Runtime:
     """``embed.runtime``/``embed.quantize`` with ``auto`` decided: ONNX Runtime int8 on
-    CPU (its planted segment quality matches fp32: tests/test_embed.py, at about twice
+    CPU (its planted segment quality matches fp32: tests/test_embed.py, at about 1.8x
     torch's CPU speed), torch on a GPU (in ``embed.cuda_dtype``) or where onnxruntime is
     not installed. Decided on the driver, so every worker of a run agrees."""
     explicit = None if cfg.quantize == "auto" else cfg.quantize

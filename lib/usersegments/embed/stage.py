@@ -48,6 +48,26 @@ def model_vectors(store: TableStore, model: str) -> DataFrame:
     )
 
 
+def vectors_fit_broadcast(store: TableStore, model: str, limit_mb: int) -> bool:
+    """Whether ``model_vectors(store, model)`` may be broadcast to a join with events:
+    ``text_embeddings`` (every model's rows, an upper bound) is estimated at most
+    ``limit_mb`` MiB (``spark.broadcast_vectors_mb``; 0 = never)."""
+    if limit_mb <= 0:
+        return False
+    first = model_vectors(store, model).select(F.size("embedding").alias("dimension")).first()
+    if first is None:
+        return False
+    rows = store.row_count("text_embeddings")
+    # A float per dimension plus the row's hash, id and Spark's row overhead.
+    estimate_mb = rows * (4 * int(first["dimension"]) + VECTOR_ROW_OVERHEAD_BYTES) / 2**20
+    return estimate_mb <= limit_mb
+
+
+# Bytes of a text_embeddings row beside its floats: text_hash (64 hex characters), the
+# array's header and the UnsafeRow's fixed part.
+VECTOR_ROW_OVERHEAD_BYTES = 128
+
+
 def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) -> StageResult:
     """Embed every text of ``events`` not yet cached for the configured model."""
     threads = int(spark.conf.get("spark.task.cpus", "1") or 1)

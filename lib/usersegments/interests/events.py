@@ -19,6 +19,7 @@ def recent_weighted_events(
     profile: ProfileConfig,
     as_of: datetime,
     max_events: int,
+    broadcast: bool = False,
 ) -> DataFrame:
     """user_id, event_time, text_hash, weight, embedding: the events of ``users``
     (user_id) that have a usable vector, weighted as the profile weighs them, capped to
@@ -26,24 +27,29 @@ def recent_weighted_events(
 
     The decay is anchored at the user's latest event (``user_anchor``) before the cap,
     as in the profile; the cap keeps the most recent events, so the anchor is the same.
-    ``profile.half_life_days`` must be resolved.
+    ``profile.half_life_days`` must be resolved. With ``broadcast`` the vectors join
+    last from a broadcast, so the rows stay partitioned by user_id (``apply_per_key``'s
+    ``partitioned``).
     """
-    with_vectors = (
-        events.join(users, "user_id", "left_semi")
-        .join(vectors, "text_hash", "inner")
-        .filter(usable_vector("embedding"))
+    usable = vectors.filter(usable_vector("embedding"))
+    hashes = usable.select("text_hash")
+    # Weights, the users and the cap on the small event rows, the vectors last: events
+    # are shuffled once, by user_id (the anchor window), and the users' semi join after
+    # it reuses that partitioning; with ``broadcast`` nothing after it shuffles again.
+    with_vectors = events.join(
+        F.broadcast(hashes) if broadcast else hashes, "text_hash", "left_semi"
     )
     weighted = with_vectors.select(
         "user_id",
         "event_time",
         "text_hash",
-        "embedding",
         event_weight(profile, user_anchor(as_of)).alias("weight"),
-    )
+    ).join(users, "user_id", "left_semi")
     # Newest first; text_hash breaks ties, so the cap keeps the same events every run.
     recency = Window.partitionBy("user_id").orderBy(F.desc("event_time"), F.asc("text_hash"))
-    return (
-        weighted.withColumn("_recent", F.row_number().over(recency))
-        .filter(F.col("_recent") <= max_events)
-        .select("user_id", "event_time", "text_hash", "weight", "embedding")
+    capped = weighted.withColumn("_recent", F.row_number().over(recency)).filter(
+        F.col("_recent") <= max_events
+    )
+    return capped.join(F.broadcast(usable) if broadcast else usable, "text_hash", "inner").select(
+        "user_id", "event_time", "text_hash", "weight", "embedding"
     )

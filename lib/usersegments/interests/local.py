@@ -124,11 +124,14 @@ INTEREST_SCHEMA = T.StructType(
 )
 
 
-def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
+def interests_of_users(
+    weighted: DataFrame, rule: InterestRule, partitioned: bool = False
+) -> DataFrame:
     """``weighted`` (user_id, event_time, text_hash, weight, embedding; one row per event,
     already capped per user) -> one row per interest (``INTEREST_SCHEMA``), by
     ``user_interests`` on each user's events (``apply_per_key``: one user's events per
-    pandas frame, oldest first)."""
+    pandas frame, oldest first). ``partitioned``: ``weighted`` is hash-partitioned by
+    user_id already (``recent_weighted_events`` with ``broadcast``)."""
 
     def one_user(events: pd.DataFrame) -> pd.DataFrame:
         # Rows arrive sorted by (event_time, text_hash, weight): Ward's ties break the
@@ -148,4 +151,5 @@ def interests_of_users(weighted: DataFrame, rule: InterestRule) -> DataFrame:
         ("event_time", "text_hash", "weight"),
         one_user,
         INTEREST_SCHEMA,
+        partitioned=partitioned,
     )

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from usersegments.cluster.features import clusterable, skipped_users
 from usersegments.config import Config
 from usersegments.embed import model_id, model_vectors
+from usersegments.embed.stage import vectors_fit_broadcast
 from usersegments.halflife import stored_profile_half_life, with_half_life
 from usersegments.interests.assign import full_space_segments, with_segments
 from usersegments.interests.events import recent_weighted_events
@@ -40,7 +41,8 @@ def found_interests(
 ) -> DataFrame:
     """The interests (``INTEREST_SCHEMA``) of ``users`` (user_id) in their recent events,
     weighed as the stored profiles weigh events: the half-life they were built with
-    (``halflife.stored_profile_half_life``), decayed to ``as_of``. Lazy: Ward runs per user
+    (``halflife.stored_profile_half_life``), decayed to ``as_of``. The vectors are
+    broadcast when they fit ``spark.broadcast_vectors_mb``. Lazy: Ward runs per user
     when it is evaluated, so cache it when it is used twice."""
     mid = model_id(cfg.embed)
     events = store.read("events").select(
@@ -49,6 +51,8 @@ def found_interests(
     profile_cfg = with_half_life(
         cfg.profile, stored_profile_half_life(store, cfg.profile, events, run)
     )
+    broadcast = vectors_fit_broadcast(store, mid, cfg.spark.broadcast_vectors_mb)
+    log.info("interests: vectors joined by %s", "broadcast" if broadcast else "shuffle")
     weighted = recent_weighted_events(
         events,
         model_vectors(store, mid),
@@ -56,8 +60,9 @@ def found_interests(
         profile_cfg,
         as_of,
         cfg.interests.max_events_per_user,
+        broadcast=broadcast,
     )
-    return interests_of_users(weighted, interest_rule(cfg))
+    return interests_of_users(weighted, interest_rule(cfg), partitioned=broadcast)
 
 
 def interest_rows(
