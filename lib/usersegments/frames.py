@@ -152,3 +152,23 @@ def computed_once(df: DataFrame) -> Iterator[DataFrame]:
         yield source
     finally:
         source.unpersist()
+
+
+@contextmanager
+def sorted_aggregation(spark: SparkSession) -> Iterator[None]:
+    """Context manager: aggregates planned inside it group rows by sorting, not in a hash
+    map. MLlib's ``Summarizer`` keeps one object buffer per key; a hash aggregate gives up
+    after 128 keys per task (``spark.sql.objectHashAggregate.sortBased.fallbackThreshold``)
+    and re-sorts every row with its vector, while rows already sorted by the key (a window
+    over it) stream through a sort aggregate as they come. Measured on the profile of 1M
+    events: 25.1 s -> 11.8 s with the ``sum`` metric (RESULTS.md)."""
+    key = "spark.sql.execution.useObjectHashAggregateExec"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)

@@ -3,8 +3,8 @@
 A user's vector is the weighted mean of their events' text vectors, weight =
 event-type weight x time decay ``exp(-ln2 * age / half_life)`` x an optional
 transform of the event's value, then L2-normalised. The weighted sums run natively
-in Spark (MLlib ``Summarizer`` with a weight column over vectors; no per-event
-Python code).
+in Spark (MLlib ``Summarizer``'s weighted ``sum`` as a sort aggregate over rows sorted
+by user, ``frames.sorted_aggregation``; no per-event Python code).
 
 **Decay anchor.** An event's age is measured from its user's own **anchor**: the
 user's latest event time, or ``as_of`` when that is earlier (an explicit
@@ -49,7 +49,7 @@ from usersegments.config import Config, ProfileConfig
 from usersegments.embed import model_id
 from usersegments.embed.stage import model_vectors, vectors_fit_broadcast
 from usersegments.errors import InputError
-from usersegments.frames import literal_map
+from usersegments.frames import literal_map, sorted_aggregation
 from usersegments.halflife import profile_half_life, with_half_life
 from usersegments.runlog import RunLog, StageResult
 from usersegments.schema import USER_PROFILES, conform
@@ -137,7 +137,8 @@ def weighted_sums(
     ``cfg.half_life_days`` must be resolved. ``events`` needs user_id, event_time,
     event_type, value, text_hash, and may have run_id: ``events_through`` is then the
     latest ingest run folded into the sums (updates fold only later events);
-    ``vectors`` needs text_hash, embedding (``F.broadcast`` it when it is small).
+    ``vectors`` needs text_hash, embedding (``F.broadcast`` it when it is small). Write
+    the result inside ``frames.sorted_aggregation``: the rows reach the sum sorted by user.
     """
     through = F.col("run_id") if "run_id" in events.columns else F.lit(None).cast("string")
     # Weights first (the anchor window partitions the small event rows by user_id), then
@@ -157,10 +158,10 @@ def weighted_sums(
         array_to_vector(F.col("embedding")).alias("_vec"),
         "_w",
     )
-    summary = Summarizer.metrics("mean")
-    # MLlib's weighted mean skips weight-0 rows and fails for a group with no weight at
-    # all; the smallest positive double stands in for 0 (no effect beside any real
-    # weight), and the mean x the true total (0) gives such a user a zero sum.
+    summary = Summarizer.metrics("sum")
+    # MLlib's weighted summary skips weight-0 rows and fails for a group with no weight at
+    # all; the smallest positive double stands in for 0: no effect beside any real weight,
+    # and for a user without one a sum that float32 holds as zero.
     summarised = F.when(F.col("_w") > 0, F.col("_w")).otherwise(F.lit(ZERO_WEIGHT_STANDIN))
     grouped = weighted.groupBy("user_id").agg(
         summary.summary(F.col("_vec"), summarised).alias("_s"),
@@ -170,12 +171,9 @@ def weighted_sums(
         F.max("event_time").alias("last_event_time"),
         F.max("_through").alias("events_through"),
     )
-    # Summarizer gives the weighted mean; the stored sum is mean x total weight.
-    mean = vector_to_array(F.col("_s.mean"), dtype="float32")
-    total = F.col("weight_total")
     return grouped.select(
         "user_id",
-        F.transform(mean, lambda x: (x * total).cast("float")).alias("weighted_sum"),
+        vector_to_array(F.col("_s.sum"), dtype="float32").alias("weighted_sum"),
         "weight_total",
         "n_events",
         "first_event_time",
@@ -228,7 +226,8 @@ def run_profile(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog
     profile_cfg = with_half_life(cfg.profile, half_life.days)
     sums = weighted_sums(events, F.broadcast(vectors) if broadcast else vectors, profile_cfg, as_of)
     profiles = profiles_from_sums(sums, as_of, run.run_id)
-    store.write(profiles, "user_profiles", mode="overwrite")
+    with sorted_aggregation(spark):
+        store.write(profiles, "user_profiles", mode="overwrite")
     metrics = {
         **profile_counts(store.read("user_profiles"), events, cfg.profile.min_events),
         "as_of_epoch_s": as_of.timestamp(),
