@@ -288,6 +288,36 @@ def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid
 
 
 @pytest.mark.slow  # over ~3 s on 2 cores
+def test_the_coarse_fit_keeps_its_most_cohesive_restart(spark):
+    """Every restart's cohesion is the users' mean cosine similarity to their cluster's
+    centroid, the chosen restart is the most cohesive, and refining it on all users does
+    not lower its cohesion."""
+    from pyspark.ml.functions import array_to_vector
+
+    from usersegments.cluster.coarse import fit_coarse
+
+    rng = np.random.default_rng(11)
+    directions = np.eye(5, 8) + 0.5 * rng.normal(size=(5, 8))
+    truth = rng.choice(5, size=300, p=[0.4, 0.25, 0.15, 0.1, 0.1])
+    points = directions[truth] + rng.normal(scale=0.6, size=(len(truth), 8))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    population = spark.createDataFrame(
+        [(f"u{i}", [float(x) for x in p], True) for i, p in enumerate(points)],
+        "user_id string, embedding array<double>, member boolean",
+    ).select("user_id", array_to_vector("embedding").alias("features"), "member")
+    cfg = load_config(overrides=["cluster.k=5", "cluster.restarts=3"])
+    result = fit_coarse(population, cfg, len(points))
+    cohesion = result.restart_cohesion
+    assert len(cohesion) == 3 and result.restart_chosen == int(np.argmax(cohesion))
+    assert len(set(np.round(cohesion, 9))) > 1  # the seeds did start differently
+    labels = np.argmax(points @ result.centroids.T, axis=1)
+    means = np.vstack([points[labels == c].sum(axis=0) for c in range(5)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    final = float(np.mean(np.sum(points * means[labels], axis=1)))
+    assert final >= max(cohesion) - 1e-9
+
+
+@pytest.mark.slow  # over ~3 s on 2 cores
 def test_truth_scores_from_spark_contingency_tables_match_scikit_learn(spark, tmp_path):
     """ARI/NMI against a truth file come from (label, cluster) counts aggregated in
     Spark, equal to scikit-learn's on the per-user labels; a drift before as_of scores
@@ -377,8 +407,8 @@ def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
     spark, cfg, few_event_users
 ):
     """Two planted groups of members; users of one event sit beside group 0, off its
-    axis. With ``cluster.fit_few_event_users`` they pull group 0's centre towards them
-    by their weight (1 / profile.min_events each) and are counted, never placed."""
+    axis. With ``cluster.fit_few_event_users`` they pull group 0's centre towards them,
+    each as one user like a member, and are counted, never placed."""
     from usersegments.cluster.stage import cluster_users
 
     cfg = two_clusters(cfg, few_event_users)
@@ -398,10 +428,9 @@ def test_users_of_too_few_events_weigh_in_the_coarse_fit_but_get_no_segment(
         assert out.total == 40 and out.fit_only == (30 if few_event_users else 0)
         centre = out.coarse.centroids[np.argmax(out.coarse.centroids[:, 0])]
         group0 = np.array([v / np.linalg.norm(v) for u, v, _ in members if u.startswith("m0")])
-        weight = 1 / cfg.profile.min_events
         expected = group0.sum(axis=0)
         if few_event_users:
-            expected = expected + weight * len(few) * beside / np.linalg.norm(beside)
+            expected = expected + len(few) * beside / np.linalg.norm(beside)
         expected /= np.linalg.norm(expected)
         assert centre @ expected == pytest.approx(1.0, abs=1e-5)
         assert (centre[2] > 0.1) == few_event_users

@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 from usersegments.profile import usable_vector, with_unit_vector
 
 FEATURES = "features"
-# Columns of the coarse fit's population (``clustering_population``).
-FIT_WEIGHT = "fit_weight"
+# The column of the coarse fit's population (``clustering_population``) that marks
+# the users a segment places.
 MEMBER = "member"
 
 
@@ -22,13 +22,19 @@ def clusterable(min_events: int) -> Column:
 
 
 def clustering_population(profiles: DataFrame, min_events: int, few_event_users: bool) -> DataFrame:
-    """The profiles the coarse fit reads: (user_id, features, fit_weight, member).
+    """The profiles the coarse fit reads: (user_id, features, member).
 
-    ``member`` rows (``clusterable``) get a segment and weigh 1. With
-    ``few_event_users``, profiles with a usable vector but fewer than ``min_events``
-    events join the fit without a segment, weighing ``n_events / min_events``: a real
-    log's many users of one or two events still say where its interests lie, in
-    proportion to their evidence, while only users with enough events are placed.
+    ``member`` rows (``clusterable``) get a segment. With ``few_event_users``, profiles
+    with a usable vector but fewer than ``min_events`` events join the fit without a
+    segment: a real log's many users of one or two events still say where its
+    interests lie, while only users with enough events are placed.
+
+    Every user is one point of the fit, whatever their number of events: the coarse
+    clusters describe the population of users. Weighing a user by their evidence
+    (``n_events / min_events``, an earlier rule) pulled the centres towards the most
+    active users; on 20news (real posts) at the same k the placed users' NMI against
+    their areas was 0.730 so and 0.739 with one point per user.
+
     Every row has a usable vector, whatever wrote the profiles: a zero vector fails
     MLlib's cosine k-means.
     """
@@ -36,12 +42,8 @@ def clustering_population(profiles: DataFrame, min_events: int, few_event_users:
     member = clusterable(min_events)
     if not few_event_users:
         rows = rows.filter(member)
-    weight = F.least(F.col("n_events"), F.lit(min_events)).cast("double") / float(min_events)
     return rows.select(
-        "user_id",
-        array_to_vector(F.col("embedding")).alias(FEATURES),
-        weight.alias(FIT_WEIGHT),
-        member.alias(MEMBER),
+        "user_id", array_to_vector(F.col("embedding")).alias(FEATURES), member.alias(MEMBER)
     )
 
 

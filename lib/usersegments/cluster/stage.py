@@ -220,6 +220,9 @@ def _quality(
     }
     for k, score in coarse.candidate_scores.items():
         metrics[f"silhouette_k{k}"] = score
+    metrics["coarse_restart_chosen"] = coarse.restart_chosen
+    for restart, cohesion in enumerate(coarse.restart_cohesion):
+        metrics[f"coarse_restart{restart}_cohesion"] = cohesion
     if sample["cluster_id"].nunique() > 1:
         metrics["davies_bouldin"] = float(davies_bouldin_score(x, sample["cluster_id"]))
         metrics["calinski_harabasz"] = float(calinski_harabasz_score(x, sample["cluster_id"]))

@@ -120,7 +120,12 @@ class ClusterConfig(Section):
         default_factory=lambda: [6, 8, 10, 12, 14, 16, 20],
         description="Values of k tried when k is auto (scored by cosine silhouette).",
     )
-    sample_size: int = Field(20_000, ge=100, description="Users sampled to choose k.")
+    sample_size: int = Field(
+        20_000,
+        ge=100,
+        description="Users sampled to choose k and to fit the restarts; all users are "
+        "assigned and refine the chosen fit.",
+    )
     leaves_per_cluster: int = Field(
         3,
         ge=1,
@@ -147,10 +152,20 @@ class ClusterConfig(Section):
         ge=0.0,
         description="Refining stops when no centroid moves by more than this cosine distance.",
     )
+    restarts: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="Coarse fits from seeds seed, seed+1, ...: each bisects the sample "
+        "into leaves, merges them to k and refines on the sample; the most cohesive (users' "
+        "mean cosine similarity to their cluster's centroid) is refined on all users. "
+        "k-means ends in a local optimum that depends on its start. Their cost does not "
+        "grow with users (they read the sample).",
+    )
     fit_few_event_users: bool = Field(
         True,
         description="Users with a profile but fewer than profile.min_events events also "
-        "inform the coarse clusters' centres, each weighing n_events / min_events; they get "
+        "inform the coarse clusters' centres, each as one user like those placed; they get "
         "no segment. false: the fit reads only the users it places.",
     )
     seed: int = Field(42, description="Seed of every random choice in clustering.")
