@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from tests.helpers import metrics_of
 from usersegments.frames import apply_per_key
@@ -122,13 +123,17 @@ def test_apply_per_key_gives_each_key_all_its_rows_in_order_across_arrow_batches
     rng.shuffle(rows)
     frame = spark.createDataFrame(rows, "key string, t long")
 
-    def summary(group: pd.DataFrame) -> pd.DataFrame:
-        times = group["t"].to_list()
-        return pd.DataFrame(
-            {"key": [group["key"].iloc[0]], "n": [len(times)], "ordered": [times == sorted(times)]}
-        )
+    def summary(group: dict[str, np.ndarray]) -> list[tuple]:
+        times = group["t"].tolist()
+        return [(group["key"][0], len(times), times == sorted(times))]
 
-    schema = "key string, n long, ordered boolean"
+    schema = T.StructType(
+        [
+            T.StructField("key", T.StringType()),
+            T.StructField("n", T.LongType()),
+            T.StructField("ordered", T.BooleanType()),
+        ]
+    )
     previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
     try:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from py4j.protocol import Py4JError
@@ -54,24 +55,29 @@ def apply_per_key(
     frame: DataFrame,
     key: str,
     order: Sequence[str],
-    function: Callable[[pd.DataFrame], pd.DataFrame],
-    schema: StructType | str,
+    function: Callable[[dict[str, np.ndarray]], list[tuple]],
+    schema: StructType,
     partitioned: bool = False,
 ) -> DataFrame:
-    """``function`` applied to each ``key``'s rows (a pandas frame sorted by ``order``),
-    its results concatenated: what ``groupBy(key).applyInPandas`` does, for many small
-    groups.
+    """``function`` applied to each ``key``'s rows, its output rows (tuples in
+    ``schema``'s column order) gathered into one frame: what
+    ``groupBy(key).applyInPandas`` does, for many small groups.
 
-    ``applyInPandas`` sends every group to Python as its own Arrow stream; with a group
-    per user that per-group cost dominates (``benchmarks/fit_overheads.py``: 2.6x as long
-    on 2,000 users' Ward interests). Here rows are hash-partitioned by ``key`` and
-    sorted within each partition, and ``mapInPandas`` walks the sorted batches: a key
-    cut by a batch boundary is carried into the next batch, so a worker holds one Arrow
-    batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows) plus one key's rows.
-    Like ``applyInPandas``, a key's rows must fit in one worker: cap them upstream.
-    ``partitioned`` says ``frame`` is already hash-partitioned by ``key`` (a window over
-    ``key`` followed by broadcast joins only): no second shuffle of its rows.
+    ``function`` gets one key's columns as numpy arrays, sorted by ``order`` (an array
+    column is an object array of arrays). ``applyInPandas`` sends every group to Python
+    as its own Arrow stream, and a pandas frame per group in or out costs more than the
+    work on a few dozen rows (``benchmarks/fit_overheads.py``: 2.6x as long on 2,000
+    users' Ward interests; then a frame per user and per result was still about two
+    thirds of the Python time). Here rows are hash-partitioned by ``key`` and sorted
+    within each partition, ``mapInPandas`` walks the sorted batches and slices each
+    batch's arrays per key: a key cut by a batch boundary is carried into the next
+    batch, so a worker holds one Arrow batch (``spark.sql.execution.arrow.
+    maxRecordsPerBatch`` rows) plus one key's rows. Like ``applyInPandas``, a key's rows
+    must fit in one worker: cap them upstream. ``partitioned`` says ``frame`` is already
+    hash-partitioned by ``key`` (a window over ``key`` followed by broadcast joins
+    only): no second shuffle of its rows.
     """
+    names = schema.fieldNames()
 
     def complete_groups(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         carried: pd.DataFrame | None = None
@@ -85,18 +91,33 @@ def apply_per_key(
             last_key = keys.iloc[-1]
             last = (keys.isna() if pd.isna(last_key) else keys.eq(last_key)).to_numpy()
             carried = batch[last]
-            groups = batch[~last].groupby(key, sort=False, dropna=False)
-            done = [function(rows.reset_index(drop=True)) for _, rows in groups]
-            done = [result for result in done if len(result)]
-            if done:
-                yield pd.concat(done, ignore_index=True)
+            rows = _rows_per_key(batch[~last], key, function)
+            if rows:
+                yield pd.DataFrame.from_records(rows, columns=names)
         if carried is not None and len(carried):
-            result = function(carried.reset_index(drop=True))
-            if len(result):
-                yield result
+            rows = _rows_per_key(carried, key, function)
+            if rows:
+                yield pd.DataFrame.from_records(rows, columns=names)
 
     grouped = frame if partitioned else frame.repartition(key)
     return grouped.sortWithinPartitions(key, *order).mapInPandas(complete_groups, schema=schema)
+
+
+def _rows_per_key(
+    batch: pd.DataFrame, key: str, function: Callable[[dict[str, np.ndarray]], list[tuple]]
+) -> list[tuple]:
+    """``function``'s rows for each run of equal keys of ``batch`` (sorted by ``key``;
+    nulls are one key, as in ``groupBy``)."""
+    if batch.empty:
+        return []
+    columns = {name: batch[name].to_numpy() for name in batch.columns}
+    codes = pd.factorize(batch[key], use_na_sentinel=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    rows: list[tuple] = []
+    for start, end in zip(starts, ends, strict=True):
+        rows.extend(function({name: array[start:end] for name, array in columns.items()}))
+    return rows
 
 
 def to_spark(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:

@@ -1,5 +1,5 @@
-"""One user's interests from their event vectors: Ward clustering inside one pandas group
-(``user_interests`` is numpy/scipy only, testable without Spark; ``interests_of_users``
+"""One user's interests from their event vectors: Ward clustering on one user's rows
+(``interest_tuples`` is numpy/scipy only, testable without Spark; ``interests_of_users``
 runs it on each user's events through ``frames.apply_per_key``)."""
 
 from __future__ import annotations
@@ -71,23 +71,24 @@ def event_groups(x: np.ndarray, rule: InterestRule) -> np.ndarray:
     return labels
 
 
-def user_interests(
+def interest_tuples(
     vectors: np.ndarray, weights: np.ndarray, times: np.ndarray, rule: InterestRule
-) -> pd.DataFrame:
-    """One user's interests from their events' vectors, decayed weights and times.
+) -> list[tuple]:
+    """One user's interests from their events' vectors, decayed weights and times, as
+    rows of ``INTEREST_COLUMNS``.
 
     Each interest: ``weight`` = its share of the user's weighted engagement (interests
     below ``rule.min_weight`` dropped, the rest renormalised; the heaviest is always
     kept), ``embedding`` = the weighted mean of its unit event vectors, scaled to unit
     length, ``n_events``, ``last_event_time``; ``interest_rank`` 1 = the heaviest.
-    Events weighing nothing (or not finite) take no part. Columns ``INTEREST_COLUMNS``.
+    Events weighing nothing (or not finite) take no part.
     """
     x = unit_rows(vectors)
     w = np.asarray(weights, dtype=np.float64)
     keep = np.isfinite(w) & (w > 0) & np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0)
     x, w, times = x[keep], w[keep], np.asarray(times)[keep]
     if not len(x):
-        return pd.DataFrame(columns=INTEREST_COLUMNS)
+        return []
     labels = event_groups(x, rule)
     k = int(labels.max()) + 1
     mass = np.bincount(labels, weights=w, minlength=k)
@@ -109,7 +110,15 @@ def user_interests(
                 centroid.astype(np.float32),
             )
         )
-    return pd.DataFrame(rows, columns=INTEREST_COLUMNS)
+    return rows
+
+
+def user_interests(
+    vectors: np.ndarray, weights: np.ndarray, times: np.ndarray, rule: InterestRule
+) -> pd.DataFrame:
+    """``interest_tuples`` as a frame of ``INTEREST_COLUMNS`` (one user, for a look at
+    the results; ``interests_of_users`` keeps the tuples)."""
+    return pd.DataFrame(interest_tuples(vectors, weights, times, rule), columns=INTEREST_COLUMNS)
 
 
 INTEREST_SCHEMA = T.StructType(
@@ -129,21 +138,18 @@ def interests_of_users(
 ) -> DataFrame:
     """``weighted`` (user_id, event_time, text_hash, weight, embedding; one row per event,
     already capped per user) -> one row per interest (``INTEREST_SCHEMA``), by
-    ``user_interests`` on each user's events (``apply_per_key``: one user's events per
-    pandas frame, oldest first). ``partitioned``: ``weighted`` is hash-partitioned by
+    ``interest_tuples`` on each user's events (``apply_per_key``: one user's events as
+    arrays, oldest first). ``partitioned``: ``weighted`` is hash-partitioned by
     user_id already (``recent_weighted_events`` with ``broadcast``)."""
 
-    def one_user(events: pd.DataFrame) -> pd.DataFrame:
+    def one_user(events: dict[str, np.ndarray]) -> list[tuple]:
         # Rows arrive sorted by (event_time, text_hash, weight): Ward's ties break the
         # same way on every run (a rerun after a crash writes the same interests).
-        found = user_interests(
-            np.vstack(events["embedding"].to_numpy()),
-            events["weight"].to_numpy(),
-            events["event_time"].to_numpy(),
-            rule,
+        found = interest_tuples(
+            np.vstack(events["embedding"]), events["weight"], events["event_time"], rule
         )
-        found.insert(0, "user_id", events["user_id"].iloc[0])
-        return found
+        user = events["user_id"][0]
+        return [(user, *row) for row in found]
 
     return apply_per_key(
         weighted.select("user_id", "event_time", "text_hash", "weight", "embedding"),
