@@ -79,6 +79,11 @@ def apply_per_key(
     """
     names = schema.fieldNames()
 
+    def output(rows_of: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        rows = _rows_per_key(rows_of, key, function)
+        if rows:
+            yield pd.DataFrame.from_records(rows, columns=names)
+
     def complete_groups(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         carried: pd.DataFrame | None = None
         for batch in batches:
@@ -91,13 +96,9 @@ def apply_per_key(
             last_key = keys.iloc[-1]
             last = (keys.isna() if pd.isna(last_key) else keys.eq(last_key)).to_numpy()
             carried = batch[last]
-            rows = _rows_per_key(batch[~last], key, function)
-            if rows:
-                yield pd.DataFrame.from_records(rows, columns=names)
-        if carried is not None and len(carried):
-            rows = _rows_per_key(carried, key, function)
-            if rows:
-                yield pd.DataFrame.from_records(rows, columns=names)
+            yield from output(batch[~last])
+        if carried is not None:
+            yield from output(carried)
 
     grouped = frame if partitioned else frame.repartition(key)
     return grouped.sortWithinPartitions(key, *order).mapInPandas(complete_groups, schema=schema)

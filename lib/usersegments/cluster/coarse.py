@@ -72,8 +72,9 @@ def merge_leaves(centroids: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray
 @dataclass
 class CoarseResult:
     """The fitted leaf model, its leaf -> cluster mapping, k, each candidate's silhouette
-    and, once refined, the clusters' unit centroids (row i = cluster i); with restarts,
-    each restart's cohesion on the sample and the chosen one."""
+    and, once refined, the clusters' unit centroids (row i = cluster i) and the last
+    pass's cohesion (``cluster_means``); with restarts, each restart's cohesion on the
+    sample and the chosen one."""
 
     model: BisectingKMeansModel
     leaf_to_cluster: np.ndarray
@@ -81,6 +82,7 @@ class CoarseResult:
     candidate_scores: dict[int, float]
     centroids: np.ndarray | None = None
     refine_passes: int = 0
+    cohesion: float | None = None
     restart_cohesion: list[float] = field(default_factory=list)
     restart_chosen: int = 0
 
@@ -141,17 +143,19 @@ def cluster_means(
 def refine(result: CoarseResult, users: DataFrame, iterations: int, tolerance: float) -> None:
     """Up to ``iterations`` k-means passes over ``users`` (the fit's population) from
     ``result``'s clusters, stopping when no centroid moves more than ``tolerance``
-    (cosine distance); sets ``result.centroids`` and ``result.refine_passes``."""
-    if iterations <= 0:
-        return
+    (cosine distance); sets ``result.centroids``, ``result.refine_passes`` and
+    ``result.cohesion`` (of the last pass; of the leaves' clusters without passes)."""
     clusters = int(result.leaf_to_cluster.max()) + 1
-    centroids, _ = cluster_means(result.assign(users), clusters, None)
+    centroids, cohesion = cluster_means(result.assign(users), clusters, None)
+    if iterations <= 0:
+        result.cohesion = cohesion
+        return
     passes, shift = 0, np.inf
     while passes < iterations and shift > tolerance:
-        moved, _ = cluster_means(nearest_cluster(users, centroids), clusters, centroids)
+        moved, cohesion = cluster_means(nearest_cluster(users, centroids), clusters, centroids)
         shift = float(np.max(1.0 - np.sum(moved * centroids, axis=1)))
         centroids, passes = moved, passes + 1
-    result.centroids, result.refine_passes = centroids, passes
+    result.centroids, result.refine_passes, result.cohesion = centroids, passes, cohesion
     log.info("cluster: %d refining passes", passes)
 
 
@@ -213,12 +217,24 @@ def fit_coarse(population: DataFrame, cfg: Config, total: int) -> CoarseResult:
     return result
 
 
-def _choose_k(
-    sample: DataFrame, cfg: Config
-) -> tuple[int, dict[int, float], int, BisectingKMeansModel]:
+@dataclass
+class _Leaves:
+    """One bisecting fit of the sample: its model, unit leaf centres and leaf sizes."""
+
+    model: BisectingKMeansModel
+    centers: np.ndarray
+    sizes: np.ndarray
+
+
+def _fit_sample_leaves(sample: DataFrame, n_leaves: int, cfg: Config, seed: int) -> _Leaves:
+    model = _fit_leaves(_bisecting(n_leaves, cfg, seed), sample)
+    return _Leaves(model, *_leaf_stats(model, sample))
+
+
+def _choose_k(sample: DataFrame, cfg: Config) -> tuple[int, dict[int, float], int, _Leaves]:
     """The k of ``cluster.k_candidates`` whose merge of one leaf fit has the best cosine
     silhouette (``ClusteringEvaluator``) on the sample's members (the users a segment
-    places); with every candidate's score, the number of leaves and the leaf model, which
+    places); with every candidate's score, the number of leaves and the leaf fit, which
     the first restart reuses: only the merge depends on k."""
     ccfg = cfg.cluster
     members = sample.filter(F.col(MEMBER))
@@ -231,19 +247,18 @@ def _choose_k(
             "more users"
         )
     n_leaves = min(n_sample, ccfg.leaves_per_cluster * max(candidates))
-    leaf_model = _fit_leaves(_bisecting(n_leaves, cfg, ccfg.seed), sample)
-    centers, sizes = _leaf_stats(leaf_model, sample)
+    leaves = _fit_sample_leaves(sample, n_leaves, cfg, ccfg.seed)
     evaluator = ClusteringEvaluator(
         featuresCol=FEATURES, predictionCol="cluster_id", distanceMeasure="cosine"
     )
     scores: dict[int, float] = {}
     for candidate in candidates:
-        mapping = merge_leaves(centers, sizes, min(candidate, len(sizes)))
-        scored = CoarseResult(leaf_model, mapping, candidate, {}).assign(members)
+        mapping = merge_leaves(leaves.centers, leaves.sizes, min(candidate, len(leaves.sizes)))
+        scored = CoarseResult(leaves.model, mapping, candidate, {}).assign(members)
         scores[candidate] = float(evaluator.evaluate(scored))
         log.info("cluster: k=%d silhouette %.4f", candidate, scores[candidate])
     k = max(scores, key=lambda c: (scores[c], -c))
-    return k, scores, n_leaves, leaf_model
+    return k, scores, n_leaves, leaves
 
 
 def _best_restart(
@@ -251,7 +266,7 @@ def _best_restart(
     k: int,
     n_leaves: int,
     cfg: Config,
-    first: BisectingKMeansModel | None,
+    first: _Leaves | None,
 ) -> CoarseResult:
     """Of ``cluster.restarts`` fits of ``sample`` (leaves from seeds ``cluster.seed``,
     ``+1``, ...; ``first`` as the first one's leaves when given), each merged into ``k``
@@ -265,13 +280,13 @@ def _best_restart(
     ccfg = cfg.cluster
     best, cohesion = None, []
     for restart in range(ccfg.restarts):
-        model = first
-        if restart > 0 or model is None:
-            model = _fit_leaves(_bisecting(n_leaves, cfg, ccfg.seed + restart), sample)
-        centers, sizes = _leaf_stats(model, sample)
-        result = CoarseResult(model, merge_leaves(centers, sizes, min(k, len(sizes))), k, {})
+        leaves = first
+        if restart > 0 or leaves is None:
+            leaves = _fit_sample_leaves(sample, n_leaves, cfg, ccfg.seed + restart)
+        mapping = merge_leaves(leaves.centers, leaves.sizes, min(k, len(leaves.sizes)))
+        result = CoarseResult(leaves.model, mapping, k, {})
         refine(result, sample, ccfg.refine_iterations, ccfg.refine_tolerance)
-        cohesion.append(cluster_means(result.assign(sample), k, None)[1])
+        cohesion.append(result.cohesion)
         log.info("cluster: restart %d cohesion %.5f", restart, cohesion[-1])
         if best is None or cohesion[-1] > cohesion[best.restart_chosen]:
             best = result
