@@ -25,7 +25,6 @@ from usersegments.label import (
     label_segments,
     segment_keywords,
 )
-from usersegments.label.keywords import segment_terms, term_counts
 from usersegments.recommend import top_overall, top_per_group, without_seen
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, SEGMENTS
 from usersegments.testing.synthetic import (
@@ -141,29 +140,6 @@ def test_class_tfidf_needs_several_members_using_a_keyword(spark):
     schema = "segment_id string, user_id string, term string, weight double"
     scored = class_tfidf(spark.createDataFrame(rows, schema), cfg).collect()
     assert {(r["segment_id"], r["term"]) for r in scored} == {("a", "medicine"), ("b", "other")}
-
-
-def test_terms_are_counted_once_per_segment_text_with_members_exact_up_to_the_threshold(spark):
-    cfg = load_config(overrides=["label.min_df=1"]).label  # min_members 2
-    # (segment, user, text, weight): "banks" is one member's, in two texts; "medicine"
-    # two members', each in a text of their own; "clinic" one text of three members.
-    events = [("a", "u1", "t1", 0.2)] * 3 + [("a", "u1", "t2", 0.1)]
-    events += [("a", "u2", "t3", 0.3), ("a", "u3", "t4", 0.4)]
-    events += [("a", u, "t5", 0.5) for u in ("u4", "u5", "u6")] + [("b", "u7", "t5", 1.0)]
-    weighted = spark.createDataFrame(
-        events, "segment_id string, user_id string, text_hash string, weight double"
-    )
-    texts = {"t1": ["banks", "loans"], "t2": ["banks"], "t3": ["medicine"]}
-    texts |= {"t4": ["medicine", "doctors"], "t5": ["clinic"]}
-    terms = spark.createDataFrame(list(texts.items()), "text_hash string, terms array<string>")
-    rows = term_counts(segment_terms(weighted, terms, cfg.min_members), cfg).collect()
-    counts = {(r["segment_id"], r["term"]): (r["tf"], r["events"], r["members"]) for r in rows}
-    members = {"banks": 1, "loans": 1, "medicine": 2, "doctors": 1, "clinic": 3}
-    for term, true_members in members.items():
-        assert min(counts[("a", term)][2], 2) == min(true_members, 2), term
-    assert counts[("a", "banks")][:2] == pytest.approx((0.7, 4))
-    assert counts[("a", "clinic")][:2] == pytest.approx((1.5, 3))
-    assert counts[("b", "clinic")] == pytest.approx((1.0, 1, 1))
 
 
 def test_distinct_keywords_merges_near_duplicates():

@@ -43,11 +43,8 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
 def term_counts(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
     """segment_id, term, tf (summed weight), events, members: the terms that occur in
     at least ``label.min_df`` events overall. A row of ``weighted_terms`` stands for
-    one event, or for ``events`` events when it has that column. From
-    ``per_segment_text`` rows, ``members`` counts each text's first
-    ``label.min_members`` members only: exact up to that threshold, which is all the
-    scoring compares it with. One row per segment and term, so small enough to cache
-    while ``scored_terms`` reads it several times."""
+    one event, or for ``events`` events when it has that column. One row per segment
+    and term, so small enough to cache while ``scored_terms`` reads it several times."""
     has_users = "user_id" in weighted_terms.columns
     members = (F.countDistinct("user_id") if has_users else F.count(F.lit(1))).alias("members")
     # Rows that stand for several events of one text carry their count (``events``).
@@ -176,8 +173,7 @@ def segment_keywords(
 
     ``member_events``: segment_id, user_id plus the events columns (text, text_hash,
     event_type, event_time, value); each distinct text is tokenized once, however
-    many events carry it, and its terms are counted once per segment
-    (``per_segment_text``); ``cfg.profile.half_life_days`` must be resolved
+    many events carry it; ``cfg.profile.half_life_days`` must be resolved
     (the stored profiles', ``halflife.stored_profile_half_life``). Each event has the
     profile's weight, decayed from its member's own anchor (so long-idle members
     still count) and divided by its user's total so that every member weighs the
@@ -189,8 +185,15 @@ def segment_keywords(
     weighted = weighted.filter(F.col("weight") > 0).withColumn(
         "weight", F.col("weight") / F.sum("weight").over(Window.partitionBy("user_id"))
     )
+    # Each distinct text is tokenized once: a member's events of one text become one
+    # row (their weights summed, their count kept) before the texts' terms join in.
+    per_text = weighted.groupBy("segment_id", "user_id", "text_hash").agg(
+        F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events")
+    )
     terms = event_terms(distinct_texts(member_events), cfg.label).select("text_hash", "terms")
-    exploded = segment_terms(weighted, terms, cfg.label.min_members)
+    exploded = per_text.join(terms, "text_hash").select(
+        "segment_id", "user_id", F.explode("terms").alias("term"), "weight", "events"
+    )
     # Every join of the scoring reads the counts again: without the cache each one would
     # aggregate the member events and tokenize the texts anew.
     counts = term_counts(exploded, cfg.label).persist()
@@ -202,57 +205,3 @@ def segment_keywords(
     for row in ranked:
         candidates.setdefault(row["segment_id"], []).append((row["term"], row["score"]))
     return {seg: distinct_keywords(terms, cfg.label) for seg, terms in candidates.items()}
-
-
-def segment_terms(weighted: DataFrame, terms: DataFrame, min_members: int) -> DataFrame:
-    """``class_tfidf``'s input (segment_id, term, user_id, weight, events) from weighted
-    member events (segment_id, user_id, text_hash, weight) and each text's ``terms``
-    (text_hash, terms): one row per (segment, text, term) and member listed by
-    ``per_segment_text``, the text's weight and events on the first of them only."""
-    exploded = (
-        per_segment_text(weighted, min_members)
-        .join(terms, "text_hash")
-        .select("segment_id", F.explode("terms").alias("term"), "weight", "events", "members")
-        .select(
-            "segment_id",
-            "term",
-            F.posexplode("members").alias("_nth", "user_id"),
-            "weight",
-            "events",
-        )
-    )
-    first = F.col("_nth") == 0
-    return exploded.select(
-        "segment_id",
-        "term",
-        "user_id",
-        F.when(first, F.col("weight")).otherwise(0.0).alias("weight"),
-        F.when(first, F.col("events")).otherwise(0).alias("events"),
-    )
-
-
-def per_segment_text(weighted: DataFrame, min_members: int) -> DataFrame:
-    """One row per (segment_id, text_hash) of ``weighted`` member events (segment_id,
-    user_id, text_hash, weight): the summed ``weight``, the number of ``events`` and
-    ``members``, its first ``min_members`` members by user id.
-
-    Terms are counted per segment and distinct text, not per member and text: a text
-    that many members share is exploded into its terms once per segment. A term's
-    members are only compared with ``label.min_members``, and for that the first few
-    members of each of its texts are enough: the union of every text's ``min_members``
-    smallest ids holds at least ``min_members`` distinct ids exactly when the term's
-    texts have that many members together. So the comparison is exact while the rows
-    stay at most ``min_members`` per (segment, text, term).
-    """
-    by_user = Window.partitionBy("segment_id", "text_hash").orderBy("user_id")
-    return (
-        weighted.withColumn("_nth", F.dense_rank().over(by_user))
-        .groupBy("segment_id", "text_hash")
-        .agg(
-            F.sum("weight").alias("weight"),
-            F.count(F.lit(1)).alias("events"),
-            F.array_sort(
-                F.collect_set(F.when(F.col("_nth") <= min_members, F.col("user_id")))
-            ).alias("members"),
-        )
-    )
