@@ -73,8 +73,8 @@ def merge_leaves(centroids: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray
 class CoarseResult:
     """The fitted leaf model, its leaf -> cluster mapping, k, each candidate's silhouette
     and, once refined, the clusters' unit centroids (row i = cluster i) and the last
-    pass's cohesion (``cluster_means``); with restarts, each restart's cohesion on the
-    sample and the chosen one."""
+    pass's cohesion (``cluster_means``; a restart without passes measures it itself);
+    with restarts, each restart's cohesion on the sample and the chosen one."""
 
     model: BisectingKMeansModel
     leaf_to_cluster: np.ndarray
@@ -144,12 +144,11 @@ def refine(result: CoarseResult, users: DataFrame, iterations: int, tolerance: f
     """Up to ``iterations`` k-means passes over ``users`` (the fit's population) from
     ``result``'s clusters, stopping when no centroid moves more than ``tolerance``
     (cosine distance); sets ``result.centroids``, ``result.refine_passes`` and
-    ``result.cohesion`` (of the last pass; of the leaves' clusters without passes)."""
+    ``result.cohesion`` (of the last pass)."""
+    if iterations <= 0:
+        return
     clusters = int(result.leaf_to_cluster.max()) + 1
     centroids, cohesion = cluster_means(result.assign(users), clusters, None)
-    if iterations <= 0:
-        result.cohesion = cohesion
-        return
     passes, shift = 0, np.inf
     while passes < iterations and shift > tolerance:
         moved, cohesion = cluster_means(nearest_cluster(users, centroids), clusters, centroids)
@@ -286,6 +285,8 @@ def _best_restart(
         mapping = merge_leaves(leaves.centers, leaves.sizes, min(k, len(leaves.sizes)))
         result = CoarseResult(leaves.model, mapping, k, {})
         refine(result, sample, ccfg.refine_iterations, ccfg.refine_tolerance)
+        if result.cohesion is None:  # no refining pass measured it
+            result.cohesion = cluster_means(result.assign(sample), k, None)[1]
         cohesion.append(result.cohesion)
         log.info("cluster: restart %d cohesion %.5f", restart, cohesion[-1])
         if best is None or cohesion[-1] > cohesion[best.restart_chosen]:
