@@ -288,10 +288,12 @@ def test_refining_moves_users_placed_on_the_wrong_side_to_their_nearest_centroid
 
 
 @pytest.mark.slow  # over ~3 s on 2 cores
-def test_the_coarse_fit_keeps_its_most_cohesive_restart(spark):
+@pytest.mark.parametrize("refine_iterations", [None, 0], ids=["refined", "no-refining"])
+def test_the_coarse_fit_keeps_its_most_cohesive_restart(spark, refine_iterations):
     """Every restart's cohesion is the users' mean cosine similarity to their cluster's
     centroid, the chosen restart is the most cohesive, and refining it on all users does
-    not lower its cohesion."""
+    not lower its cohesion. Without refining passes the restarts are still measured and
+    compared (their cohesion then comes from the bisecting fit's own centres)."""
     from pyspark.ml.functions import array_to_vector
 
     from usersegments.cluster.coarse import fit_coarse
@@ -305,12 +307,21 @@ def test_the_coarse_fit_keeps_its_most_cohesive_restart(spark):
         [(f"u{i}", [float(x) for x in p], True) for i, p in enumerate(points)],
         "user_id string, embedding array<double>, member boolean",
     ).select("user_id", array_to_vector("embedding").alias("features"), "member")
-    cfg = load_config(overrides=["cluster.k=5", "cluster.restarts=3"])
-    result = fit_coarse(population, cfg, len(points))
+    overrides = ["cluster.k=5", "cluster.restarts=3"]
+    if refine_iterations is not None:
+        overrides.append(f"cluster.refine_iterations={refine_iterations}")
+    result = fit_coarse(population, load_config(overrides=overrides), len(points))
     cohesion = result.restart_cohesion
     assert len(cohesion) == 3 and result.restart_chosen == int(np.argmax(cohesion))
     assert len(set(np.round(cohesion, 9))) > 1  # the seeds did start differently
-    labels = np.argmax(points @ result.centroids.T, axis=1)
+    if refine_iterations == 0:
+        # No passes: users stay in their bisecting leaves' clusters.
+        assert result.refine_passes == 0 and result.centroids is None
+        assigned = result.assign(population).select("user_id", "cluster_id").toPandas()
+        labels = assigned.set_index("user_id").loc[[f"u{i}" for i in range(len(points))]]
+        labels = labels["cluster_id"].to_numpy()
+    else:
+        labels = np.argmax(points @ result.centroids.T, axis=1)
     means = np.vstack([points[labels == c].sum(axis=0) for c in range(5)])
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     final = float(np.mean(np.sum(points * means[labels], axis=1)))

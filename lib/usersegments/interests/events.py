@@ -33,18 +33,22 @@ def recent_weighted_events(
     """
     usable = vectors.filter(usable_vector("embedding"))
     hashes = usable.select("text_hash")
-    # Weights, the users and the cap on the small event rows, the vectors last: events
-    # are shuffled once, by user_id (the anchor window), and the users' semi join after
-    # it reuses that partitioning; with ``broadcast`` nothing after it shuffles again.
+    # The users, weights and the cap on the small event rows, the vectors last. The users'
+    # semi join comes before the anchor window: Spark does not push it below the window,
+    # so an update recomputing a few users' interests would otherwise shuffle and sort
+    # every event by user. A small ``users`` (a materialised cache) is broadcast and
+    # filters the scan; a large one is joined by user_id, a partitioning the window then
+    # reuses, so events are still shuffled once by user_id. With ``broadcast`` nothing
+    # after the window shuffles again.
     with_vectors = events.join(
         F.broadcast(hashes) if broadcast else hashes, "text_hash", "left_semi"
     )
-    weighted = with_vectors.select(
+    weighted = with_vectors.join(users, "user_id", "left_semi").select(
         "user_id",
         "event_time",
         "text_hash",
         event_weight(profile, user_anchor(as_of)).alias("weight"),
-    ).join(users, "user_id", "left_semi")
+    )
     # Newest first; text_hash breaks ties, so the cap keeps the same events every run.
     recency = Window.partitionBy("user_id").orderBy(F.desc("event_time"), F.asc("text_hash"))
     capped = weighted.withColumn("_recent", F.row_number().over(recency)).filter(

@@ -111,6 +111,9 @@ def refresh_interests(
     profiles = store.read("user_profiles")
     users = stale_interest_users(store, cfg.profile.min_events).cache()
     try:
+        # Materialised before the interests are planned: Spark then sees how few users an
+        # update recomputes and broadcasts them into the events scan.
+        users.count()
         metrics = recompute(store, cfg, run, users, profiles)
     finally:
         users.unpersist()
