@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster import FEATURES, assign_to_segments
 from usersegments.cluster.segments import segment_centroids
+from usersegments.store import TableStore
 
 
 def full_space_segments(user_segments: DataFrame, profiles: DataFrame) -> pd.DataFrame:
@@ -22,6 +23,25 @@ def full_space_segments(user_segments: DataFrame, profiles: DataFrame) -> pd.Dat
         "segment_id", "cluster_id", F.col("embedding").alias(FEATURES)
     )
     return segment_centroids(members).toPandas()
+
+
+def placement_segments(
+    store: TableStore, profiles: DataFrame, pca_dims: int | None
+) -> pd.DataFrame:
+    """The segments interests are placed at (segment_id, cluster_id, size, centroid).
+
+    Without ``profile.pca_dims`` the clustering ran in the model's space, so the stored
+    ``segments.centroid`` is what users are settled by (a full run's, or an update's
+    reassignment, which keeps the centroids until a re-clustering): interests go to the
+    same centroids, read from the small ``segments`` table instead of averaging every
+    profile again. With PCA those centroids lie in the reduced space:
+    ``full_space_segments``.
+    """
+    if pca_dims is None:
+        return (
+            store.read("segments").select("segment_id", "cluster_id", "size", "centroid").toPandas()
+        )
+    return full_space_segments(store.read("user_segments"), profiles)
 
 
 def with_segments(interests: DataFrame, segments: pd.DataFrame) -> DataFrame:

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster.features import clusterable
 from usersegments.config import Config
-from usersegments.interests.assign import full_space_segments, with_segments
+from usersegments.interests.assign import placement_segments, with_segments
 from usersegments.interests.reach import refresh_reach
 from usersegments.interests.stage import found_interests, interest_rows
 from usersegments.runlog import RunLog
@@ -81,10 +81,13 @@ def interest_changes(users: DataFrame, old: DataFrame, new: DataFrame) -> dict[s
     }
 
 
-def replace_all_segments(store: TableStore, profiles: DataFrame, run_id: str) -> int:
-    """Place every stored interest at its nearest segment of the current ``user_segments``
-    (after a re-clustering); the rows name ``run_id``. Returns the rows rewritten."""
-    segments = full_space_segments(store.read("user_segments"), profiles)
+def replace_all_segments(
+    store: TableStore, profiles: DataFrame, pca_dims: int | None, run_id: str
+) -> int:
+    """Place every stored interest at its nearest segment of the current segments
+    (``placement_segments``; after a re-clustering); the rows name ``run_id``. Returns
+    the rows rewritten."""
+    segments = placement_segments(store, profiles, pca_dims)
     stored = store.read("user_interests").drop("segment_id", "cluster_id", "run_id")
     placed = with_segments(stored, segments).withColumn("run_id", F.lit(run_id)).cache()
     try:
@@ -118,7 +121,9 @@ def refresh_interests(
     finally:
         users.unpersist()
     if reclustered:
-        metrics["interests_rows_replaced"] = replace_all_segments(store, profiles, run.run_id)
+        metrics["interests_rows_replaced"] = replace_all_segments(
+            store, profiles, cfg.profile.pca_dims, run.run_id
+        )
     if reclustered or metrics["interests_users_recomputed"]:
         refresh_reach(spark, store, cfg.interests.min_weight)
     return metrics
@@ -131,7 +136,7 @@ def recompute(
     ``user_interests``; the figures of ``interest_changes`` and the rows merged."""
     as_of = max_time(profiles, "as_of")
     found = found_interests(store, cfg, run, users, as_of).cache()
-    rows = interest_rows(store, found, profiles, run.run_id, as_of).cache()
+    rows = interest_rows(store, found, profiles, cfg, run.run_id, as_of).cache()
     try:
         old = store.read("user_interests").join(users, "user_id", "left_semi")
         # Before the merge: the old rows are the table's current version.

@@ -14,7 +14,7 @@ from usersegments.config import Config
 from usersegments.embed import model_id, model_vectors
 from usersegments.embed.stage import vectors_fit_broadcast
 from usersegments.halflife import stored_profile_half_life, with_half_life
-from usersegments.interests.assign import full_space_segments, with_segments
+from usersegments.interests.assign import placement_segments, with_segments
 from usersegments.interests.events import recent_weighted_events
 from usersegments.interests.local import InterestRule, interests_of_users
 from usersegments.interests.metrics import interest_counts
@@ -66,11 +66,16 @@ def found_interests(
 
 
 def interest_rows(
-    store: TableStore, found: DataFrame, profiles: DataFrame, run_id: str, as_of: datetime
+    store: TableStore,
+    found: DataFrame,
+    profiles: DataFrame,
+    cfg: Config,
+    run_id: str,
+    as_of: datetime,
 ) -> DataFrame:
-    """``user_interests`` rows of the ``found`` interests, each at the nearest segment of
-    the stored ``user_segments`` (centroids in the model's space, from ``profiles``)."""
-    segments = full_space_segments(store.read("user_segments"), profiles)
+    """``user_interests`` rows of the ``found`` interests, each at the nearest segment
+    (``placement_segments``: centroids in the model's space)."""
+    segments = placement_segments(store, profiles, cfg.profile.pca_dims)
     placed = with_segments(found, segments)
     return conform(
         placed.withColumn("run_id", F.lit(run_id)).withColumn("as_of", F.lit(as_of)),
@@ -100,7 +105,7 @@ def run_interests(spark: SparkSession, store: TableStore, cfg: Config, run: RunL
     users = profiles.filter(clusterable(cfg.profile.min_events)).select("user_id")
     found = found_interests(store, cfg, run, users, as_of).cache()
     try:
-        rows = interest_rows(store, found, profiles, run.run_id, as_of)
+        rows = interest_rows(store, found, profiles, cfg, run.run_id, as_of)
         store.write(rows, "user_interests", mode="overwrite")
     finally:
         found.unpersist()
