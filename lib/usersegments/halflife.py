@@ -116,11 +116,15 @@ def derive_profile_half_life(events: DataFrame, min_events: int) -> HalfLife:
 
 def derive_recommend_half_life(events: DataFrame) -> HalfLife:
     """The ``auto`` recommend half-life of ``events`` (event_time); see the module."""
-    latest = events.agg(F.max(_seconds("event_time")).alias("t")).first()["t"]
-    if latest is None:
+    # One pass: the median age is the latest time plus the median of the negated times
+    # (a shift keeps the order, so the percentile picks the same event).
+    row = events.agg(
+        F.max(_seconds("event_time")).alias("latest"),
+        _median(-_seconds("event_time")).alias("negated"),
+    ).first()
+    if row["latest"] is None:
         return HalfLife(days=IDLE_HALF_LIFE_DAYS, auto=True)
-    row = events.agg(_median(F.lit(latest) - _seconds("event_time")).alias("age")).first()
-    age = float(row["age"] or 0.0) / SECONDS_PER_DAY
+    age = (float(row["latest"]) + float(row["negated"])) / SECONDS_PER_DAY
     return _with_fallback(age, events, {"median_event_age_days": age})
 
 

@@ -30,13 +30,29 @@ from usersegments.store import TableStore
 log = logging.getLogger(__name__)
 
 
+# The column ``flag_cached`` adds: whether the text's vector for the model is cached.
+CACHED = "_cached"
+
+
 def texts_to_embed(events: DataFrame, cache: DataFrame | None, model: str) -> DataFrame:
     """Distinct ``(text_hash, text)`` of ``events`` not yet in ``cache`` for ``model``."""
+    return flag_cached(events, cache, model).filter(~F.col(CACHED)).drop(CACHED)
+
+
+def flag_cached(events: DataFrame, cache: DataFrame | None, model: str) -> DataFrame:
+    """Distinct ``(text_hash, text)`` of ``events`` with ``CACHED``: whether ``cache``
+    holds the text's vector for ``model``. One frame for both the counts and the texts
+    to embed, so the events are read twice per run, not three times."""
     distinct = events.select("text_hash", "text").dropDuplicates(["text_hash"])
     if cache is None:
-        return distinct
-    known = cache.filter(F.col("model_id") == model).select("text_hash")
-    return distinct.join(known, on="text_hash", how="left_anti")
+        return distinct.withColumn(CACHED, F.lit(False))
+    # text_embeddings is keyed by (text_hash, model_id): one row per hash here.
+    known = (
+        cache.filter(F.col("model_id") == model).select("text_hash").withColumn(CACHED, F.lit(True))
+    )
+    return distinct.join(known, "text_hash", "left").withColumn(
+        CACHED, F.coalesce(F.col(CACHED), F.lit(False))
+    )
 
 
 def model_vectors(store: TableStore, model: str) -> DataFrame:
@@ -77,8 +93,9 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     events = _event_texts(store)
     blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
-    candidates = texts_to_embed(events, cache, spec.model_id)
-    metrics = _cache_metrics(events, candidates, blank)
+    flagged = flag_cached(events, cache, spec.model_id)
+    metrics = _cache_metrics(flagged, blank)
+    candidates = flagged.filter(~F.col(CACHED)).drop(CACHED)
     runtime = resolve_runtime(cfg.embed)
     metrics["runtime_onnx"] = float(runtime.runtime == "onnxruntime")
     metrics["quantized_int8"] = float(runtime.quantize == "int8")
@@ -141,12 +158,17 @@ def _event_texts(store: TableStore) -> DataFrame:
     return with_texts(store, hashes).filter(F.col("text").isNotNull())
 
 
-def _cache_metrics(events: DataFrame, candidates: DataFrame, blank: Column) -> dict[str, float]:
-    """Distinct, cached, to-embed and blank text counts (blank texts are never embedded)."""
-    counts = candidates.agg(
-        F.count(F.lit(1)).alias("new"), F.sum(blank.cast("long")).alias("blank")
+def _cache_metrics(flagged: DataFrame, blank: Column) -> dict[str, float]:
+    """Distinct, cached, to-embed and blank text counts of ``flagged`` (``flag_cached``),
+    in one job (blank texts are never embedded)."""
+    new = ~F.col(CACHED)
+    counts = flagged.agg(
+        F.count(F.lit(1)).alias("distinct"),
+        F.sum(new.cast("long")).alias("new"),
+        F.sum((new & blank).cast("long")).alias("blank"),
     ).first()
-    distinct_texts = events.select("text_hash").distinct().count()
+    distinct_texts = int(counts["distinct"])
+    new_texts = int(counts["new"] or 0)
     blank_texts = int(counts["blank"] or 0)
     if blank_texts:
         log.warning(
@@ -154,8 +176,8 @@ def _cache_metrics(events: DataFrame, candidates: DataFrame, blank: Column) -> d
         )
     return {
         "distinct_texts": distinct_texts,
-        "texts_to_embed": int(counts["new"]) - blank_texts,
-        "cached_hits": distinct_texts - int(counts["new"]),
+        "texts_to_embed": new_texts - blank_texts,
+        "cached_hits": distinct_texts - new_texts,
         "blank_texts_skipped": blank_texts,
     }
 
