@@ -76,6 +76,30 @@ def test_merge_upserts_exact_rows(spark, store):
     assertDataFrameEqual(store.read("t"), expected)
 
 
+@pytest.mark.slow  # over ~3 s on 2 cores
+def test_a_merge_within_partitions_matches_only_the_rows_there(spark, store):
+    """``within`` limits the merge's target to the partitions named (what lets an ingest
+    of recent events skip the older months' files): rows there are matched and updated,
+    new keys inserted, other partitions left alone; a key that exists only in another
+    partition is out of reach (callers pass ``within`` only where keys imply partitions)."""
+    store.write(sample(spark), "t", partition_by=["day"])
+    change = rows(
+        spark,
+        [
+            ("b", datetime(2024, 1, 2, 11, 30), date(2024, 1, 2), 9.0, [0.3, 0.4], 2),
+            ("d", datetime(2024, 1, 2, 9, 0), date(2024, 1, 2), 4.0, [1.0], 4),
+        ],
+    )
+    result = store.merge(change, "t", on=["id"], within={"day": ["2024-01-02"]})
+    assert (result.inserted, result.updated) == (1, 1)
+    assertDataFrameEqual(store.read("t"), sample(spark).filter("id != 'b'").unionByName(change))
+    # "a" lives in 2024-01-01 only: limited to 2024-01-02, the merge cannot see it.
+    stray = rows(spark, [("a", datetime(2024, 1, 2), date(2024, 1, 2), 7.0, [0.5], 1)])
+    unseen = store.merge(stray, "t", on=["id"], within={"day": ["2024-01-02"]})
+    assert (unseen.inserted, unseen.updated) == (1, 0)
+    assert store.read("t").filter("id = 'a'").count() == 2
+
+
 @pytest.mark.slow
 def test_merge_is_idempotent(spark, store):
     store.write(sample(spark), "t")

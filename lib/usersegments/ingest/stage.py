@@ -139,8 +139,9 @@ def _write(
         kept_rows = int(figures["kept"])
         unique_rows = int(unique.count()) if icfg.cap_heavy_users else kept_rows
         capped_rows = unique_rows - kept_rows
+        within = _batch_months(store, kept)
         # Counted before the merge below adds this batch's rows to events.
-        already_present = _count_present(store, kept)
+        already_present = _count_present(store, kept, within)
         rejected = classified.filter(F.col("reject_reason").isNotNull())
         if capped_rows:
             rejected = rejected.unionByName(
@@ -158,6 +159,7 @@ def _write(
             on=["event_id"],
             when_matched="ignore",
             partition_by=partition_columns("events"),
+            within=within,
         )
     finally:
         kept.unpersist()
@@ -193,12 +195,31 @@ def _kept_figures(kept: DataFrame) -> Row:
     ).first()
 
 
-def _count_present(store: TableStore, kept: DataFrame) -> int:
-    """How many of the kept rows the events table holds already (a re-ingest)."""
+# The events table's partition column (``schema.PARTITION_BY``): an event id implies it.
+MONTH = "event_month"
+
+
+def _batch_months(store: TableStore, kept: DataFrame) -> dict[str, list[str]] | None:
+    """``{"event_month": [...]}``: the months of the kept rows, the only partitions of
+    ``events`` that can hold one of their ids (an event id covers the event's time), so
+    a batch of recent events reads those months, not the whole history. None when the
+    table does not exist yet or has no ``event_month`` (a table from before it). One
+    value per month of the batch reaches the driver."""
+    if not store.exists("events") or MONTH not in store.schema("events").fieldNames():
+        return None
+    months = kept.select(MONTH).distinct().collect()
+    return {MONTH: [row[MONTH].isoformat() for row in months]}
+
+
+def _count_present(store: TableStore, kept: DataFrame, within: dict[str, list[str]] | None) -> int:
+    """How many of the kept rows the events table holds already (a re-ingest), reading
+    only the partitions ``within`` names when given."""
     if not store.exists("events"):
         return 0
-    existing = store.read("events").select("event_id")
-    return kept.join(existing, on="event_id", how="left_semi").count()
+    existing = store.read("events")
+    for column, values in (within or {}).items():
+        existing = existing.filter(F.col(column).isin(values))
+    return kept.join(existing.select("event_id"), on="event_id", how="left_semi").count()
 
 
 def _metrics(rows_read: int, by_reason: dict[str | None, int], written: _Written) -> dict:

@@ -101,6 +101,7 @@ class Backend(Protocol):
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
         delete_flag: str | None = None,
+        within: Mapping[str, Sequence[str]] | None = None,
     ) -> MergeResult: ...
 
     def version(self, path: str) -> int: ...
@@ -128,3 +129,15 @@ class Backend(Protocol):
     def checkpoint(self, path: str) -> None: ...
 
     def vacuum(self, path: str, retention_hours: float) -> int: ...
+
+
+def partition_predicate(within: Mapping[str, Sequence[str]] | None, quote: str) -> list[str]:
+    """SQL conjuncts ``t.<col> IN ('v1', ...)`` limiting a merge's target to the
+    partitions in ``within`` (column -> values as text), the column quoted with
+    ``quote`` (a backtick for Spark SQL, a double quote for delta-rs). A static predicate
+    on partition columns is what both Delta engines prune the target's files by."""
+    conjuncts = []
+    for column, values in (within or {}).items():
+        listed = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+        conjuncts.append(f"t.{quote}{column}{quote} IN ({listed})")
+    return conjuncts

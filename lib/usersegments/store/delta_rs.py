@@ -41,6 +41,7 @@ from usersegments.store.backend import (
     TableVersion,
     Txn,
     WriteMode,
+    partition_predicate,
 )
 
 
@@ -139,11 +140,15 @@ class DeltaRsBackend:
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
         delete_flag: str | None = None,
+        within: Mapping[str, Sequence[str]] | None = None,
     ) -> MergeResult:
         """Upsert ``df`` on the keys ``on`` with a streamed delta-rs merge; with
         ``delete_flag`` (a boolean column of ``df``, not written), a matched row whose
-        source row has it set is deleted and a flagged unmatched row is not inserted."""
-        predicate = " AND ".join(f't."{k}" = s."{k}"' for k in on)
+        source row has it set is deleted and a flagged unmatched row is not inserted;
+        ``within`` limits the target to those partitions (``partition_predicate``: a
+        streamed merge cannot derive that from its source)."""
+        keys = [f't."{k}" = s."{k}"' for k in on]
+        predicate = " AND ".join([*partition_predicate(within, '"'), *keys])
         # The target's column order, so that insert_all/update_all line up by name and type.
         target_columns = self.schema(path).fieldNames()
         source = [F.col(f"`{c}`") for c in target_columns]

@@ -22,6 +22,7 @@ from usersegments.store.backend import (
     TableVersion,
     Txn,
     WriteMode,
+    partition_predicate,
 )
 from usersegments.times import collected_utc
 
@@ -101,11 +102,14 @@ class DeltaSparkBackend:
         when_matched: MatchedAction,
         when_not_matched: NotMatchedAction,
         delete_flag: str | None = None,
+        within: Mapping[str, Sequence[str]] | None = None,
     ) -> MergeResult:
         """Upsert ``df`` on the keys ``on``; the counts are the merge's own metrics. With
         ``delete_flag`` (a boolean column of ``df``, not written), a matched row whose
-        source row has it set is deleted and a flagged unmatched row is not inserted."""
-        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in on)
+        source row has it set is deleted and a flagged unmatched row is not inserted;
+        ``within`` limits the target to those partitions (``partition_predicate``)."""
+        keys = [f"t.`{k}` = s.`{k}`" for k in on]
+        condition = " AND ".join([*partition_predicate(within, "`"), *keys])
         builder = self._table(path).alias("t").merge(df.alias("s"), condition)
         if delete_flag is None:
             if when_matched == "update":

@@ -3,7 +3,7 @@ backend ``choice.resolve_backend`` picks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -196,6 +196,7 @@ class TableStore:
         when_matched: MatchedAction = "update",
         when_not_matched: NotMatchedAction = "insert",
         partition_by: Sequence[str] | None = None,
+        within: Mapping[str, Sequence[str]] | None = None,
     ) -> MergeResult:
         """Upsert ``df`` into table ``name`` on the key columns ``on``.
 
@@ -203,7 +204,10 @@ class TableStore:
         new keys are inserted (or dropped with ``when_not_matched="ignore"``).
         A table that does not exist yet is created (``partition_by`` applies then).
         Keys must be non-null and unique in ``df``: merging the same rows twice
-        changes nothing the second time.
+        changes nothing the second time. ``within`` (partition column -> values, as
+        text) says which partitions of the table can hold a match: the caller knows the
+        keys imply the partition (an event id implies its month). The merge then reads
+        only those partitions' files, not the whole table.
         """
         check_choice("when_matched", when_matched, ("update", "ignore"))
         check_choice("when_not_matched", when_not_matched, ("insert", "ignore"))
@@ -223,7 +227,9 @@ class TableStore:
             check_schema_compatible(self._backend.schema(path), source.schema, name)
             if when_matched == "update":
                 self._refuse_if_append_only(name, "a merge that updates matched rows")
-            return self._backend.merge(source, path, keys, when_matched, when_not_matched)
+            return self._backend.merge(
+                source, path, keys, when_matched, when_not_matched, within=within
+            )
 
     def replace_groups(
         self, df: DataFrame, name: str, on: Sequence[str], group: Sequence[str]
