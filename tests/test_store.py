@@ -98,6 +98,11 @@ def test_a_merge_within_partitions_matches_only_the_rows_there(spark, store):
     unseen = store.merge(stray, "t", on=["id"], within={"day": ["2024-01-02"]})
     assert (unseen.inserted, unseen.updated) == (1, 0)
     assert store.read("t").filter("id = 'a'").count() == 2
+    # An empty batch (every row of an ingest rejected) names no partition at all.
+    before = store.read("t").count()
+    empty = store.merge(rows(spark, []), "t", on=["id"], within={"day": []})
+    assert (empty.inserted, empty.updated) == (0, 0)
+    assert store.read("t").count() == before
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ Modules:
   int8), device resolution and the per-process embedder cache ``get_embedder``.
 - ``onnx``: ONNX export, ONNX Runtime int8 quantization and CPU sessions.
 - ``udf``: the Spark iterator pandas UDF and the task's GPU address.
-- ``stage``: the ``embed`` stage ``run_embed``, ``texts_to_embed`` and
+- ``stage``: the ``embed`` stage ``run_embed``, ``flag_cached`` (which texts it embeds) and
   ``model_vectors`` (the cached vectors later stages read).
 """
 

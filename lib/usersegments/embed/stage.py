@@ -34,11 +34,6 @@ log = logging.getLogger(__name__)
 CACHED = "_cached"
 
 
-def texts_to_embed(events: DataFrame, cache: DataFrame | None, model: str) -> DataFrame:
-    """Distinct ``(text_hash, text)`` of ``events`` not yet in ``cache`` for ``model``."""
-    return flag_cached(events, cache, model).filter(~F.col(CACHED)).drop(CACHED)
-
-
 def flag_cached(events: DataFrame, cache: DataFrame | None, model: str) -> DataFrame:
     """Distinct ``(text_hash, text)`` of ``events`` with ``CACHED``: whether ``cache``
     holds the text's vector for ``model``. One frame for both the counts and the texts

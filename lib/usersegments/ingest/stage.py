@@ -195,20 +195,21 @@ def _kept_figures(kept: DataFrame) -> Row:
     ).first()
 
 
-# The events table's partition column (``schema.PARTITION_BY``): an event id implies it.
-MONTH = "event_month"
-
-
 def _batch_months(store: TableStore, kept: DataFrame) -> dict[str, list[str]] | None:
-    """``{"event_month": [...]}``: the months of the kept rows, the only partitions of
-    ``events`` that can hold one of their ids (an event id covers the event's time), so
-    a batch of recent events reads those months, not the whole history. None when the
-    table does not exist yet or has no ``event_month`` (a table from before it). One
-    value per month of the batch reaches the driver."""
-    if not store.exists("events") or MONTH not in store.schema("events").fieldNames():
+    """The partition values (``schema.partition_columns``: the events' month) of the
+    kept rows, as text: the only partitions of ``events`` that can hold one of their ids
+    (an event id covers the event's time), so a batch of recent events reads those
+    months, not the whole history. None when the table does not exist yet or lacks the
+    columns (a table from before ``event_month``). One value per month of the batch
+    reaches the driver."""
+    if not store.exists("events"):
         return None
-    months = kept.select(MONTH).distinct().collect()
-    return {MONTH: [row[MONTH].isoformat() for row in months]}
+    stored = store.schema("events").fieldNames()
+    columns = [c for c in partition_columns("events") if c in stored]
+    if not columns:
+        return None
+    rows = kept.select(*columns).distinct().collect()
+    return {c: sorted({str(row[c]) for row in rows}) for c in columns}
 
 
 def _count_present(store: TableStore, kept: DataFrame, within: dict[str, list[str]] | None) -> int:

@@ -135,9 +135,14 @@ def partition_predicate(within: Mapping[str, Sequence[str]] | None, quote: str) 
     """SQL conjuncts ``t.<col> IN ('v1', ...)`` limiting a merge's target to the
     partitions in ``within`` (column -> values as text), the column quoted with
     ``quote`` (a backtick for Spark SQL, a double quote for delta-rs). A static predicate
-    on partition columns is what both Delta engines prune the target's files by."""
+    on partition columns is what both Delta engines prune the target's files by. A
+    column with no value leaves no partition to match in: ``FALSE`` (SQL has no empty
+    ``IN ()``; an ingest whose every row was rejected merges an empty batch)."""
     conjuncts = []
     for column, values in (within or {}).items():
+        if not values:
+            conjuncts.append("FALSE")
+            continue
         listed = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
         conjuncts.append(f"t.{quote}{column}{quote} IN ({listed})")
     return conjuncts
