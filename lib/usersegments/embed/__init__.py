@@ -9,6 +9,8 @@ Modules:
   int8), device resolution and the per-process embedder cache ``get_embedder``.
 - ``onnx``: ONNX export, ONNX Runtime int8 quantization and CPU sessions.
 - ``udf``: the Spark iterator pandas UDF and the task's GPU address.
+- ``parts``: ``embed.parts: split``, "item | review" texts cut where ingest joined them,
+  each distinct part embedded once, a text's vector composed from its parts'.
 - ``stage``: the ``embed`` stage ``run_embed``, ``flag_cached`` (which texts it embeds) and
   ``model_vectors`` (the cached vectors later stages read).
 """

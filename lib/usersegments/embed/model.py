@@ -131,10 +131,18 @@ def gpu_visible() -> bool:
 
 
 def model_id(cfg: EmbedConfig) -> str:
-    """The id of ``cfg``'s vectors: a readable model name plus a digest of every setting
-    that changes them (the resolved runtime and quantization among them). CUDA
-    precision is left out: fp16 vectors agree with fp32 ones to cosine > 0.999 and may
-    share the cache."""
+    """The id of ``cfg``'s stored vectors: ``encoder_id``, with ``+parts`` when texts are
+    composed from their parts' vectors (``embed.parts: split``), which differ from the
+    vectors of the texts embedded whole."""
+    encoder = encoder_id(cfg)
+    return f"{encoder}+parts" if cfg.parts == "split" else encoder
+
+
+def encoder_id(cfg: EmbedConfig) -> str:
+    """The id of the encoder's vector of one text: a readable model name plus a digest of
+    every setting that changes it (the resolved runtime and quantization among them).
+    CUDA precision is left out: fp16 vectors agree with fp32 ones to cosine > 0.999 and
+    may share the cache."""
     path = resolve_model_path(cfg.model, cfg.models_root)
     runtime = resolve_runtime(cfg)
     spec = {
@@ -163,6 +171,7 @@ class EmbedderSpec:
 
     model: str
     model_id: str
+    encoder_id: str
     revision: str | None
     max_length: int
     pooling: str
@@ -185,6 +194,7 @@ class EmbedderSpec:
         return cls(
             model=model,
             model_id=model_id(cfg),
+            encoder_id=encoder_id(cfg),
             revision=cfg.revision,
             max_length=cfg.max_length,
             pooling=cfg.pooling,

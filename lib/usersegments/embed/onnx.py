@@ -1,6 +1,6 @@
 """The ONNX Runtime path: export to ONNX, int8 quantization, CPU sessions.
 
-An exported model is cached on disk per model id (``onnx_cache_dir``) and shared
+An exported model is cached on disk per encoder id (``onnx_cache_dir``) and shared
 by every worker of the machine.
 """
 
@@ -24,11 +24,11 @@ def onnx_cache_dir() -> Path:
 
 def onnx_model_file(model: Any, spec: EmbedderSpec) -> Path:
     """The model exported to ONNX (int8 weights with ``quantize=int8``), built once per
-    model id and reused by every worker; written to a temporary name and renamed, so
+    encoder id and reused by every worker; written to a temporary name and renamed, so
     workers exporting at once never read half a file."""
     import tempfile
 
-    folder = onnx_cache_dir() / spec.model_id.replace("/", "_").replace("@", "-")
+    folder = onnx_cache_dir() / spec.encoder_id.replace("/", "_").replace("@", "-")
     target = folder / ("model.int8.onnx" if spec.quantize == "int8" else "model.onnx")
     if target.is_file():
         return target

@@ -2,8 +2,9 @@
 
 The stage takes the distinct ``(text_hash, text)`` of ``events``, drops those
 already in the ``text_embeddings`` cache for the configured ``model_id`` and
-embeds only the new ones in the UDF of ``udf.py``. Later stages read the cache
-back through ``model_vectors``.
+embeds only the new ones in the UDF of ``udf.py`` (with ``embed.parts: split``, their
+distinct parts, composed as ``parts`` says). Later stages read the cache back through
+``model_vectors``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 
 from usersegments.config import Config, EmbedConfig, InputConfig
 from usersegments.embed.model import EmbedderSpec, resolve_runtime
+from usersegments.embed.parts import compose_vectors, composite_parts, distinct_parts, text_parts
 from usersegments.embed.udf import make_embed_udf
 from usersegments.errors import InputError
 from usersegments.ingest.rejections import summarize_rejections
@@ -104,11 +106,15 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         runtime.quantize,
         runtime.reason,
     )
-    if metrics["texts_to_embed"]:
+    metrics["embedded_by_parts"] = float(cfg.embed.parts == "split")
+    if not metrics["texts_to_embed"]:
+        metrics.update({"texts_embedded": 0, "rows_inserted": 0})
+    elif cfg.embed.parts == "split":
+        new = candidates.filter(~blank)
+        metrics.update(_embed_by_parts(spark, store, cfg, spec, new))
+    else:
         new = candidates.filter(~blank)
         metrics.update(_embed_new(spark, store, cfg.embed, spec, new, metrics["texts_to_embed"]))
-    else:
-        metrics.update({"texts_embedded": 0, "rows_inserted": 0})
     if cfg.privacy.drop_text_after_embedding:
         metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
     run.record_all("embed", metrics)
@@ -177,6 +183,65 @@ def _cache_metrics(flagged: DataFrame, blank: Column) -> dict[str, float]:
     }
 
 
+def _embed_by_parts(
+    spark: SparkSession, store: TableStore, cfg: Config, spec: EmbedderSpec, texts: DataFrame
+) -> dict[str, float]:
+    """Embed the distinct parts of ``texts`` not cached yet, then compose the vectors of
+    the texts made of several parts (``embed.parts: split``, see ``parts``); returns the
+    stage's embedding metrics, the parts' counts among them."""
+    # Persisted: the part counts, the parts to embed and the composition read it, and
+    # the cache it was flagged against changes in between.
+    ecfg = cfg.embed
+    parts = text_parts(texts, ecfg.max_length, cfg.input.text_source)
+    parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
+        flagged = flag_cached(distinct_parts(parts), cache, spec.model_id)
+        counts = _cache_metrics(flagged, F.lit(False))  # parts are never blank
+        metrics = {
+            "distinct_parts": counts["distinct_texts"],
+            "parts_cached": counts["cached_hits"],
+        }
+        if counts["texts_to_embed"]:
+            new = flagged.filter(~F.col(CACHED)).drop(CACHED)
+            metrics.update(_embed_new(spark, store, ecfg, spec, new, counts["texts_to_embed"]))
+        else:
+            metrics.update({"texts_embedded": 0, "rows_inserted": 0})
+        composed = compose_vectors(
+            composite_parts(parts), model_vectors(store, spec.model_id), ecfg.normalize
+        )
+        merged = store.merge(
+            _embedding_rows(composed, spec.model_id),
+            "text_embeddings",
+            on=["text_hash", "model_id"],
+            when_matched="ignore",
+        )
+    finally:
+        parts.unpersist()
+    log.info(
+        "embed: %d distinct parts, %d cached; %d texts composed from their parts",
+        metrics["distinct_parts"],
+        metrics["parts_cached"],
+        merged.inserted,
+    )
+    metrics["texts_composed"] = merged.inserted
+    metrics["rows_inserted"] += merged.inserted
+    return metrics
+
+
+def _embedding_rows(vectors: DataFrame, model: str) -> DataFrame:
+    """``text_embeddings`` rows of ``vectors`` (``text_hash, embedding``) for ``model``."""
+    return conform(
+        vectors.select(
+            "text_hash",
+            F.lit(model).alias("model_id"),
+            "embedding",
+            F.lit(datetime.now(timezone.utc)).alias("created_at"),
+        ),
+        TEXT_EMBEDDINGS,
+    )
+
+
 def _embed_new(
     spark: SparkSession,
     store: TableStore,
@@ -192,15 +257,11 @@ def _embed_new(
     )
     truncated = spark.sparkContext.accumulator(0)
     embed_udf = make_embed_udf(spec, truncated)
-    now = datetime.now(timezone.utc)
     vectors = texts.repartition(partitions).select(
-        "text_hash",
-        F.lit(spec.model_id).alias("model_id"),
-        embed_udf(F.col("text")).alias("embedding"),
-        F.lit(now).alias("created_at"),
+        "text_hash", embed_udf(F.col("text")).alias("embedding")
     )
     # Persisted so the timed count runs the model and the merge reuses its vectors.
-    vectors = conform(vectors, TEXT_EMBEDDINGS).persist(StorageLevel.MEMORY_AND_DISK)
+    vectors = _embedding_rows(vectors, spec.model_id).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         t0 = time.perf_counter()
         embedded = vectors.count()

@@ -18,6 +18,8 @@ from usersegments.schema import EVENTS, EVENTS_REJECTED, conform
 from usersegments.times import setting_utc
 
 SEPARATOR = "\u001f"  # unit separator: cannot occur in normalised text
+# Between an item's text and the event's own in one event's text ("item | review").
+TEXT_PART_SEPARATOR = " | "
 
 # Stable reject reason codes, in the order they are checked (first match wins).
 MALFORMED_ROW = "malformed_row"
@@ -118,7 +120,7 @@ def _combine_text(item_text: Column, event_text: Column, source: str) -> Column:
     # case apart, as the uncased default model reads both the same.
     same = F.lower(first) == F.lower(second)
     return F.when(first.isNull() | second.isNull() | same, F.coalesce(first, second)).otherwise(
-        F.concat_ws(" | ", first, second)
+        F.concat_ws(TEXT_PART_SEPARATOR, first, second)
     )
 
 
