@@ -193,7 +193,7 @@ def test_split_parts_embeds_each_part_once_and_composes_each_text(spark, tmp_pat
     ("source", "want"),
     [
         ("item_then_event", [["fits | runs small", "shoe"], ["plain"]]),
-        ("event_then_item", [["shoe | fits", "runs small"], ["plain"]]),
+        ("event_then_item", [["runs small", "shoe | fits"], ["plain"]]),
         ("item", [["shoe | fits | runs small"], ["plain"]]),
     ],
 )

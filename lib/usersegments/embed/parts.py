@@ -92,16 +92,20 @@ def compose_vectors(parts: DataFrame, vectors: DataFrame, normalize: bool) -> Da
         parts.join(part_vectors, PART_HASH, "left")
         .groupBy("text_hash")
         .agg(
-            F.collect_list("embedding").alias("_vectors"),
-            F.collect_list(F.when(F.col("embedding").isNotNull(), F.col(PART_WEIGHT))).alias(
-                "_weights"
+            # Sorted by part: the same sum in the same order, whichever order the rows came
+            # in, so a replayed batch composes the same bits.
+            F.array_sort(F.collect_list(F.struct(PART_HASH, PART_WEIGHT, "embedding"))).alias(
+                "_parts"
             ),
             F.count(F.lit(1)).alias("_needed"),
+            F.count("embedding").alias("_found"),
         )
     )
-    complete = grouped.filter(F.size("_vectors") == F.col("_needed"))
+    complete = grouped.filter(F.col("_found") == F.col("_needed"))
+    vectors_of = F.transform("_parts", lambda p: p["embedding"])
+    weights_of = F.transform("_parts", lambda p: p[PART_WEIGHT])
     return complete.select(
-        "text_hash", _weighted_mean_udf(normalize)("_vectors", "_weights").alias("embedding")
+        "text_hash", _weighted_mean_udf(normalize)(vectors_of, weights_of).alias("embedding")
     )
 
 
