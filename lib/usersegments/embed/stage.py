@@ -186,46 +186,55 @@ def _cache_metrics(flagged: DataFrame, blank: Column) -> dict[str, float]:
 def _embed_by_parts(
     spark: SparkSession, store: TableStore, cfg: Config, spec: EmbedderSpec, texts: DataFrame
 ) -> dict[str, float]:
-    """Embed the distinct parts of ``texts`` not cached yet, then compose the vectors of
-    the texts made of several parts (``embed.parts: split``, see ``parts``); returns the
-    stage's embedding metrics, the parts' counts among them."""
+    """Embed the distinct parts of ``texts`` not cached yet and compose the vectors of the
+    texts made of two parts (``embed.parts: split``, see ``parts``), merged into
+    ``text_embeddings`` in one commit; returns the stage's embedding metrics, the parts'
+    counts among them."""
     # Persisted: the part counts, the parts to embed and the composition read it, and
-    # the cache it was flagged against changes in between.
+    # the cache it was flagged against must not change in between.
     ecfg = cfg.embed
     parts = text_parts(texts, ecfg.max_length, cfg.input.text_source)
     parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
+    embedded = flagged = composed = None
     try:
         cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
         flagged = flag_cached(distinct_parts(parts), cache, spec.model_id)
+        flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then embedded
         counts = _cache_metrics(flagged, F.lit(False))  # parts are never blank
         metrics = {
             "distinct_parts": counts["distinct_texts"],
             "parts_cached": counts["cached_hits"],
+            "texts_embedded": 0,
         }
+        vectors = model_vectors(store, spec.model_id) if cache is not None else None
         if counts["texts_to_embed"]:
             new = flagged.filter(~F.col(CACHED)).drop(CACHED)
-            metrics.update(_embed_new(spark, store, ecfg, spec, new, counts["texts_to_embed"]))
-        else:
-            metrics.update({"texts_embedded": 0, "rows_inserted": 0})
-        composed = compose_vectors(
-            composite_parts(parts), model_vectors(store, spec.model_id), ecfg.normalize
+            embedded, model_metrics = _run_model(spark, ecfg, spec, new, counts["texts_to_embed"])
+            metrics.update(model_metrics)
+            fresh = embedded.select("text_hash", "embedding")
+            vectors = fresh if vectors is None else vectors.unionByName(fresh)
+        composed = _embedding_rows(
+            compose_vectors(composite_parts(parts), vectors, ecfg.normalize), spec.model_id
         )
+        # Persisted: the merge's key check and its write both read the composed rows.
+        composed = composed.persist(StorageLevel.MEMORY_AND_DISK)
+        rows = composed if embedded is None else embedded.unionByName(composed)
         merged = store.merge(
-            _embedding_rows(composed, spec.model_id),
-            "text_embeddings",
-            on=["text_hash", "model_id"],
-            when_matched="ignore",
+            rows, "text_embeddings", on=["text_hash", "model_id"], when_matched="ignore"
         )
     finally:
-        parts.unpersist()
+        for frame in (parts, flagged, embedded, composed):
+            if frame is not None:
+                frame.unpersist()
+    # Every part and text here was uncached, so each of the rows was inserted.
+    metrics["texts_composed"] = merged.inserted - metrics["texts_embedded"]
+    metrics["rows_inserted"] = merged.inserted
     log.info(
         "embed: %d distinct parts, %d cached; %d texts composed from their parts",
         metrics["distinct_parts"],
         metrics["parts_cached"],
-        merged.inserted,
+        metrics["texts_composed"],
     )
-    metrics["texts_composed"] = merged.inserted
-    metrics["rows_inserted"] += merged.inserted
     return metrics
 
 
@@ -252,6 +261,22 @@ def _embed_new(
 ) -> dict[str, float]:
     """Embed ``texts`` (``count`` of them) and merge them into ``text_embeddings``;
     returns the stage's embedding metrics."""
+    vectors, metrics = _run_model(spark, ecfg, spec, texts, count)
+    try:
+        merged = store.merge(
+            vectors, "text_embeddings", on=["text_hash", "model_id"], when_matched="ignore"
+        )
+    finally:
+        vectors.unpersist()
+    metrics["rows_inserted"] = merged.inserted
+    return metrics
+
+
+def _run_model(
+    spark: SparkSession, ecfg: EmbedConfig, spec: EmbedderSpec, texts: DataFrame, count: float
+) -> tuple[DataFrame, dict[str, float]]:
+    """``texts`` (``count`` of them) through the model: their ``text_embeddings`` rows,
+    persisted (the caller unpersists them), and the model's metrics."""
     partitions = ecfg.partitions or max(
         spark.sparkContext.defaultParallelism, math.ceil(count / 20_000)
     )
@@ -262,15 +287,9 @@ def _embed_new(
     )
     # Persisted so the timed count runs the model and the merge reuses its vectors.
     vectors = _embedding_rows(vectors, spec.model_id).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        t0 = time.perf_counter()
-        embedded = vectors.count()
-        seconds = time.perf_counter() - t0
-        merged = store.merge(
-            vectors, "text_embeddings", on=["text_hash", "model_id"], when_matched="ignore"
-        )
-    finally:
-        vectors.unpersist()
+    t0 = time.perf_counter()
+    embedded = vectors.count()
+    seconds = time.perf_counter() - t0
     rate = embedded / seconds if seconds > 0 else 0.0
     log.info(
         "embed: %d texts in %.1fs (%.0f texts/s), %d truncated at %d tokens",
@@ -280,9 +299,8 @@ def _embed_new(
         truncated.value,
         ecfg.max_length,
     )
-    return {
+    return vectors, {
         "texts_embedded": embedded,
-        "rows_inserted": merged.inserted,
         "embed_seconds": seconds,
         "texts_per_second": rate,
         "texts_truncated": truncated.value,
