@@ -233,15 +233,15 @@ def test_model_id_tracks_every_vector_setting():
         "embed.quantize=none",
         "embed.runtime=torch",
         "embed.max_length=64",
-        "embed.parts=whole",
+        "embed.parts=split",
     ):
         ids.add(model_id(load_config(overrides=[change]).embed))
     ids.add(model_id(load_config(overrides=["embed.runtime=torch", "embed.quantize=int8"]).embed))
     assert len(ids) == 8
     assert model_id(load_config(overrides=["embed.batch_size=8"]).embed) == model_id(base)
     # Texts composed from parts share the encoder (and its ONNX export), not the vectors.
-    whole = load_config(overrides=["embed.parts=whole"]).embed
-    assert EmbedderSpec.from_config(whole).encoder_id == EmbedderSpec.from_config(base).encoder_id
+    split = load_config(overrides=["embed.parts=split"]).embed
+    assert EmbedderSpec.from_config(split).encoder_id == EmbedderSpec.from_config(base).encoder_id
 
 
 def test_auto_runtime_is_onnx_int8_on_cpu_and_torch_on_cuda():
@@ -360,14 +360,12 @@ def test_truncation_is_counted_without_the_tokenizer_warning():
     assert not [m for m in grab.messages if "sequence length is longer" in m], grab.messages
 
 
-def test_the_cpu_default_segments_planted_users_as_well_as_fp32_whole_texts(planted):
-    """The CPU default, ONNX Runtime int8 (``embed.runtime: auto``) with "item | review"
-    texts composed from their parts (``embed.parts: split``), segments the planted users
-    as well as fp32 vectors of the whole texts: the vectors the run's Spark UDF wrote
-    and composed, and fp32 vectors of the same texts embedded whole, through the same
-    user means and clusterings. The planted scores the runs report (ARI of areas, NMI of
-    sub-styles) stay within 0.01; the sub-styles' ARI, the most sensitive, within 0.02
-    (int8 alone measured 0.004-0.015 below fp32's)."""
+def test_int8_default_segments_planted_users_as_well_as_fp32(planted):
+    """``embed.runtime: auto`` runs ONNX Runtime int8 on a CPU because its segments of the
+    planted users are as good as fp32's: the int8 vectors the run's Spark UDF wrote, and
+    fp32 vectors of the same texts, through the same user means and clusterings. The
+    planted scores the runs report (ARI of areas, NMI of sub-styles) stay within 0.01;
+    the sub-styles' ARI, the most sensitive, measured 0.004-0.015 below fp32's."""
     from sklearn.cluster import AgglomerativeClustering, KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 

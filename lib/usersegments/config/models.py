@@ -260,13 +260,13 @@ class EmbedConfig(Section):
         "on CPU.",
     )
     parts: Literal["whole", "split"] = Field(
-        "split",
-        description="split = a text ingest joined from an item's text and the event's own "
-        "('item | review', see input.text_source) is cut there in two; each distinct part is "
-        "embedded once and cached, and the text's vector is its parts' mean weighted by "
-        "words (up to max_length): far fewer model passes where many events share an item. "
-        "Its vectors have their own model id (suffix +parts). whole = the model embeds "
-        "each distinct text as it is.",
+        "whole",
+        description="whole = the model embeds each distinct text as it is. split = a text "
+        "ingest joined from an item's text and the event's own ('item | review', see "
+        "input.text_source) is cut there in two; each distinct part is embedded once and "
+        "cached, and the text's vector is its parts' mean weighted by words (up to "
+        "max_length): far fewer model passes where many events share an item. Its vectors "
+        "have their own model id (suffix +parts).",
     )
     partitions: int | None = Field(
         None, ge=1, description="Partitions of new texts (default: Spark's default parallelism)."
