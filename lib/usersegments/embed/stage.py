@@ -107,13 +107,12 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         runtime.reason,
     )
     metrics["embedded_by_parts"] = float(cfg.embed.parts == "split")
+    new = candidates.filter(~blank)
     if not metrics["texts_to_embed"]:
         metrics.update({"texts_embedded": 0, "rows_inserted": 0})
     elif cfg.embed.parts == "split":
-        new = candidates.filter(~blank)
-        metrics.update(_embed_by_parts(spark, store, cfg, spec, new))
+        metrics.update(_embed_by_parts(spark, store, cfg, spec, new, cache))
     else:
-        new = candidates.filter(~blank)
         metrics.update(_embed_new(spark, store, cfg.embed, spec, new, metrics["texts_to_embed"]))
     if cfg.privacy.drop_text_after_embedding:
         metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
@@ -184,12 +183,17 @@ def _cache_metrics(flagged: DataFrame, blank: Column) -> dict[str, float]:
 
 
 def _embed_by_parts(
-    spark: SparkSession, store: TableStore, cfg: Config, spec: EmbedderSpec, texts: DataFrame
+    spark: SparkSession,
+    store: TableStore,
+    cfg: Config,
+    spec: EmbedderSpec,
+    texts: DataFrame,
+    cache: DataFrame | None,
 ) -> dict[str, float]:
-    """Embed the distinct parts of ``texts`` not cached yet and compose the vectors of the
-    texts made of two parts (``embed.parts: split``, see ``parts``), merged into
-    ``text_embeddings`` in one commit; returns the stage's embedding metrics, the parts'
-    counts among them."""
+    """Embed the distinct parts of ``texts`` not in ``cache`` (``text_embeddings``, None
+    before its first write) and compose the vectors of the texts made of two parts
+    (``embed.parts: split``, see ``parts``), merged into ``text_embeddings`` in one
+    commit; returns the stage's embedding metrics, the parts' counts among them."""
     # Persisted: the part counts, the parts to embed and the composition read it, and
     # the cache it was flagged against must not change in between.
     ecfg = cfg.embed
@@ -197,7 +201,6 @@ def _embed_by_parts(
     parts = parts.persist(StorageLevel.MEMORY_AND_DISK)
     embedded = flagged = composed = None
     try:
-        cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
         flagged = flag_cached(distinct_parts(parts), cache, spec.model_id)
         flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then embedded
         counts = _cache_metrics(flagged, F.lit(False))  # parts are never blank
@@ -288,7 +291,11 @@ def _run_model(
     # Persisted so the timed count runs the model and the merge reuses its vectors.
     vectors = _embedding_rows(vectors, spec.model_id).persist(StorageLevel.MEMORY_AND_DISK)
     t0 = time.perf_counter()
-    embedded = vectors.count()
+    try:
+        embedded = vectors.count()
+    except Exception:
+        vectors.unpersist()  # the caller only gets the rows when the model ran
+        raise
     seconds = time.perf_counter() - t0
     rate = embedded / seconds if seconds > 0 else 0.0
     log.info(
