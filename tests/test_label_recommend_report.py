@@ -25,6 +25,7 @@ from usersegments.label import (
     label_segments,
     segment_keywords,
 )
+from usersegments.label.keywords import MEMBER_BOUNDS
 from usersegments.recommend import top_overall, top_per_group, without_seen
 from usersegments.schema import SEGMENT_RECOMMENDATIONS, SEGMENTS
 from usersegments.testing.synthetic import (
@@ -133,13 +134,38 @@ def test_class_tfidf_leaves_out_boilerplate_and_terms_commoner_elsewhere(spark):
 
 
 @pytest.mark.slow
-def test_class_tfidf_needs_several_members_using_a_keyword(spark):
+@pytest.mark.parametrize("rows_of", ["member", "text"])
+def test_class_tfidf_needs_several_members_using_a_keyword(spark, rows_of):
+    """Rows per member carry the user id; rows per text (what the label stage makes for
+    label.min_members <= 2) the least and greatest id of the members that wrote it."""
     cfg = load_config(overrides=["label.min_df=1"]).label  # min_members 2
-    rows = [("a", "u1", "banks", 1.0)] * 9 + [("a", f"u{i}", "medicine", 1.0) for i in range(3)]
-    rows += [("b", "u9", "other", 1.0), ("b", "u8", "other", 1.0)]
-    schema = "segment_id string, user_id string, term string, weight double"
-    scored = class_tfidf(spark.createDataFrame(rows, schema), cfg).collect()
-    assert {(r["segment_id"], r["term"]) for r in scored} == {("a", "medicine"), ("b", "other")}
+    rows = [("a", "u1", "banks", "t1", 1.0)] * 9 + [("a", "u1", "clinic", "t2", 1.0)] * 3
+    rows += [("a", f"u{i}", "medicine", f"t{i + 3}", 1.0) for i in range(3)]
+    rows += [("a", "u2", "clinic", "t2", 1.0)]  # a second member of t2's text
+    rows += [("b", "u9", "other", "t9", 1.0), ("b", "u8", "other", "t9", 1.0)]
+    schema = "segment_id string, user_id string, term string, text string, weight double"
+    frame = spark.createDataFrame(rows, schema)
+    if rows_of == "text":
+        frame = frame.groupBy("segment_id", "text", "term").agg(
+            F.sum("weight").alias("weight"),
+            F.count(F.lit(1)).alias("events"),
+            F.min("user_id").alias(MEMBER_BOUNDS[0]),
+            F.max("user_id").alias(MEMBER_BOUNDS[1]),
+        )
+    scored = class_tfidf(frame.drop("text"), cfg).collect()
+    assert {(r["segment_id"], r["term"]) for r in scored} == {
+        ("a", "medicine"),
+        ("a", "clinic"),
+        ("b", "other"),
+    }
+    # A third member is needed from label.min_members 3 on: per member rows only.
+    cfg3 = cfg.model_copy(update={"min_members": 3})
+    if rows_of == "member":
+        scored = class_tfidf(frame.drop("text"), cfg3).collect()
+        assert {(r["segment_id"], r["term"]) for r in scored} == {("a", "medicine")}
+    else:
+        with pytest.raises(ValueError, match="min_members"):
+            class_tfidf(frame.drop("text"), cfg3)
 
 
 def test_distinct_keywords_merges_near_duplicates():

@@ -23,7 +23,15 @@ from usersegments.errors import InputError
 from usersegments.evaluate import holdout_count
 from usersegments.frames import fit_partitions
 from usersegments.maintain import remove_legacy_models
-from usersegments.profile import event_weight, profiles_from_sums, resolve_as_of, weighted_sums
+from usersegments.profile import (
+    dot,
+    event_weight,
+    profiles_from_sums,
+    resolve_as_of,
+    usable_vector,
+    weighted_sums,
+    with_similarity,
+)
 
 AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
 EVENTS = "user_id string, event_time timestamp, event_type string, value double, text_hash string"
@@ -74,6 +82,41 @@ def test_weighted_mean_mixes_by_weight(spark):
     row = profiles_from_sums(sums, AS_OF, "r").first()
     expected = np.array([2.0, 6.0]) / np.linalg.norm([2.0, 6.0])  # rate weight 2 x value
     assert np.allclose(row["embedding"], expected, atol=1e-6)
+
+
+def test_vector_helpers_match_numpy_and_refuse_unusable_vectors(spark):
+    inf, nan = float("inf"), float("nan")
+    rows = [
+        ("unit", "a", [0.6, 0.8, 0.0]),
+        ("negative", "b", [-1.0, 0.0, 0.0]),
+        ("zero", "a", [0.0, 0.0, 0.0]),
+        ("nan", "a", [0.1, nan, 0.2]),
+        ("inf", "b", [0.1, -inf, 0.2]),
+        ("short", "a", [1.0, 0.0]),
+        ("empty", "a", []),
+        ("null", "a", None),
+        ("no target", "z", [0.6, 0.8, 0.0]),
+    ]
+    frame = spark.createDataFrame(rows, "name string, segment string, v array<float>")
+    targets = {"a": [1.0, 2.0, 3.0], "b": [0.5, -1.0, 0.0]}
+    pairs = frame.withColumn("t", F.array(*[F.lit(x).cast("float") for x in targets["a"]]))
+    got = {
+        r["name"]: (r["usable"], r["dot"], r["similarity"])
+        for r in with_similarity(pairs, "v", "segment", targets, "similarity")
+        .select(
+            "name", usable_vector("v").alias("usable"), dot("v", "t").alias("dot"), "similarity"
+        )
+        .collect()
+    }
+    usable = {name for name, (ok, _, _) in got.items() if ok}
+    assert usable == {"unit", "negative", "short", "no target"}
+    assert got["unit"][1] == pytest.approx(0.6 + 1.6) and got["unit"][2] == pytest.approx(2.2)
+    assert got["negative"][1] == pytest.approx(-1.0)
+    assert got["negative"][2] == pytest.approx(-0.5)
+    # Null where a vector is missing, of another length, or has no target.
+    for name in ("short", "empty", "null"):
+        assert got[name][1] is None and got[name][2] is None
+    assert got["no target"][2] is None and got["no target"][1] == pytest.approx(2.2)
 
 
 def test_as_of_from_setting_or_latest_event_and_empty_events_is_input_error(spark):

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from usersegments.cluster.features import FEATURES
 from usersegments.frames import literal_map
-from usersegments.profile import dot, with_unit_vector
+from usersegments.profile import with_similarity, with_unit_vector
 from usersegments.schema import SEGMENTS, conform
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,13 @@ def enforce_min_size(fine: DataFrame, min_size: int) -> DataFrame:
 
 def with_distance(fine: DataFrame) -> DataFrame:
     """``fine`` with ``distance`` recomputed against its segments' current centroids."""
-    centroids = segment_centroids(fine).select("segment_id", "centroid")
+    # One row per segment: the centroids travel with the similarity function.
+    centroids = segment_centroids(fine).select("segment_id", "centroid").collect()
+    targets = {r["segment_id"]: r["centroid"] for r in centroids}
     return (
-        fine.drop("distance")
-        .join(centroids, "segment_id")
-        .withColumn("distance", F.greatest(F.lit(0.0), 1.0 - dot(FEATURES, "centroid")))
-        .drop("centroid")
+        with_similarity(fine.drop("distance"), FEATURES, "segment_id", targets, "_similarity")
+        .withColumn("distance", F.greatest(F.lit(0.0), 1.0 - F.col("_similarity")))
+        .drop("_similarity")
     )
 
 

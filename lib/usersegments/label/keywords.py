@@ -25,7 +25,8 @@ def class_tfidf(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
     only when
 
     - it occurs in at least ``label.min_df`` events overall and (rows with a
-      ``user_id``) is used by at least ``label.min_members`` members of c;
+      ``user_id`` or ``MEMBER_BOUNDS``) is used by at least ``label.min_members``
+      members of c;
     - it is more frequent in c (tf / |c|) than in the other segments together:
       a keyword tells the segment apart;
     - it is no boilerplate: with ``p_c = tf(t, c) / |c|``, its weight is spread
@@ -45,8 +46,7 @@ def term_counts(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
     at least ``label.min_df`` events overall. A row of ``weighted_terms`` stands for
     one event, or for ``events`` events when it has that column. One row per segment
     and term, so small enough to cache while ``scored_terms`` reads it several times."""
-    has_users = "user_id" in weighted_terms.columns
-    members = (F.countDistinct("user_id") if has_users else F.count(F.lit(1))).alias("members")
+    members = _members(weighted_terms.columns, cfg).alias("members")
     # Rows that stand for several events of one text carry their count (``events``).
     has_counts = "events" in weighted_terms.columns
     events = (F.sum("events") if has_counts else F.count(F.lit(1))).alias("events")
@@ -60,6 +60,26 @@ def term_counts(weighted_terms: DataFrame, cfg: LabelConfig) -> DataFrame:
         .select("term")
     )
     return per_term.join(frequent, "term")
+
+
+# Columns of a row of terms that stands for several members' events: the least and the
+# greatest of their user ids (see ``_members``).
+MEMBER_BOUNDS = ("first_member", "last_member")
+
+
+def _members(columns: Sequence[str], cfg: LabelConfig) -> Column:
+    """How many members use a (segment, term): distinct ``user_id``s; with
+    ``MEMBER_BOUNDS`` instead, 1 when the least and greatest member ids agree and 2
+    otherwise (at least two members: exact for ``label.min_members`` up to 2, without a
+    row per member and term); rows without either stand for one member each."""
+    if "user_id" in columns:
+        return F.countDistinct("user_id")
+    if MEMBER_BOUNDS[0] in columns:
+        if cfg.min_members > 2:
+            raise ValueError("member bounds tell 1 member from 2 or more: min_members <= 2")
+        first, last = MEMBER_BOUNDS
+        return F.when(F.min(first) == F.max(last), F.lit(1)).otherwise(F.lit(2))
+    return F.count(F.lit(1))
 
 
 def scored_terms(kept: DataFrame, cfg: LabelConfig) -> DataFrame:
@@ -185,14 +205,23 @@ def segment_keywords(
     weighted = weighted.filter(F.col("weight") > 0).withColumn(
         "weight", F.col("weight") / F.sum("weight").over(Window.partitionBy("user_id"))
     )
-    # Each distinct text is tokenized once: a member's events of one text become one
+    # Each distinct text is tokenized once: a segment's events of one text become one
     # row (their weights summed, their count kept) before the texts' terms join in.
-    per_text = weighted.groupBy("segment_id", "user_id", "text_hash").agg(
-        F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events")
+    # Members are told apart by their least and greatest user ids (``_members``), so a
+    # text's row stands for all its members' events; a higher label.min_members needs a
+    # row per member and text.
+    if cfg.label.min_members <= 2:
+        first, last = MEMBER_BOUNDS
+        keys, bounds = [], [F.min("user_id").alias(first), F.max("user_id").alias(last)]
+        members = list(MEMBER_BOUNDS)
+    else:
+        keys, bounds, members = ["user_id"], [], ["user_id"]
+    per_text = weighted.groupBy("segment_id", *keys, "text_hash").agg(
+        F.sum("weight").alias("weight"), F.count(F.lit(1)).alias("events"), *bounds
     )
     terms = event_terms(distinct_texts(member_events), cfg.label).select("text_hash", "terms")
     exploded = per_text.join(terms, "text_hash").select(
-        "segment_id", "user_id", F.explode("terms").alias("term"), "weight", "events"
+        "segment_id", *members, F.explode("terms").alias("term"), "weight", "events"
     )
     # Every join of the scoring reads the counts again: without the cache each one would
     # aggregate the member events and tokenize the texts anew.
