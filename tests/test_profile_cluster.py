@@ -96,9 +96,10 @@ def test_vector_helpers_match_numpy_and_refuse_unusable_vectors(spark):
         ("empty", "a", []),
         ("null", "a", None),
         ("no target", "z", [0.6, 0.8, 0.0]),
+        ("null target", "n", [0.6, 0.8, 0.0]),
     ]
     frame = spark.createDataFrame(rows, "name string, segment string, v array<float>")
-    targets = {"a": [1.0, 2.0, 3.0], "b": [0.5, -1.0, 0.0]}
+    targets = {"a": [1.0, 2.0, 3.0], "b": [0.5, -1.0, 0.0], "n": None}
     pairs = frame.withColumn("t", F.array(*[F.lit(x).cast("float") for x in targets["a"]]))
     got = {
         r["name"]: (r["usable"], r["dot"], r["similarity"])
@@ -109,14 +110,15 @@ def test_vector_helpers_match_numpy_and_refuse_unusable_vectors(spark):
         .collect()
     }
     usable = {name for name, (ok, _, _) in got.items() if ok}
-    assert usable == {"unit", "negative", "short", "no target"}
+    assert usable == {"unit", "negative", "short", "no target", "null target"}
     assert got["unit"][1] == pytest.approx(0.6 + 1.6) and got["unit"][2] == pytest.approx(2.2)
     assert got["negative"][1] == pytest.approx(-1.0)
     assert got["negative"][2] == pytest.approx(-0.5)
     # Null where a vector is missing, of another length, or has no target.
     for name in ("short", "empty", "null"):
         assert got[name][1] is None and got[name][2] is None
-    assert got["no target"][2] is None and got["no target"][1] == pytest.approx(2.2)
+    for name in ("no target", "null target"):
+        assert got[name][2] is None and got[name][1] == pytest.approx(2.2)
 
 
 def test_as_of_from_setting_or_latest_event_and_empty_events_is_input_error(spark):

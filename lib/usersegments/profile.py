@@ -140,19 +140,30 @@ def _dot_udf(left: pd.Series, right: pd.Series) -> pd.Series:
     return pd.Series(out)
 
 
+def target_matrix(targets: Mapping[str, Sequence[float]]) -> tuple[dict[str, int], np.ndarray]:
+    """The keys of ``targets`` that have a vector, each with its row in a float64 matrix
+    of those vectors (0 columns when there are none); the small side of a similarity
+    that travels with a ``mapInPandas`` function."""
+    keys = [k for k, v in targets.items() if v is not None]
+    if not keys:
+        return {}, np.zeros((0, 0))
+    matrix = np.array([np.asarray(targets[k], dtype=np.float64) for k in keys])
+    return {k: i for i, k in enumerate(keys)}, matrix
+
+
 def with_similarity(
     frame: DataFrame, vector: str, key: str, targets: Mapping[str, Sequence[float]], name: str
 ) -> DataFrame:
     """``frame`` plus ``name``: the dot product (float64) of each row's array ``vector``
     with ``targets[row's key]`` (e.g. segment id -> centroid: one small vector per key);
-    null where the key has no target or the row's vector is null or of another length.
+    null where the key has no target (or a null one) or the row's vector is null or of
+    another length.
 
     The targets travel with the function, so each row's vector crosses to Python once,
     not with a copy of its target as in a per-row ``dot`` after a join.
     """
-    index = {k: i for i, k in enumerate(targets)}
-    matrix = np.array([np.asarray(v, dtype=np.float64) for v in targets.values()])
-    width = matrix.shape[1] if matrix.ndim == 2 else -1
+    index, matrix = target_matrix(targets)
+    width = matrix.shape[1]
     schema = T.StructType([*frame.schema.fields, T.StructField(name, T.DoubleType())])
 
     def similarities(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -12,6 +12,7 @@ from pyspark.sql import types as T
 
 from usersegments.config import LabelConfig
 from usersegments.label.terms import distinct_texts
+from usersegments.profile import target_matrix
 
 
 def item_hashes(events: DataFrame) -> DataFrame:
@@ -95,9 +96,7 @@ def centroid_similarities(
     and the centroids travel with the function: per pair, a copy of both vectors (a
     join, then a per-row dot) costs more than the arithmetic.
     """
-    ids = [s for s, c in centroids.items() if c is not None]
-    index = {s: i for i, s in enumerate(ids)}
-    matrix = np.array([np.asarray(centroids[s], dtype=np.float64) for s in ids])
+    index, matrix = target_matrix(centroids)
     per_item = (
         pairs.groupBy("item_id")
         .agg(F.collect_list("segment_id").alias("_segments"))
