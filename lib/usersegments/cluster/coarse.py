@@ -15,7 +15,9 @@ The fit reads a *population* (``features.clustering_population``): the users it 
 (``member``) and, with ``cluster.fit_few_event_users``, users of too few events to be
 placed, each one point. On 20news (real posts; 933 of 5,730 users have three or more),
 at k = 10, the placed users' NMI against their areas went from 0.733 to 0.761 with
-them.
+them. The centres refined on that population then take refining passes over the
+members alone (``refine_on_members``), so that they end at the means of the users
+the segments place.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class CoarseResult:
     candidate_scores: dict[int, float]
     centroids: np.ndarray | None = None
     refine_passes: int = 0
+    member_refine_passes: int = 0
     cohesion: float | None = None
     restart_cohesion: list[float] = field(default_factory=list)
     restart_chosen: int = 0
@@ -148,7 +151,8 @@ def refine(result: CoarseResult, users: DataFrame, iterations: int, tolerance: f
     if iterations <= 0:
         return
     clusters = int(result.leaf_to_cluster.max()) + 1
-    centroids, cohesion = cluster_means(result.assign(users), clusters, None)
+    # Refined again (on the members): a cluster none of them is nearest keeps its centre.
+    centroids, cohesion = cluster_means(result.assign(users), clusters, result.centroids)
     passes, shift = 0, np.inf
     while passes < iterations and shift > tolerance:
         moved, cohesion = cluster_means(nearest_cluster(users, centroids), clusters, centroids)
@@ -213,7 +217,28 @@ def fit_coarse(population: DataFrame, cfg: Config, total: int) -> CoarseResult:
         sample.unpersist()
     result.candidate_scores = scores
     refine(result, population, ccfg.refine_iterations, ccfg.refine_tolerance)
+    if ccfg.fit_few_event_users:
+        refine_on_members(result, population.filter(F.col(MEMBER)), cfg)
     return result
+
+
+def refine_on_members(result: CoarseResult, members: DataFrame, cfg: Config) -> None:
+    """k-means passes over the members alone (the users a segment places), from the
+    centres refined on the whole population; sets ``result.member_refine_passes``.
+
+    Users of too few events show where a log's interests lie, but a segment describes
+    its members: its centroid, labels and recommendations are theirs, and an update
+    places users by it. Centres that stay the population's means sit off the members'
+    mean wherever the two differ. On 20news (real posts, 5,730 users of whom 933 are
+    members) scikit-learn's KMeans fitted on every user and then run on the members
+    from those centres gave purity 0.60-0.61 (group) and NMI 0.746-0.748 (area),
+    against 0.57-0.58 and 0.744-0.745 without the member passes, and 0.67 and
+    0.72-0.73 fitted on the members alone.
+    """
+    population_passes = result.refine_passes
+    refine(result, members, cfg.cluster.refine_iterations, cfg.cluster.refine_tolerance)
+    result.member_refine_passes = result.refine_passes
+    result.refine_passes = population_passes
 
 
 @dataclass

@@ -211,6 +211,7 @@ def _quality(
         "users_clustered": total,
         "k": coarse.k,
         "coarse_refine_passes": coarse.refine_passes,
+        "coarse_member_refine_passes": coarse.member_refine_passes,
         "segments": len(sizes),
         "segment_size_min": min(sizes),
         "segment_size_median": float(np.median(sizes)),

@@ -169,8 +169,9 @@ class ClusterConfig(Section):
     fit_few_event_users: bool = Field(
         True,
         description="Users with a profile but fewer than profile.min_events events also "
-        "inform the coarse clusters' centres, each as one user like those placed; they get "
-        "no segment. false: the fit reads only the users it places.",
+        "inform the coarse fit, each as one user like those placed; they get no segment, "
+        "and the centres then take refine_iterations passes over the placed users alone. "
+        "false: the fit reads only the users it places.",
     )
     seed: int = Field(42, description="Seed of every random choice in clustering.")
     sub: SubClusterConfig = Field(default_factory=SubClusterConfig)
