@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_config, set_args
-from usersegments import cli
+from usersegments import cli, pipeline
 from usersegments.errors import (
     ConfigError,
     InputError,
     MissingTableError,
+    ResourceError,
     SetupError,
     StoreError,
 )
+from usersegments.runlog import check_resumable
 from usersegments.schema import EVENTS, TEXT_EMBEDDINGS
 from usersegments.store import TableStore
 
@@ -63,3 +65,38 @@ def test_a_bad_setting_is_a_config_error_naming_the_key(override, named, capsys)
     code, err = _run(capsys, "config", "--set", override)
     assert code == 2
     assert named in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_stage_out_of_java_heap_names_the_memory_settings_and_the_resume(
+    spark, tmp_path, capsys, monkeypatch
+):
+    """A Spark task's OutOfMemoryError (here raised by the JVM's own ``raise_error`` in the
+    profile stage's first query) ends the command with one line naming the settings."""
+    real_stage_function = pipeline.stage_function
+
+    def failing(name):
+        if name != "profile":
+            return real_stage_function(name)
+
+        def profile(spark, *args, **kwargs):
+            spark.sql("SELECT raise_error('java.lang.OutOfMemoryError: Java heap space')").collect()
+
+        return profile
+
+    monkeypatch.setattr(pipeline, "stage_function", failing)
+    root = tmp_path / "store"
+    code, err = _run(capsys, "profile", "--output", str(root), *set_args())
+    assert code == ResourceError.exit_code == 1
+    assert err.startswith("usersegments profile: stage 'profile' ran out of Java heap")
+    assert "spark.driver_memory=2g" in err and "spark.shuffle_partitions" in err
+    run_id = err.split("--resume ")[1].split("`")[0]
+    store = TableStore.from_config(spark, make_config(root))
+    runs = store.read("runs")
+    assert runs.filter(f"run_id = '{run_id}'").first()["status"] == "failed"
+    assert err.count("\n") == 1  # one line, no stack trace
+    # The run may go on with more memory; a setting that shapes the tables must match.
+    more_memory = make_config(root, "spark.driver_memory=8g", "spark.shuffle_partitions=16")
+    check_resumable(store, run_id, "profile", more_memory)
+    with pytest.raises(InputError, match="cluster.k"):
+        check_resumable(store, run_id, "profile", make_config(root, "cluster.k=5"))

@@ -15,7 +15,12 @@ from usersegments import cli
 from usersegments.cli.parser import INPUT_OPTIONS
 from usersegments.config import load_config
 from usersegments.errors import StageNotAvailable
-from usersegments.session import DELTA_EXTENSION, session_conf, wants_delta_spark
+from usersegments.session import (
+    DELTA_EXTENSION,
+    driver_java_options,
+    session_conf,
+    wants_delta_spark,
+)
 from usersegments.stages import (
     DEMO,
     RUN,
@@ -45,6 +50,20 @@ def test_local_conf(monkeypatch):
     assert conf["spark.sql.shuffle.partitions"] == "3"
     assert conf["spark.sql.execution.arrow.pyspark.enabled"] == "true"
     assert "spark.sql.extensions" not in conf  # no Delta jars asked for
+
+
+def test_the_local_jvm_gets_the_parallel_collector_unless_told_otherwise(spark):
+    options = "spark.conf.spark.driver.extraJavaOptions=-Xss4m"
+    assert driver_java_options(load_config(overrides=[options])) == "-XX:+UseParallelGC -Xss4m"
+    assert driver_java_options(load_config(overrides=["spark.local_gc=g1"])) == "-XX:+UseG1GC"
+    named = "spark.conf.spark.driver.extraJavaOptions=-XX:+UseZGC -Xss4m"
+    assert driver_java_options(load_config(overrides=[named])) == "-XX:+UseZGC -Xss4m"
+    cluster = session_conf(load_config(overrides=["spark.mode=cluster"]))
+    assert "spark.driver.extraJavaOptions" not in cluster
+    # The test session is a local one that Python started: its JVM runs the collector.
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    collectors = {bean.getName() for bean in beans.getGarbageCollectorMXBeans()}
+    assert collectors == {"PS Scavenge", "PS MarkSweep"}, collectors
 
 
 def test_cluster_conf_never_sets_master_or_driver_memory():

@@ -59,3 +59,8 @@ class InvariantViolation(UserSegmentsError):
 
 class SetupError(UserSegmentsError):
     """The machine lacks something the run needs (Java, a model, Delta jars)."""
+
+
+class ResourceError(UserSegmentsError):
+    """Spark ran out of a resource (Java heap) while a stage ran; the message names the
+    stage, the settings that size it and the command that goes on from there."""

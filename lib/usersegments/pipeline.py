@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from usersegments.config import Config
+from usersegments.errors import ResourceError
 from usersegments.lock import RunLock
 from usersegments.runlog import RunLog, StageResult, check_resumable, completed_stages
 from usersegments.session import build_session
@@ -67,7 +70,12 @@ def run_stage(ctx: Context, name: str, **inputs: Any) -> StageResult:
     """Run one stage inside ``ctx``'s run, timing it and flushing its metrics."""
     fn = stage_function(name)
     with ctx.run.timed(name) as timer:
-        result = fn(ctx.spark, ctx.store, ctx.cfg, ctx.run, **inputs)
+        try:
+            result = fn(ctx.spark, ctx.store, ctx.cfg, ctx.run, **inputs)
+        except (PySparkException, Py4JError) as error:
+            if OUT_OF_MEMORY in str(error):
+                raise out_of_memory(name, ctx.cfg, ctx.run.run_id) from error
+            raise
     result.seconds = timer.seconds
     ctx.results.append(result)
     return result
@@ -135,15 +143,46 @@ def update_all(
     return results
 
 
+OUT_OF_MEMORY = "java.lang.OutOfMemoryError"
+
+
+def out_of_memory(stage: str, cfg: Config, run_id: str) -> ResourceError:
+    """The error for a stage whose Spark tasks ran out of Java heap: the settings that
+    size the heap and the tasks, and how the run goes on."""
+    if cfg.spark.mode == "local":
+        heap = (
+            f"spark.driver_memory={cfg.spark.driver_memory} (local mode: the driver is the "
+            f"only executor), e.g. --set spark.driver_memory=8g"
+        )
+    else:
+        heap = "spark.executor.memory (and spark.driver.memory) of the cluster's Spark settings"
+    return ResourceError(
+        f"stage {stage!r} ran out of Java heap ({OUT_OF_MEMORY}). Give Spark more memory: "
+        f"{heap}; or smaller tasks: a larger spark.shuffle_partitions (now "
+        f"{cfg.spark.shuffle_partitions}). Then go on with `usersegments run --resume "
+        f"{run_id}` (the stages that completed are kept)."
+    )
+
+
 @contextmanager
 def finishing(ctx: Context) -> Iterator[Context]:
     """Mark ctx's run succeeded when the block ends, or failed on any exception, and
-    release its lock either way."""
+    release its lock either way. When the failure took Spark down with it (a JVM out of
+    memory stops the context), the run stays ``running`` in ``runs``, which a later run
+    reads as killed (``--resume`` goes on from it), and the first error is the one raised.
+    """
     try:
         try:
             yield ctx
         except BaseException:
-            ctx.run.finish("failed")
+            try:
+                ctx.run.finish("failed")
+            except (PySparkException, Py4JError) as error:
+                log.warning(
+                    "run %s: could not record it as failed: %s",
+                    ctx.run.run_id,
+                    str(error).splitlines()[0],
+                )
             raise
         ctx.run.finish()
     finally:

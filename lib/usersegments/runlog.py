@@ -152,7 +152,7 @@ def completed_stages(store: TableStore, run_id: str) -> frozenset[str]:
 def check_resumable(store: TableStore, run_id: str, command: str, cfg: Config) -> datetime:
     """Refuse (``InputError``) to resume ``run_id`` unless it is a ``command`` run that did
     not succeed (failed, or ``running`` when its process was killed) and recorded the
-    same settings as ``cfg``; returns when it started."""
+    same settings as ``cfg`` (the ``spark`` section aside); returns when it started."""
     row = None
     if store.exists("runs"):
         row = store.read("runs").filter(F.col("run_id") == run_id).first()
@@ -168,7 +168,13 @@ def check_resumable(store: TableStore, run_id: str, command: str, cfg: Config) -
         )
     if row["status"] == "succeeded":
         raise InputError(f"--resume {run_id}: that run succeeded; there is nothing to resume")
-    differing = _differing_settings(json.loads(row["config_json"]), cfg.to_dict())
+    recorded, current = json.loads(row["config_json"]), cfg.to_dict()
+    # How Spark runs (the spark section) may change: a run that ran out of memory goes
+    # on with more of it. Every other setting shapes the tables and must match.
+    differing = _differing_settings(
+        {k: v for k, v in recorded.items() if k != "spark"},
+        {k: v for k, v in current.items() if k != "spark"},
+    )
     if differing:
         raise InputError(
             f"--resume {run_id}: the settings differ from the run's ({'; '.join(differing)}): "

@@ -107,10 +107,27 @@ def session_conf(cfg: Config) -> dict[str, str]:
     delta = delta_conf(cfg)
     conf.update(delta)
     conf.update(cfg.spark.conf)
+    if cfg.spark.mode == "local" and not launched_by_spark_submit():
+        java_options = driver_java_options(cfg)
+        if java_options:
+            conf["spark.driver.extraJavaOptions"] = java_options
     if "spark.jars" in delta and cfg.spark.conf.get("spark.jars"):
         # Jars the settings name join the fetched Delta jars instead of replacing them.
         conf["spark.jars"] = f"{delta['spark.jars']},{cfg.spark.conf['spark.jars']}"
     return conf
+
+
+_GC_FLAGS = {"parallel": "-XX:+UseParallelGC", "g1": "-XX:+UseG1GC"}
+
+
+def driver_java_options(cfg: Config) -> str:
+    """The local JVM's options: ``spark.local_gc``'s collector, then the options that
+    ``spark.conf`` gives ``spark.driver.extraJavaOptions`` (one naming a collector
+    itself is left alone)."""
+    given = cfg.spark.conf.get("spark.driver.extraJavaOptions", "").strip()
+    if re.search(r"-XX:\+Use\w*GC\b", given):
+        return given
+    return f"{_GC_FLAGS[cfg.spark.local_gc]} {given}".strip()
 
 
 def delta_conf(cfg: Config) -> dict[str, str]:

@@ -157,8 +157,8 @@ def _add_run_and_update(sub, common: argparse.ArgumentParser) -> None:
         "--resume",
         metavar="RUN_ID",
         help="go on with a failed (or killed) run from the stage it stopped in, reusing the "
-        "tables of the stages it completed (same settings; --events only if it stopped in "
-        "ingest)",
+        "tables of the stages it completed (same settings, spark.* aside; --events only if it "
+        "stopped in ingest)",
     )
     upd = sub.add_parser(
         "update", parents=[common], help="fold new events into the segments: " + _flow(UPDATE)
