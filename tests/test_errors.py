@@ -14,7 +14,7 @@ from usersegments.errors import (
     SetupError,
     StoreError,
 )
-from usersegments.runlog import check_resumable
+from usersegments.runlog import RunLog, check_resumable
 from usersegments.schema import EVENTS, TEXT_EMBEDDINGS
 from usersegments.store import TableStore
 
@@ -90,11 +90,20 @@ def test_a_stage_out_of_java_heap_names_the_memory_settings_and_the_resume(
     assert code == ResourceError.exit_code == 1
     assert err.startswith("usersegments profile: stage 'profile' ran out of Java heap")
     assert "spark.driver_memory=2g" in err and "spark.shuffle_partitions" in err
-    run_id = err.split("--resume ")[1].split("`")[0]
-    store = TableStore.from_config(spark, make_config(root))
-    runs = store.read("runs")
-    assert runs.filter(f"run_id = '{run_id}'").first()["status"] == "failed"
+    assert err.rstrip().endswith("Then run `usersegments profile` again.")
     assert err.count("\n") == 1  # one line, no stack trace
+    store = TableStore.from_config(spark, make_config(root))
+    (run,) = store.read("runs").collect()
+    run_id = run["run_id"]
+    assert run["status"] == "failed"
+    # A `run` is told how to go on: `run --resume` with its id.
+    cfg = make_config(root)
+    told = str(pipeline.out_of_memory("cluster", cfg, RunLog(spark, store, cfg, "run", "r-1")))
+    assert told.startswith("stage 'cluster' stopped Spark (an uncaught error in its JVM")
+    assert not pipeline.spark_stopped(spark)
+    assert told.endswith(
+        "Then go on with `usersegments run --resume r-1` (the stages that completed are kept)."
+    )
     # The run may go on with more memory; a setting that shapes the tables must match.
     more_memory = make_config(root, "spark.driver_memory=8g", "spark.shuffle_partitions=16")
     check_resumable(store, run_id, "profile", more_memory)

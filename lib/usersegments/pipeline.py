@@ -73,8 +73,8 @@ def run_stage(ctx: Context, name: str, **inputs: Any) -> StageResult:
         try:
             result = fn(ctx.spark, ctx.store, ctx.cfg, ctx.run, **inputs)
         except (PySparkException, Py4JError) as error:
-            if OUT_OF_MEMORY in str(error):
-                raise out_of_memory(name, ctx.cfg, ctx.run.run_id) from error
+            if OUT_OF_MEMORY in str(error) or spark_stopped(ctx.spark):
+                raise out_of_memory(name, ctx.cfg, ctx.run, str(error)) from error
             raise
     result.seconds = timer.seconds
     ctx.results.append(result)
@@ -146,9 +146,26 @@ def update_all(
 OUT_OF_MEMORY = "java.lang.OutOfMemoryError"
 
 
-def out_of_memory(stage: str, cfg: Config, run_id: str) -> ResourceError:
-    """The error for a stage whose Spark tasks ran out of Java heap: the settings that
-    size the heap and the tasks, and how the run goes on."""
+def spark_stopped(spark: SparkSession) -> bool:
+    """Whether ``spark``'s context has stopped (a task's uncaught ``OutOfMemoryError``
+    stops it in local mode; the failing query then only says the context shut down)."""
+    try:
+        return bool(spark.sparkContext._jsc.sc().isStopped())
+    except Exception:  # the JVM itself is gone
+        return True
+
+
+def out_of_memory(stage: str, cfg: Config, run: RunLog, failure: str = "") -> ResourceError:
+    """The error for a stage whose Spark tasks ran out of Java heap (``failure`` names
+    it) or whose Spark stopped under it: the settings that size the heap and the tasks,
+    and how the run goes on (``run --resume`` for a run, the command again otherwise)."""
+    if OUT_OF_MEMORY in failure:
+        what = f"ran out of Java heap ({OUT_OF_MEMORY})"
+    else:
+        what = (
+            "stopped Spark (an uncaught error in its JVM, most often "
+            f"{OUT_OF_MEMORY}: Spark's log above names it)"
+        )
     if cfg.spark.mode == "local":
         heap = (
             f"spark.driver_memory={cfg.spark.driver_memory} (local mode: the driver is the "
@@ -156,11 +173,17 @@ def out_of_memory(stage: str, cfg: Config, run_id: str) -> ResourceError:
         )
     else:
         heap = "spark.executor.memory (and spark.driver.memory) of the cluster's Spark settings"
+    if run.command == RUN:
+        then = (
+            f"Then go on with `usersegments run --resume {run.run_id}` (the stages that "
+            "completed are kept)."
+        )
+    else:
+        then = f"Then run `usersegments {run.command}` again."
     return ResourceError(
-        f"stage {stage!r} ran out of Java heap ({OUT_OF_MEMORY}). Give Spark more memory: "
+        f"stage {stage!r} {what}. Give Spark more memory: "
         f"{heap}; or smaller tasks: a larger spark.shuffle_partitions (now "
-        f"{cfg.spark.shuffle_partitions}). Then go on with `usersegments run --resume "
-        f"{run_id}` (the stages that completed are kept)."
+        f"{cfg.spark.shuffle_partitions}). {then}"
     )
 
 
@@ -177,7 +200,7 @@ def finishing(ctx: Context) -> Iterator[Context]:
         except BaseException:
             try:
                 ctx.run.finish("failed")
-            except (PySparkException, Py4JError) as error:
+            except Exception as error:  # recording the failure must not hide it
                 log.warning(
                     "run %s: could not record it as failed: %s",
                     ctx.run.run_id,
