@@ -266,8 +266,13 @@ def _embed_new(
     returns the stage's embedding metrics."""
     vectors, metrics = _run_model(spark, ecfg, spec, texts, count)
     try:
+        # One row per text_hash (``_event_texts``), all of one model.
         merged = store.merge(
-            vectors, "text_embeddings", on=["text_hash", "model_id"], when_matched="ignore"
+            vectors,
+            "text_embeddings",
+            on=["text_hash", "model_id"],
+            when_matched="ignore",
+            keys_unique=True,
         )
     finally:
         vectors.unpersist()

@@ -150,8 +150,13 @@ def finish_accepted(classified: DataFrame, max_text_chars: int) -> DataFrame:
 
 
 def deduplicate(accepted: DataFrame) -> DataFrame:
-    """One row per event_id; among exact duplicates keep the one with the largest value."""
-    pick = Window.partitionBy("event_id").orderBy(
+    """One row per event_id; among exact duplicates keep the one with the largest value.
+
+    Rows are partitioned by user, then event: an event_id hashes its user id, so this
+    finds the same duplicates as the event_id alone, and the heavy-user cap's windows
+    (per user, next) reuse the same shuffle instead of making a second one.
+    """
+    pick = Window.partitionBy("user_id", "event_id").orderBy(
         F.col("value").desc_nulls_last(), F.col("source").asc_nulls_last()
     )
     return accepted.withColumn("_n", F.row_number().over(pick)).filter("_n = 1").drop("_n")

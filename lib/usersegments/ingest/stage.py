@@ -131,7 +131,9 @@ def _write(
     """Deduplicate and cap the accepted rows, merge the rejects into the quarantine, check
     the rejected share (``check_rejections`` may stop the run there), then merge the events.
     """
-    unique = deduplicate(finish_accepted(classified, icfg.max_text_chars))
+    # One shuffle by user serves the deduplication and the heavy-user cap (see deduplicate).
+    accepted = finish_accepted(classified, icfg.max_text_chars).repartition("user_id")
+    unique = deduplicate(accepted)
     kept, capped = split_heavy_users(unique, icfg.max_events_per_user, icfg.cap_heavy_users)
     kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -160,6 +162,8 @@ def _write(
             when_matched="ignore",
             partition_by=partition_columns("events"),
             within=within,
+            # deduplicate kept one row per event_id, a hash that is never null.
+            keys_unique=True,
         )
     finally:
         kept.unpersist()

@@ -197,6 +197,7 @@ class TableStore:
         when_not_matched: NotMatchedAction = "insert",
         partition_by: Sequence[str] | None = None,
         within: Mapping[str, Sequence[str]] | None = None,
+        keys_unique: bool = False,
     ) -> MergeResult:
         """Upsert ``df`` into table ``name`` on the key columns ``on``.
 
@@ -207,7 +208,9 @@ class TableStore:
         changes nothing the second time. ``within`` (partition column -> values, as
         text) says which partitions of the table can hold a match: the caller knows the
         keys imply the partition (an event id implies its month). The merge then reads
-        only those partitions' files, not the whole table.
+        only those partitions' files, not the whole table. ``keys_unique``: the caller
+        made the keys unique and non-null itself (kept one row per key with a window), so
+        the check of that, a pass over ``df`` grouped by key, is skipped.
         """
         check_choice("when_matched", when_matched, ("update", "ignore"))
         check_choice("when_not_matched", when_not_matched, ("insert", "ignore"))
@@ -216,7 +219,8 @@ class TableStore:
             raise ValueError("merge needs at least one key column in 'on'")
         check_columns_exist(df, keys, "on")
         with computed_once(df) as source:
-            check_unique_keys(source, keys, name)
+            if not keys_unique:
+                check_unique_keys(source, keys, name)
             path = self.path(name)
             if not self._backend.exists(path):
                 if when_not_matched == "ignore":
