@@ -111,17 +111,22 @@ def assign_to_segments(
     return users.select(*columns).mapInPandas(nearest, schema=ASSIGNMENT_SCHEMA)
 
 
-def settle_to_nearest(fine: DataFrame, min_size: int) -> DataFrame:
+def settle_to_nearest(fine: DataFrame, min_size: int, cached: list[DataFrame]) -> DataFrame:
     """Move every user of a fresh clustering to their nearest segment by the update rule.
 
     Bisecting k-means places a point by descending its tree, which can end in a
     leaf whose centroid is not the nearest; an update would then "move" such a
     user with no new evidence. One reassignment pass (then the size floor again)
     makes the stored membership the one ``nearest_segment_frame`` keeps.
+
+    The reassignment is cached (appended to ``cached``, for the caller to unpersist once
+    the result is written): the size floor, the distances and the result all read it.
     """
     stats = segment_centroids(fine).toPandas()
     users = fine.select(
         "user_id", F.col(FEATURES).alias("embedding"), F.col("segment_id").alias("current_segment")
     )
     settled = assign_to_segments(users, stats).join(fine.select("user_id", FEATURES), "user_id")
+    settled = settled.cache()
+    cached.append(settled)
     return with_distance(enforce_min_size(settled, min_size))

@@ -121,14 +121,21 @@ def cluster_users(
     except BaseException:
         users.unpersist()
         raise
-    assigned = coarse.assign(users.filter(F.col(MEMBER))).select(
-        "user_id",
-        F.col("cluster_id").cast("int").alias("cluster_id"),
-        vector_to_array(F.col(FEATURES), dtype="float32").alias(FEATURES),
+    # Cached: the sub-grouping reads the members' coarse assignment several times (sizes,
+    # samples, the nearest sub-centroid, the features joined back).
+    assigned = (
+        coarse.assign(users.filter(F.col(MEMBER)))
+        .select(
+            "user_id",
+            F.col("cluster_id").cast("int").alias("cluster_id"),
+            vector_to_array(F.col(FEATURES), dtype="float32").alias(FEATURES),
+        )
+        .cache()
     )
     min_size = cfg.privacy.min_segment_size
     fine = fine_segments(assigned, cfg.cluster.sub, min_size, cfg.cluster.seed).cache()
-    final = settle_to_nearest(enforce_min_size(fine, min_size), min_size).cache()
+    cached = [users, assigned, fine]
+    final = settle_to_nearest(enforce_min_size(fine, min_size), min_size, cached).cache()
     segments = segment_rows(final, run_id).cache()
     entry = profiles.select("user_id", F.col("n_events").alias("n_events_at_entry"))
     user_segments = conform(
@@ -144,7 +151,7 @@ def cluster_users(
         coarse=coarse,
         total=population.members,
         as_of=as_of,
-        _cached=[users, fine, final, segments],
+        _cached=[*cached, final, segments],
         skipped=population.skipped,
         fit_only=population.fit_rows - population.members,
     )
