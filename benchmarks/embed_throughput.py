@@ -9,7 +9,8 @@ Prints texts/s for
       pooling);
   (d) the Spark ``embed`` stage end to end with the default ``embed.runtime: auto``
       (local mode; ONNX Runtime int8 on a CPU), against the direct loop of the runtime
-      it resolved to ((g) on a CPU, (c) otherwise);
+      it resolved to ((g) on a CPU, (c) otherwise): the job that runs the model (on a
+      first run it also stages the vectors for the Delta commit) and the whole stage;
   (e) (c) with embed.quantize=int8 (torch dynamic quantization);
   (f) (c) with embed.runtime=onnxruntime (the model exported to ONNX, fp32);
   (g) (f) with embed.quantize=int8 (ONNX Runtime dynamic quantization);
@@ -90,7 +91,7 @@ def seed_baseline(texts: list[str], path: str) -> None:
 
 
 def spark_stage(texts: list[str]) -> tuple[float, float]:
-    """(texts/s of the UDF step, seconds of the whole stage) with the default config, run
+    """(texts/s of the model's job, seconds of the whole stage) with the default config, run
     as the pipeline runs it: the texts are ingested from a CSV first, then embedded in
     the same local session."""
     import csv
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_spark:
         d_rate, d_stage = spark_stage(texts)
-        label = f"(d) embed stage in Spark, {default.runtime} {default.quantize} (UDF step)"
+        label = f"(d) embed stage in Spark, {default.runtime} {default.quantize} (model's job)"
         results.append((label, d_rate))
         results.append(("    whole stage incl. Delta merge", len(texts) / d_stage))
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx = default.runtime == "onnxruntime"
         direct = rates[list(variants)[2]] if onnx else c_rate
         print(
-            f"(d) vs the direct loop of its runtime ({'(g)' if onnx else '(c)'}): UDF step "
+            f"(d) vs the direct loop of its runtime ({'(g)' if onnx else '(c)'}): model's job "
             f"{results[3][1] / direct:.2f}x, whole stage {results[4][1] / direct:.2f}x"
         )
     for name, cos in cosines.items():

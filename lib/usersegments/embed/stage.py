@@ -14,7 +14,7 @@ import math
 import time
 from datetime import datetime, timezone
 
-from pyspark import StorageLevel
+from pyspark import Accumulator, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -88,9 +88,36 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
     run.model_id = spec.model_id
     _require_events(store, cfg.input)
     events = _event_texts(store)
-    blank = F.trim(F.col("text")) == ""
     cache = store.read("text_embeddings") if store.exists("text_embeddings") else None
-    flagged = flag_cached(events, cache, spec.model_id)
+    # Persisted: counted here, then read by the model's job, which would otherwise
+    # deduplicate the events and join the cache again.
+    flagged = flag_cached(events, cache, spec.model_id).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        metrics = _embed_flagged(spark, store, cfg, spec, flagged, cache)
+    finally:
+        flagged.unpersist()
+    if cfg.privacy.drop_text_after_embedding:
+        metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
+    run.record_all("embed", metrics)
+    tables = (
+        {"text_embeddings": store.version("text_embeddings")}
+        if store.exists("text_embeddings")
+        else {}
+    )
+    return StageResult(stage="embed", tables=tables, metrics=metrics)
+
+
+def _embed_flagged(
+    spark: SparkSession,
+    store: TableStore,
+    cfg: Config,
+    spec: EmbedderSpec,
+    flagged: DataFrame,
+    cache: DataFrame | None,
+) -> dict[str, float]:
+    """Embed the texts of ``flagged`` (``flag_cached``) not cached yet; returns the
+    stage's metrics."""
+    blank = F.trim(F.col("text")) == ""
     metrics = _cache_metrics(flagged, blank)
     candidates = flagged.filter(~F.col(CACHED)).drop(CACHED)
     runtime = resolve_runtime(cfg.embed)
@@ -114,21 +141,14 @@ def run_embed(spark: SparkSession, store: TableStore, cfg: Config, run: RunLog) 
         metrics.update(_embed_by_parts(spark, store, cfg, spec, new, cache))
     else:
         metrics.update(_embed_new(spark, store, cfg.embed, spec, new, metrics["texts_to_embed"]))
-    if cfg.privacy.drop_text_after_embedding:
-        metrics["texts_moved_out_of_events"] = move_texts_out_of_events(store)
-    run.record_all("embed", metrics)
-    tables = (
-        {"text_embeddings": store.version("text_embeddings")}
-        if store.exists("text_embeddings")
-        else {}
-    )
-    return StageResult(stage="embed", tables=tables, metrics=metrics)
+    return metrics
 
 
 def _require_events(store: TableStore, cfg_input: InputConfig) -> None:
     """Fail with the reasons and the fix when ``events`` is missing or holds no row."""
     store.require("events", fix="run `usersegments ingest` first")
-    if not store.read("events").isEmpty():
+    # From the log's statistics where the backend has them: no scan of the events.
+    if store.row_count("events"):
         return
     empty = f"the events table under {store.root} holds no event"
     now = datetime.now(timezone.utc)
@@ -263,19 +283,21 @@ def _embed_new(
     count: float,
 ) -> dict[str, float]:
     """Embed ``texts`` (``count`` of them) and merge them into ``text_embeddings``;
-    returns the stage's embedding metrics."""
-    vectors, metrics = _run_model(spark, ecfg, spec, texts, count)
-    try:
-        # One row per text_hash (``_event_texts``), all of one model.
-        merged = store.merge(
-            vectors,
-            "text_embeddings",
-            on=["text_hash", "model_id"],
-            when_matched="ignore",
-            keys_unique=True,
-        )
-    finally:
-        vectors.unpersist()
+    returns the stage's embedding metrics. The model runs inside the merge's own job:
+    no separate pass computes the vectors first, and the rows inserted are the texts
+    embedded (every one of ``texts`` was uncached)."""
+    vectors, partitions, truncated = _model_rows(spark, ecfg, spec, texts, count)
+    t0 = time.perf_counter()
+    # One row per text_hash (``_event_texts``), all of one model.
+    merged = store.merge(
+        vectors,
+        "text_embeddings",
+        on=["text_hash", "model_id"],
+        when_matched="ignore",
+        keys_unique=True,
+    )
+    seconds = time.perf_counter() - t0
+    metrics = _model_metrics(ecfg, merged.inserted, seconds, partitions, truncated)
     metrics["rows_inserted"] = merged.inserted
     return metrics
 
@@ -285,6 +307,25 @@ def _run_model(
 ) -> tuple[DataFrame, dict[str, float]]:
     """``texts`` (``count`` of them) through the model: their ``text_embeddings`` rows,
     persisted (the caller unpersists them), and the model's metrics."""
+    vectors, partitions, truncated = _model_rows(spark, ecfg, spec, texts, count)
+    # Persisted so the timed count runs the model and later passes reuse its vectors.
+    vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
+    t0 = time.perf_counter()
+    try:
+        embedded = vectors.count()
+    except Exception:
+        vectors.unpersist()  # the caller only gets the rows when the model ran
+        raise
+    seconds = time.perf_counter() - t0
+    return vectors, _model_metrics(ecfg, embedded, seconds, partitions, truncated)
+
+
+def _model_rows(
+    spark: SparkSession, ecfg: EmbedConfig, spec: EmbedderSpec, texts: DataFrame, count: float
+) -> tuple[DataFrame, int, Accumulator]:
+    """The ``text_embeddings`` rows of ``texts`` (``count`` of them), computed by the
+    model when a job reads them; with the partitions they run in and the accumulator
+    of texts truncated at ``embed.max_length``."""
     partitions = ecfg.partitions or max(
         spark.sparkContext.defaultParallelism, math.ceil(count / 20_000)
     )
@@ -293,15 +334,14 @@ def _run_model(
     vectors = texts.repartition(partitions).select(
         "text_hash", embed_udf(F.col("text")).alias("embedding")
     )
-    # Persisted so the timed count runs the model and the merge reuses its vectors.
-    vectors = _embedding_rows(vectors, spec.model_id).persist(StorageLevel.MEMORY_AND_DISK)
-    t0 = time.perf_counter()
-    try:
-        embedded = vectors.count()
-    except Exception:
-        vectors.unpersist()  # the caller only gets the rows when the model ran
-        raise
-    seconds = time.perf_counter() - t0
+    return _embedding_rows(vectors, spec.model_id), partitions, truncated
+
+
+def _model_metrics(
+    ecfg: EmbedConfig, embedded: int, seconds: float, partitions: int, truncated: Accumulator
+) -> dict[str, float]:
+    """The model's metrics (``embed_seconds``: the job that ran it, with the write of
+    its vectors where that was the same job), logged."""
     rate = embedded / seconds if seconds > 0 else 0.0
     log.info(
         "embed: %d texts in %.1fs (%.0f texts/s), %d truncated at %d tokens",
@@ -311,7 +351,7 @@ def _run_model(
         truncated.value,
         ecfg.max_length,
     )
-    return vectors, {
+    return {
         "texts_embedded": embedded,
         "embed_seconds": seconds,
         "texts_per_second": rate,

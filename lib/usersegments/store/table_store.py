@@ -225,9 +225,10 @@ class TableStore:
             if not self._backend.exists(path):
                 if when_not_matched == "ignore":
                     return MergeResult(inserted=0, updated=0)
-                count = source.count()
                 self.write(source, name, mode="append", partition_by=partition_by)
-                return MergeResult(inserted=count, updated=0)
+                # The new table's rows are the source's: counted from the log's
+                # statistics, not by a pass over the source before the write.
+                return MergeResult(inserted=self._backend.row_count(path), updated=0)
             check_schema_compatible(self._backend.schema(path), source.schema, name)
             if when_matched == "update":
                 self._refuse_if_append_only(name, "a merge that updates matched rows")
